@@ -1,0 +1,79 @@
+"""Figures from the metrics table (matplotlib, Agg backend, PNG)."""
+import collections
+import os
+import tempfile
+
+import matplotlib
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# The paper's Figure 1b: (evaluator, metric, legend, colour).
+STRATEGY_CURVES = (
+    ("train_eval", "in_context_acc", "Train", "black"),
+    ("icl", "in_context_acc", "ICL eval", "tab:blue"),
+    ("flip_icl", "in_context_acc", "Flip eval", "tab:purple"),
+    ("iwl_copy_avail", "in_context_acc", "CIWL eval", "tab:orange"),
+    ("pure_iwl", "acc", "IWL eval* (full-vocabulary acc)", "tab:red"),
+)
+
+
+def series(rows, member: str, evaluator: str, metric: str):
+  """(sequences, values) sorted by sequences."""
+  points = sorted((r["sequences"], r["value"]) for r in rows
+                  if r["member"] == member and r["evaluator"] == evaluator
+                  and r["metric"] == metric)
+  return [p[0] for p in points], [p[1] for p in points]
+
+
+def _save(fig, path: str):
+  """Saves atomically: a crash never leaves a truncated PNG."""
+  directory = os.path.dirname(os.path.abspath(path))
+  os.makedirs(directory, exist_ok=True)
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
+  os.close(fd)
+  fig.savefig(tmp, dpi=120, bbox_inches="tight")
+  plt.close(fig)
+  os.replace(tmp, path)
+
+
+def strategy_figure(rows, member: str, path: str):
+  """Train / ICL / flip / CIWL / IWL accuracy against sequences seen."""
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for evaluator, metric, label, colour in STRATEGY_CURVES:
+    x, y = series(rows, member, evaluator, metric)
+    if x:
+      ax.plot(x, y, label=label, color=colour, lw=1.5)
+  ax.axhline(0.5, color="grey", lw=0.5, ls=":")
+  ax.set(xlabel="sequences seen", ylabel="accuracy (in-context unless noted)",
+         ylim=(-0.02, 1.02), title=f"Strategy evaluators: {member}")
+  ax.legend(fontsize=8, loc="center right")
+  ax.grid(alpha=0.3)
+  _save(fig, path)
+
+
+def loss_figure(rows, member: str, path: str):
+  """Training loss and every evaluator's full cross-entropy."""
+  fig, ax = plt.subplots(figsize=(7, 4))
+  evaluators = sorted({r["evaluator"] for r in rows if r["member"] == member
+                       and r["metric"] == "loss"})
+  for evaluator in evaluators:
+    x, y = series(rows, member, evaluator, "loss")
+    ax.plot(x, y, label="train (batch)" if evaluator == "train_batch"
+            else evaluator, lw=1.5)
+  ax.set(xlabel="sequences seen", ylabel="cross-entropy", yscale="log",
+         title=f"Losses: {member}")
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  _save(fig, path)
+
+
+def plot_run(rows, out_dir: str) -> list[str]:
+  """Both figures for every member; returns the written paths."""
+  by_member = collections.OrderedDict((r["member"], None) for r in rows)
+  paths = []
+  for member in by_member:
+    for kind, draw in (("fig1b", strategy_figure), ("losses", loss_figure)):
+      path = os.path.join(out_dir, f"{kind}_{member}.png")
+      draw(rows, member, path)
+      paths.append(path)
+  return paths

@@ -1,0 +1,219 @@
+"""The default experiment config, population members, and up-front validation.
+
+Every number the papers name is a field here. Periods and horizons count
+*sequences seen* (like the icl-dynamics code); optimizer steps = sequences /
+batch_size. Config files in configs/ start from `base_config()`.
+"""
+import dataclasses
+import math
+
+import ml_collections
+
+from icl_transience.data import sequences
+from icl_transience.data import sources
+from icl_transience.errors import UserError
+from icl_transience.models import transformer
+
+MEMBER_FIELDS = {"init_seed": int, "data_seed": int, "lr": float, "l2": float}
+
+
+def base_config() -> ml_collections.ConfigDict:
+  """The coopetition main run (spec II.A-II.C) on the synthetic features."""
+  c = ml_collections.ConfigDict()
+  c.init_seed = 5          # model initialisation
+  c.data_seed = 2          # training data stream
+  c.eval_seed = 1          # fixed evaluator sets
+  c.batch_size = 32
+  c.total_sequences = 20_000_000  # paper main run: 64 M; figures show 20 M
+  c.eval_every = 100_000
+  c.steps_per_call = 625   # optimizer steps fused into one compiled call
+  c.num_devices = 0        # data-parallel devices (0 = all local devices)
+  # Members trained together: 'field=v,field=v; field=v' (fields: init_seed,
+  # data_seed, lr, l2). Empty: one member from the fields above.
+  c.population = ""
+
+  c.data = ml_collections.ConfigDict()
+  c.data.source = "synthetic"     # synthetic | features | onehot
+  c.data.n_classes = 12_984       # 12,800 training + 184 held out
+  c.data.n_exemplars = 20
+  c.data.dim = 512
+  c.data.rank = 16                # synthetic: class subspace dimension R
+  c.data.spread = 0.7             # synthetic: within-class spread s
+  c.data.isotropic_noise = 0.1
+  c.data.dataset_seed = 0
+  c.data.path = ""                # features: .h5/.hdf5/.npy/.npz file
+  c.data.key = "resnet18/224/feat"  # features: HDF5 dataset / npz array name
+
+  c.train = ml_collections.ConfigDict()  # the training sequence distribution
+  c.train.n_classes = 12_800
+  c.train.exemplars = (0, 20)
+  c.train.context_len = 2
+  c.train.burstiness = 1
+  c.train.distractor = True
+  c.train.no_support = False
+  c.train.unique_rest = False
+  c.train.relabel = "none"        # none | flip | 01 | pairs
+  c.train.fs_relabel = 0          # labels 0..N-1 for relabel='pairs' (ICL-only)
+  c.train.assign_query_label_random = False
+  c.train.match_query_and_distractors = False
+  c.train.zipf_exponent = 0.0
+
+  c.evals = ml_collections.ConfigDict()
+  c.evals.names = ("train_eval", "icl", "flip_icl", "iwl_copy_avail", "pure_iwl")
+  c.evals.n_sequences = 5000
+  c.evals.n_classes = 1600
+  c.evals.exemplars = (0, 5)
+  c.evals.batch_size = 1000
+
+  c.model = ml_collections.ConfigDict()
+  c.model.depth = 2
+  c.model.d_model = 64
+  c.model.n_heads = 8
+  c.model.mlp_ratio = 0           # 0 = attention-only
+  c.model.positions = "learned"   # learned | sinusoidal | rope
+  c.model.max_len = 32
+  c.model.pos_timescale = 30.0
+
+  c.optim = ml_collections.ConfigDict()
+  c.optim.lr = 1e-5
+  c.optim.b1 = 0.9
+  c.optim.b2 = 0.999
+  c.optim.eps = 1e-8
+  c.optim.l2 = 0.0                # penalty coefficient lambda
+  c.optim.l2_form = "norm"        # norm: sum ||w|| (icl-dynamics); squared: sum ||w||^2/2
+
+  c.ckpt = ml_collections.ConfigDict()
+  c.ckpt.every = 1_000_000        # sequences; 0 = off
+  c.ckpt.at = ()                  # explicit sequence counts
+  c.ckpt.log_spaced = 0           # extra log-spaced points over the horizon
+  c.ckpt.keep = 0                 # keep the newest N (0 = keep all)
+  return c
+
+
+def train_spec(c) -> sequences.SequenceSpec:
+  t = c.train
+  return sequences.SequenceSpec(
+      context_len=t.context_len, burstiness=t.burstiness,
+      distractor=t.distractor, no_support=t.no_support,
+      unique_rest=t.unique_rest, relabel=t.relabel, fs_relabel=t.fs_relabel,
+      assign_query_label_random=t.assign_query_label_random,
+      match_query_and_distractors=t.match_query_and_distractors,
+      zipf_exponent=t.zipf_exponent, n_classes=t.n_classes,
+      exemplars=tuple(t.exemplars))
+
+
+def n_outputs(c) -> int:
+  """Output (and label table) size: training classes, or fs_relabel labels."""
+  return c.train.fs_relabel if c.train.relabel == "pairs" else c.train.n_classes
+
+
+@dataclasses.dataclass(frozen=True)
+class Member:
+  name: str
+  init_seed: int
+  data_seed: int
+  lr: float
+  l2: float
+
+
+def members(c) -> list[Member]:
+  """Parses `population` into members; unset fields come from the config."""
+  defaults = dict(init_seed=c.init_seed, data_seed=c.data_seed,
+                  lr=c.optim.lr, l2=c.optim.l2)
+  text = c.population.strip()
+  if not text:
+    return [Member(name="main", **defaults)]
+  out = []
+  for entry in (e.strip() for e in text.split(";")):
+    if not entry:
+      continue
+    fields = dict(defaults)
+    for item in entry.split(","):
+      key, sep, value = (s.strip() for s in item.partition("="))
+      if not sep or key not in MEMBER_FIELDS:
+        raise UserError(f"population: bad member field '{item.strip()}' "
+                        f"(use {', '.join(MEMBER_FIELDS)} as field=value)")
+      try:
+        fields[key] = MEMBER_FIELDS[key](value)
+      except ValueError as e:
+        raise UserError(f"population: bad value in '{item.strip()}'") from e
+    name = "_".join(f"{k}{v}" for k, v in
+                    (i.split("=") for i in entry.replace(" ", "").split(",")))
+    out.append(Member(name=name, **fields))
+  names = [m.name for m in out]
+  if len(set(names)) != len(names):
+    raise UserError("population: two members are identical")
+  return out
+
+
+def _check(ok: bool, field: str, message: str):
+  if not ok:
+    raise UserError(f"{field}: {message}")
+
+
+def _check_spec(spec: sequences.SequenceSpec, field: str, shape):
+  _check(spec.relabel in sequences.RELABEL_SCHEMES, f"{field}.relabel",
+         f"unknown scheme '{spec.relabel}' "
+         f"(choose from {', '.join(sequences.RELABEL_SCHEMES)})")
+  _check(spec.context_len >= 1, f"{field}.context_len", "must be >= 1")
+  _check(spec.burstiness >= 0, f"{field}.burstiness", "must be >= 0")
+  _check(spec.n_rest >= 0, f"{field}.burstiness",
+         f"{spec.burstiness} query items"
+         f"{' + as many distractors' if spec.distractor else ''} do not fit "
+         f"in a context of {spec.context_len}")
+  needed = spec.n_excluded + (spec.n_rest if spec.unique_rest else 1)
+  _check(spec.n_classes >= max(needed, 2), f"{field}.n_classes",
+         f"{spec.n_classes} classes are too few for this sequence type")
+  _check(spec.n_classes <= shape.n_classes, f"{field}.n_classes",
+         f"{spec.n_classes} classes, but the source holds {shape.n_classes}")
+  lo, hi = spec.exemplars
+  _check(0 <= lo < hi <= shape.n_exemplars, f"{field}.exemplars",
+         f"range [{lo}, {hi}) outside the source's {shape.n_exemplars} exemplars")
+  _check(spec.relabel != "pairs" or spec.fs_relabel >= 2, f"{field}.fs_relabel",
+         "relabel='pairs' needs fs_relabel >= 2")
+  needs_distractor = spec.relabel in ("flip", "01", "pairs")
+  _check(not needs_distractor or (spec.burstiness > 0 and spec.distractor),
+         f"{field}.relabel", f"'{spec.relabel}' needs burstiness > 0 and a "
+         "distractor")
+  _check(spec.zipf_exponent >= 0, f"{field}.zipf_exponent", "must be >= 0")
+
+
+def validate(c, n_devices: int = 1):
+  """Raises UserError naming the first bad field. Opens files, compiles nothing."""
+  from icl_transience.evals import probes  # pylint: disable=g-import-not-at-top
+  shape = sources.source_shape(c.data)
+  spec = train_spec(c)
+  _check_spec(spec, "train", shape)
+  if c.train.relabel == "pairs":
+    _check(c.train.fs_relabel >= 2, "train.fs_relabel", "must be >= 2")
+  _check(c.model.positions in transformer.POSITIONS, "model.positions",
+         f"unknown '{c.model.positions}' (choose from "
+         f"{', '.join(transformer.POSITIONS)})")
+  _check(c.model.d_model % c.model.n_heads == 0, "model.n_heads",
+         f"must divide d_model={c.model.d_model}")
+  _check(2 * c.train.context_len + 1 <= c.model.max_len, "model.max_len",
+         f"{c.model.max_len} positions, but sequences have "
+         f"{2 * c.train.context_len + 1} tokens")
+  _check(c.optim.l2_form in ("norm", "squared"), "optim.l2_form",
+         "choose 'norm' or 'squared'")
+  _check(c.batch_size > 0 and c.batch_size % n_devices == 0, "batch_size",
+         f"{c.batch_size} must be a positive multiple of the {n_devices} devices")
+  _check(c.steps_per_call > 0, "steps_per_call", "must be positive")
+  grid = c.batch_size * c.steps_per_call
+  for field in ("total_sequences", "eval_every", "ckpt.every"):
+    value = c.get(field) if "." not in field else c.ckpt.every
+    _check(value >= 0 and value % grid == 0, field,
+           f"{value} is not a multiple of batch_size x steps_per_call = {grid}")
+  _check(c.total_sequences > 0, "total_sequences", "must be positive")
+  _check(c.eval_every > 0, "eval_every", "must be positive")
+  _check(c.ckpt.keep >= 0, "ckpt.keep", "must be >= 0")
+  for name in c.evals.names:
+    _check(name in probes.EVALUATORS, "evals.names",
+           f"unknown evaluator '{name}' (known: {', '.join(probes.EVALUATORS)})")
+    _check_spec(probes.eval_spec(name, c), f"evals.{name}", shape)
+  _check(c.evals.n_sequences > 0 and c.evals.batch_size > 0 and
+         c.evals.n_sequences % c.evals.batch_size == 0, "evals.batch_size",
+         "must divide evals.n_sequences")
+  for m in members(c):
+    _check(m.lr > 0 and math.isfinite(m.lr), "optim.lr", f"bad lr {m.lr}")
+    _check(m.l2 >= 0, "optim.l2", f"bad l2 {m.l2}")

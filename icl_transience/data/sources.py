@@ -1,0 +1,112 @@
+"""Where exemplar features come from: a (class, exemplar, dim) table, or one-hots.
+
+Sources:
+  synthetic  low-rank class clusters made on device from a seed (the default;
+             see the spec's synthetic_features.md)
+  features   a file: HDF5 (dataset path such as 'resnet18/224/feat'), .npy,
+             or .npz (array name), holding classes x exemplars x dim
+  onehot     class c is the one-hot vector e_c (every exemplar identical)
+"""
+import os
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from icl_transience.errors import UserError
+
+SOURCES = ("synthetic", "features", "onehot")
+
+
+class SourceShape(NamedTuple):
+  n_classes: int
+  n_exemplars: int
+  dim: int
+
+
+def _file_array(data_cfg):
+  """Opens the features file lazily (h5py dataset or memory-mapped numpy)."""
+  path, key = data_cfg.path, data_cfg.key
+  if not path:
+    raise UserError("data.path: empty; the 'features' source needs a file")
+  if not os.path.isfile(path):
+    raise UserError(f"data.path: no such file: {path}")
+  ext = os.path.splitext(path)[1].lower()
+  if ext in (".h5", ".hdf5"):
+    import h5py  # pylint: disable=g-import-not-at-top
+    try:
+      handle = h5py.File(path, "r")
+    except OSError as e:
+      raise UserError(f"data.path: not a readable HDF5 file: {path} ({e})") from e
+    if key not in handle or not isinstance(handle[key], h5py.Dataset):
+      raise UserError(f"data.key: no dataset '{key}' in {path}")
+    return handle[key]
+  try:
+    if ext == ".npy":
+      return np.load(path, mmap_mode="r", allow_pickle=False)
+    if ext == ".npz":
+      archive = np.load(path, allow_pickle=False)
+      name = key if key in archive.files else None
+      if name is None and len(archive.files) == 1:
+        name = archive.files[0]
+      if name is None:
+        raise UserError(f"data.key: no array '{key}' in {path} "
+                        f"(it holds {', '.join(archive.files)})")
+      return archive[name]
+  except ValueError as e:
+    raise UserError(f"data.path: cannot read {path} ({e})") from e
+  raise UserError(f"data.path: unknown file type '{ext}' (use .h5, .hdf5, "
+                  ".npy or .npz)")
+
+
+def source_shape(data_cfg) -> SourceShape:
+  """The source's size, without building it (cheap; used to validate)."""
+  if data_cfg.source == "synthetic":
+    return SourceShape(data_cfg.n_classes, data_cfg.n_exemplars, data_cfg.dim)
+  if data_cfg.source == "onehot":
+    return SourceShape(data_cfg.n_classes, 1, data_cfg.n_classes)
+  if data_cfg.source == "features":
+    array = _file_array(data_cfg)
+    if len(array.shape) != 3:
+      raise UserError(f"data.path: expected an array of classes x exemplars x "
+                      f"dim, got shape {tuple(array.shape)}")
+    return SourceShape(*(int(s) for s in array.shape))
+  raise UserError(f"data.source: unknown source '{data_cfg.source}' "
+                  f"(choose from {', '.join(SOURCES)})")
+
+
+def synthetic_table(seed: int, n_classes: int, n_exemplars: int, dim: int,
+                    rank: int, spread: float, isotropic_noise: float):
+  """exemplar(c, e) = (z_c + spread * eps_ce) @ A + noise * N(0, I_dim).
+
+  z_c, eps_ce ~ N(0, I_rank); A ~ N(0, 1/rank) of shape rank x dim.
+  """
+  @jax.jit
+  def make(key):
+    k_z, k_eps, k_a, k_noise = jax.random.split(key, 4)
+    z = jax.random.normal(k_z, (n_classes, 1, rank))
+    eps = jax.random.normal(k_eps, (n_classes, n_exemplars, rank))
+    a = jax.random.normal(k_a, (rank, dim)) / np.sqrt(rank)
+    noise = jax.random.normal(k_noise, (n_classes, n_exemplars, dim))
+    return (z + spread * eps) @ a + isotropic_noise * noise
+
+  return make(jax.random.PRNGKey(seed))
+
+
+def load_table(data_cfg):
+  """The feature table on device, or None for one-hot classes."""
+  if data_cfg.source == "onehot":
+    return None
+  if data_cfg.source == "synthetic":
+    return synthetic_table(data_cfg.dataset_seed, data_cfg.n_classes,
+                           data_cfg.n_exemplars, data_cfg.dim, data_cfg.rank,
+                           data_cfg.spread, data_cfg.isotropic_noise)
+  return jnp.asarray(np.asarray(_file_array(data_cfg), dtype=np.float32))
+
+
+def gather_features(table, classes, exemplars, n_classes: int):
+  """Features of (class, exemplar) index arrays: shape classes.shape + (dim,)."""
+  if table is None:
+    return jax.nn.one_hot(classes, n_classes, dtype=jnp.float32)
+  return table[classes, exemplars]

@@ -1,0 +1,21 @@
+"""User-facing errors: one clear line, never a traceback."""
+import functools
+import sys
+
+
+class UserError(Exception):
+  """A mistake in a config, a flag or a file the user handed us."""
+
+
+def exit_on_user_error(fn):
+  """Runs fn; a UserError becomes one line on stderr and exit status 2."""
+
+  @functools.wraps(fn)
+  def wrapped(*args, **kwargs):
+    try:
+      return fn(*args, **kwargs)
+    except UserError as e:
+      print(f"error: {e}", file=sys.stderr)
+      sys.exit(2)
+
+  return wrapped

@@ -1,0 +1,78 @@
+"""The run's tidy metrics table: workdir/metrics.jsonl.
+
+One JSON object per line: member, step, sequences, evaluator, metric, value.
+Rows are unique on (member, step, evaluator, metric): the training loop and
+the checkpoint-sweep job both append, and duplicates are dropped. Every
+write replaces the file atomically (temporary file + rename), so a crash
+never leaves a half-written table.
+"""
+import json
+import os
+import tempfile
+
+FILENAME = "metrics.jsonl"
+KEY = ("member", "step", "evaluator", "metric")
+
+
+def path(workdir: str) -> str:
+  return os.path.join(workdir, FILENAME)
+
+
+def read(workdir: str) -> list[dict]:
+  p = path(workdir)
+  if not os.path.exists(p):
+    return []
+  with open(p) as f:
+    return [json.loads(line) for line in f if line.strip()]
+
+
+def atomic_write_text(filename: str, text: str):
+  """Writes text to filename so readers see the old or the new file, whole."""
+  directory = os.path.dirname(os.path.abspath(filename))
+  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
+  try:
+    with os.fdopen(fd, "w") as f:
+      f.write(text)
+      f.flush()
+      os.fsync(f.fileno())
+    os.replace(tmp, filename)
+  except BaseException:
+    if os.path.exists(tmp):
+      os.remove(tmp)
+    raise
+
+
+class MetricsTable:
+  """Appends rows without duplicates; keeps the table in memory."""
+
+  def __init__(self, workdir: str):
+    self.workdir = workdir
+    self.rows = read(workdir)
+    self._keys = {tuple(r[k] for k in KEY) for r in self.rows}
+    self._evaluated = {k[:3] for k in self._keys}
+
+  def has(self, member: str, step: int, evaluator: str) -> bool:
+    return (member, step, evaluator) in self._evaluated
+
+  def append(self, rows: list[dict]) -> int:
+    """Adds the rows not already present; returns how many were added."""
+    fresh = []
+    for row in rows:
+      key = tuple(row[k] for k in KEY)
+      if key not in self._keys:
+        self._keys.add(key)
+        self._evaluated.add(key[:3])
+        fresh.append(row)
+    if fresh:
+      self.rows.extend(fresh)
+      atomic_write_text(path(self.workdir), "".join(
+          json.dumps(r) + "\n" for r in self.rows))
+    return len(fresh)
+
+
+def rows_from(member: str, step: int, sequences: int,
+              results: dict[str, dict[str, float]]) -> list[dict]:
+  """{evaluator: {metric: value}} -> table rows."""
+  return [dict(member=member, step=step, sequences=sequences, evaluator=ev,
+               metric=m, value=float(v))
+          for ev, metrics in results.items() for m, v in metrics.items()]

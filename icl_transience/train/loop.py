@@ -1,0 +1,195 @@
+"""The host loop: fused training calls, periodic probes, checkpoints, resume.
+
+The host wakes once per fused call (steps_per_call optimizer steps), keeps
+one call in flight, fetches metrics only at evaluation points, and saves
+checkpoints on the schedule. SIGINT/SIGTERM finish the current call, save a
+checkpoint and exit; a restarted run resumes bit-for-bit from the newest
+checkpoint.
+"""
+import contextlib
+import json
+import os
+import signal
+import time
+
+import jax
+import jax.numpy as jnp
+import tqdm
+from absl import logging
+
+from icl_transience import config as config_lib
+from icl_transience import metrics_table
+from icl_transience.data import sources
+from icl_transience.errors import UserError
+from icl_transience.evals import probes
+from icl_transience.train import checkpoints
+from icl_transience.train import step as step_lib
+
+# Fields a resumed run may change: horizons, schedules, eval batching.
+RESUMABLE_CHANGES = ("total_sequences", "eval_every", "ckpt", "evals.batch_size",
+                     "num_devices")
+SHOWN_PROBES = {"icl": "in_context_acc", "flip_icl": "in_context_acc",
+                "iwl_copy_avail": "in_context_acc", "pure_iwl": "acc"}
+
+
+def make_mesh(num_devices: int = 0):
+  devices = jax.local_devices()[:num_devices or None]
+  return jax.make_mesh((len(devices),), ("data",), devices=devices,
+                       axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def _flatten(d: dict, prefix: str = "") -> dict:
+  out = {}
+  for k, v in d.items():
+    if isinstance(v, dict):
+      out.update(_flatten(v, f"{prefix}{k}."))
+    else:
+      out[f"{prefix}{k}"] = list(v) if isinstance(v, tuple) else v
+  return out
+
+
+def save_config(c, workdir: str):
+  """Writes config.json; refuses a workdir that holds a different run."""
+  path = os.path.join(workdir, "config.json")
+  new = json.loads(c.to_json())
+  if os.path.exists(path):
+    with open(path) as f:
+      old = json.load(f)
+    flat_old, flat_new = _flatten(old), _flatten(new)
+    for field in sorted(set(flat_old) | set(flat_new)):
+      if any(field == r or field.startswith(r + ".") for r in RESUMABLE_CHANGES):
+        continue
+      if flat_old.get(field) != flat_new.get(field):
+        raise UserError(
+            f"{field}: workdir {workdir} holds a run with {field}="
+            f"{flat_old.get(field)!r}, not {flat_new.get(field)!r} (use a new "
+            "--workdir, or the same config to resume)")
+  metrics_table.atomic_write_text(path, json.dumps(new, indent=2) + "\n")
+
+
+class StopRequest:
+  """First SIGINT/SIGTERM: stop after the current call; second SIGINT: abort."""
+
+  def __init__(self):
+    self.requested = False
+
+  def _handle(self, signum, frame):
+    del frame
+    if self.requested and signum == signal.SIGINT:
+      raise KeyboardInterrupt
+    self.requested = True
+    logging.warning("signal %d: saving a checkpoint and stopping", signum)
+
+  @contextlib.contextmanager
+  def installed(self):
+    old = {s: signal.signal(s, self._handle) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+      yield self
+    finally:
+      for s, h in old.items():
+        signal.signal(s, h)
+
+
+def make_population_eval(trainer, c):
+  evaluate = probes.make_evaluate(trainer.apply, c.data.n_classes,
+                                  c.evals.batch_size)
+  return jax.jit(jax.vmap(evaluate, in_axes=(0, None, None)))
+
+
+def _result_rows(names, step, batch_size, results, train_metrics=None):
+  results = jax.device_get(results)
+  rows = []
+  for i, name in enumerate(names):
+    member = {ev: {m: v[i] for m, v in ms.items()} for ev, ms in results.items()}
+    if train_metrics is not None:
+      member["train_batch"] = {m: v[i] for m, v in train_metrics.items()}
+    rows += metrics_table.rows_from(name, step, step * batch_size, member)
+  return rows
+
+
+def _postfix(rows, names, step, batch_size):
+  first = [r for r in rows if r["member"] == names[0]]
+  shown = {"seqs": f"{step * batch_size / 1e6:.2f}M"}
+  for r in first:
+    if SHOWN_PROBES.get(r["evaluator"]) == r["metric"]:
+      shown[r["evaluator"]] = f"{r['value']:.2f}"
+    if r["evaluator"] == "train_batch" and r["metric"] == "loss":
+      shown["loss"] = f"{r['value']:.3f}"
+  return shown
+
+
+def train(c, workdir: str):
+  """Trains (or resumes) the population of `c` in `workdir`."""
+  mesh = make_mesh(c.num_devices)
+  config_lib.validate(c, n_devices=mesh.devices.size)
+  members = config_lib.members(c)
+  names = [m.name for m in members]
+  os.makedirs(workdir, exist_ok=True)
+  save_config(c, workdir)
+  bs, k = c.batch_size, c.steps_per_call
+  total = c.total_sequences // bs
+  eval_period = c.eval_every // bs
+  ckpt_steps = set(checkpoints.schedule(c.ckpt, bs, k, total))
+  logging.info("%d member(s) %s on %d device(s); %d steps = %d sequences",
+               len(names), names, mesh.devices.size, total, c.total_sequences)
+
+  with jax.set_mesh(mesh):
+    table = sources.load_table(c.data)
+    trainer = step_lib.Trainer(c, mesh)
+    evaluate = make_population_eval(trainer, c)
+    eval_sets = probes.build_eval_sets(c)
+    table_rows = metrics_table.MetricsTable(workdir)
+    with checkpoints.manager(workdir, c.ckpt.keep) as mngr, \
+         StopRequest().installed() as stop:
+      start = checkpoints.latest_step(mngr)
+      if start is None:
+        start, state = 0, trainer.init(members)
+        table_rows.append(_result_rows(
+            names, 0, bs, evaluate(state["params"], table, eval_sets)))
+        checkpoints.save(mngr, state, names, dict(step=0, sequences=0, members=names))
+      else:
+        state = checkpoints.restore_population(
+            mngr, start, trainer.abstract_state(members), names)
+        logging.info("resumed from step %d (%d sequences)", start, start * bs)
+      _run(c, trainer, evaluate, state, table, eval_sets, table_rows, mngr,
+           stop, names, start, total, eval_period, ckpt_steps)
+      mngr.wait_until_finished()
+
+
+def _run(c, trainer, evaluate, state, table, eval_sets, table_rows, mngr, stop,
+         names, step, total, eval_period, ckpt_steps):
+  bs, k = c.batch_size, c.steps_per_call
+  pending, in_flight = [], None
+  bar = tqdm.tqdm(total=total, initial=step, unit="step", dynamic_ncols=True,
+                  disable=None, smoothing=0.1)
+  started, started_step = time.time(), step
+  while step < total:
+    state, metrics = trainer.train_chunk(state, table)
+    step += k
+    if in_flight is not None:  # keep one call in flight, no more
+      jax.block_until_ready(in_flight)
+      bar.update(k)
+    in_flight = metrics
+    pending.append(metrics)
+    if step % eval_period == 0 or step == total:
+      train_metrics = jax.tree.map(lambda *m: jnp.mean(jnp.stack(m), 0), *pending)
+      pending = []
+      rows = _result_rows(names, step, bs, evaluate(state["params"], table, eval_sets),
+                          train_metrics)
+      table_rows.append(rows)
+      shown = _postfix(rows, names, step, bs)
+      bar.set_postfix(shown, refresh=False)
+      rate = (step - started_step) / max(time.time() - started, 1e-9)
+      logging.info("step %d (%d sequences, %.0f steps/s): %s", step, step * bs,
+                   rate, " ".join(f"{a}={b}" for a, b in shown.items()))
+    if step in ckpt_steps or stop.requested:
+      checkpoints.save(mngr, state, names,
+                       dict(step=step, sequences=step * bs, members=names))
+    if stop.requested:
+      logging.warning("stopped at step %d; run again to resume", step)
+      break
+  bar.update(step - bar.n)
+  bar.close()
+  jax.block_until_ready(state)
+  if step >= total:
+    logging.info("done: %d steps (%d sequences)", step, step * bs)

@@ -1,0 +1,69 @@
+"""Evaluators: specs, fixed sets, and the query metrics."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from icl_transience import config as config_lib
+from icl_transience.data.sequences import BURSTY
+from icl_transience.evals import probes
+
+from helpers import smoke_config
+
+
+def reference_metrics(logits, labels, target):
+  """The authors' mask formulation, computed naively."""
+  n_out = logits.shape[-1]
+  mask = jnp.max(jax.nn.one_hot(labels, n_out), axis=-2)
+  onehot = jax.nn.one_hot(target, n_out)
+  probs = jax.nn.softmax(logits)
+  inside = mask * logits - (1 - mask) * 1e20
+  outside = (1 - mask) * logits - mask * 1e20
+  acc = lambda x: (jnp.argmax(x, -1) == target).astype(jnp.float32)
+  prob = lambda x: jnp.sum(jax.nn.softmax(x) * onehot, -1)
+  return {"acc": acc(logits), "in_context_acc": acc(inside),
+          "out_context_acc": acc(outside),
+          "loss": -jnp.sum(jax.nn.log_softmax(logits) * onehot, -1),
+          "prob": prob(logits), "in_context_prob": prob(inside),
+          "out_context_prob": prob(outside),
+          "use_context_prob": jnp.sum(probs * mask, -1)}
+
+
+def test_query_metrics_match_the_mask_formulation():
+  key = jax.random.PRNGKey(0)
+  logits = 3 * jax.random.normal(key, (400, 13))
+  labels = jax.random.randint(jax.random.PRNGKey(1), (400, 3), 0, 13)
+  labels = labels.at[:50, 1].set(labels[:50, 0])  # repeated context labels
+  target = jax.random.randint(jax.random.PRNGKey(2), (400,), 0, 13)
+  target = target.at[100:300].set(labels[100:300, 2])  # target in context
+  fast = probes.query_metrics(logits, labels, target)
+  slow = reference_metrics(logits, labels, target)
+  assert set(fast) == set(probes.METRICS)
+  for name in probes.METRICS:
+    np.testing.assert_allclose(fast[name], slow[name], rtol=1e-5, atol=1e-6,
+                               err_msg=name)
+
+
+def test_eval_specs_follow_the_paper_table():
+  c = config_lib.base_config()
+  spec = {n: probes.eval_spec(n, c) for n in c.evals.names}
+  for s in spec.values():
+    assert s.n_classes == 1600 and s.exemplars == (0, 5) and s.zipf_exponent == 0
+  assert spec["icl"].relabel == "01" and spec["flip_icl"].relabel == "flip"
+  assert spec["train_eval"].relabel == "none" and spec["train_eval"].burstiness == 1
+  ciwl, iwl = spec["iwl_copy_avail"], spec["pure_iwl"]
+  assert ciwl.assign_query_label_random and not iwl.assign_query_label_random
+  for s in (ciwl, iwl):
+    assert s.burstiness == 0 and s.no_support and s.unique_rest
+
+
+def test_eval_sets_are_fixed_by_the_eval_seed():
+  c = smoke_config()
+  a, b = probes.build_eval_sets(c), probes.build_eval_sets(c)
+  c.eval_seed = 7
+  other = probes.build_eval_sets(c)
+  for name in c.evals.names:
+    np.testing.assert_array_equal(a[name].classes, b[name].classes)
+    assert (np.asarray(a[name].classes) != np.asarray(other[name].classes)).any()
+    assert np.asarray(a[name].classes).max() < c.evals.n_classes
+  flip = a["flip_icl"]
+  assert ((np.asarray(flip.item_types) == BURSTY).sum(1) == 1).all()

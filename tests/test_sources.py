@@ -1,0 +1,68 @@
+"""Feature sources: synthetic low-rank classes, files, one-hots."""
+import h5py
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from icl_transience.data import sources
+from icl_transience.errors import UserError
+
+
+def test_synthetic_classes_are_low_rank_clusters():
+  table = np.asarray(sources.synthetic_table(0, 30, 10, 64, rank=4, spread=0.7,
+                                             isotropic_noise=0.0))
+  assert table.shape == (30, 10, 64)
+  # without isotropic noise every exemplar lies in one rank-4 subspace
+  assert np.linalg.matrix_rank(table.reshape(-1, 64), tol=1e-3) == 4
+  within = np.linalg.norm(table - table.mean(1, keepdims=True), axis=-1).mean()
+  between = np.linalg.norm(table.mean(1) - table.mean((0, 1)), axis=-1).mean()
+  assert between > within  # classes are clusters
+  again = sources.synthetic_table(0, 30, 10, 64, 4, 0.7, 0.0)
+  np.testing.assert_array_equal(table, np.asarray(again))
+  assert not np.allclose(table, sources.synthetic_table(1, 30, 10, 64, 4, 0.7, 0.0))
+
+
+def data_cfg(**kw):
+  base = dict(source="features", path="", key="resnet18/224/feat", n_classes=0,
+              n_exemplars=0, dim=0)
+  base.update(kw)
+  return ml_collections.ConfigDict(base)
+
+
+@pytest.mark.parametrize("kind", ["h5", "npy", "npz"])
+def test_features_files(tmp_path, kind):
+  array = np.random.default_rng(0).normal(size=(6, 4, 5)).astype(np.float32)
+  path = str(tmp_path / f"feat.{kind}")
+  if kind == "h5":
+    with h5py.File(path, "w") as f:
+      f["resnet18/224/feat"] = array
+  elif kind == "npy":
+    np.save(path, array)
+  else:
+    np.savez(path, feat=array)
+  cfg = data_cfg(path=path, key="feat" if kind == "npz" else "resnet18/224/feat")
+  assert sources.source_shape(cfg) == (6, 4, 5)
+  np.testing.assert_array_equal(np.asarray(sources.load_table(cfg)), array)
+
+
+def test_bad_files_give_clear_errors(tmp_path):
+  with pytest.raises(UserError, match="data.path: no such file"):
+    sources.source_shape(data_cfg(path=str(tmp_path / "missing.h5")))
+  path = str(tmp_path / "f.h5")
+  with h5py.File(path, "w") as f:
+    f["other"] = np.zeros((2, 2, 2))
+  with pytest.raises(UserError, match="data.key: no dataset 'resnet18/224/feat'"):
+    sources.source_shape(data_cfg(path=path))
+  obj = str(tmp_path / "obj.npy")
+  np.save(obj, np.array([{"a": 1}], dtype=object), allow_pickle=True)
+  with pytest.raises(UserError, match="cannot read"):  # never unpickled
+    sources.source_shape(data_cfg(path=obj))
+
+
+def test_onehot_source():
+  cfg = data_cfg(source="onehot", n_classes=7)
+  assert sources.source_shape(cfg) == (7, 1, 7)
+  assert sources.load_table(cfg) is None
+  feats = sources.gather_features(None, jnp.array([[2, 5]]), jnp.zeros((1, 2), int), 7)
+  np.testing.assert_array_equal(feats[0, 1], np.eye(7)[5])
