@@ -1,14 +1,52 @@
-"""Strategy coopetition, main 2-layer run (Singh et al. 2025, Fig. 1b).
+"""Strategy coopetition (Singh et al. 2025): the main run and its variants.
 
-2-layer attention-only transformer, d 64, 8 heads, learned positions; K = 2
-context pairs, burstiness 1 + distractor; 12,800 classes x 20 exemplars of
-the embedded synthetic features; Adam 1e-5, batch 32; five evaluators every
-100 k sequences.
+Main run (Fig. 1b): 2-layer attention-only transformer, d 64, 8 heads, learned
+positions; K = 2 context pairs, burstiness 1 + distractor; 12,800 classes x 20
+exemplars of the embedded synthetic features; Adam 1e-5, batch 32; five
+evaluators every 100 k sequences.
 
   python main.py --config=configs/coopetition.py --workdir=runs/coop
+  python main.py --config=configs/coopetition.py:mq --workdir=runs/mq
+
+Variants (spec II.A.3, II.D.2), with the paper's horizons:
+  icl_only    labels: a random pair of all 12,800 labels per sequence (64 M)
+  ciwl_only   no query-class items; the query label on one context item
+  mq          matched exemplars (persistent ICL)
+  sinpe, rope sinusoidal / rotary positions, timescale 30
+  depth1      one layer
+  mlp         MLP blocks (ratio 4), 320 M
+  c12800_ex5, c1600_ex20, c1600_ex5   data sizes (100 M)
 """
 from icl_transience import config
 
+VARIANTS = {
+    "": {},
+    "icl_only": {"train.relabel": "pairs", "train.fs_relabel": 12_800,
+                 "total_sequences": 64_000_000},
+    "ciwl_only": {"train.burstiness": 0, "train.no_support": True,
+                  "train.unique_rest": True,
+                  "train.assign_query_label_random": True},
+    "mq": {"train.match_query_and_distractors": True},
+    "sinpe": {"model.positions": "sinusoidal"},
+    "rope": {"model.positions": "rope"},
+    "depth1": {"model.depth": 1},
+    "mlp": {"model.mlp_ratio": 4, "total_sequences": 320_000_000},
+    "c12800_ex5": {"train.exemplars": (0, 5), "total_sequences": 100_000_000},
+    "c1600_ex20": {"train.n_classes": 1600, "total_sequences": 100_000_000},
+    "c1600_ex5": {"train.n_classes": 1600, "train.exemplars": (0, 5),
+                  "total_sequences": 100_000_000},
+}
 
-def get_config():
-  return config.base_config()
+
+def get_config(variant: str = ""):
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant '{variant}' (choose from "
+                     f"{', '.join(v for v in VARIANTS if v)})")
+  c = config.base_config()
+  for field, value in VARIANTS[variant].items():
+    node = c
+    *parents, leaf = field.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c

@@ -4,7 +4,8 @@
 
 Writes workdir/figures/fig1b_<member>.png (the paper's Figure 1b: train,
 ICL, flip, CIWL and IWL accuracy against sequences seen) and
-workdir/figures/losses_<member>.png.
+workdir/figures/losses_<member>.png, and prints each curve's peak and final
+value.
 """
 import os
 
@@ -28,6 +29,8 @@ def main(argv):
                     f"({metrics_table.FILENAME} missing or empty)")
   for path in figures.plot_run(rows, os.path.join(_WORKDIR.value, "figures")):
     print(path)
+  for member in dict.fromkeys(r["member"] for r in rows):
+    print("\n".join(figures.summary(rows, member)))
 
 
 if __name__ == "__main__":

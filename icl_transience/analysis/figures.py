@@ -67,6 +67,18 @@ def loss_figure(rows, member: str, path: str):
   _save(fig, path)
 
 
+def summary(rows, member: str) -> list[str]:
+  """One line per strategy curve: peak (and where) and final value."""
+  lines = []
+  for evaluator, metric, label, _ in STRATEGY_CURVES:
+    x, y = series(rows, member, evaluator, metric)
+    if x:
+      peak = max(range(len(y)), key=y.__getitem__)
+      lines.append(f"{member:>12s} {label:<32s} peak {y[peak]:.3f} at "
+                   f"{x[peak] / 1e6:6.2f}M   final {y[-1]:.3f} at {x[-1] / 1e6:.2f}M")
+  return lines
+
+
 def plot_run(rows, out_dir: str) -> list[str]:
   """Both figures for every member; returns the written paths."""
   by_member = collections.OrderedDict((r["member"], None) for r in rows)
@@ -77,3 +89,20 @@ def plot_run(rows, out_dir: str) -> list[str]:
       draw(rows, member, path)
       paths.append(path)
   return paths
+
+
+def toy_figure(history, stop: int, seed: int, path: str):
+  """The minimal model's L, L1 (ICL), L2 (CIWL) and K against GD steps."""
+  end = stop + 1 if stop >= 0 else len(history)
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for column, label, colour in ((0, "L (total)", "black"),
+                                (1, "L1 (mechanism 1: ICL)", "tab:blue"),
+                                (2, "L2 (mechanism 2: CIWL)", "tab:orange"),
+                                (3, "K (competition)", "tab:grey")):
+    ax.plot(history[:end, column], label=label, color=colour, lw=1.5)
+  ax.set(xlabel="gradient-descent step", ylabel="loss", yscale="log",
+         title=f"Minimal coopetition model, seed {seed}"
+         + (f" (stopped at {stop})" if stop >= 0 else " (no stop)"))
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  _save(fig, path)

@@ -1,0 +1,61 @@
+"""Solves the minimal mathematical model of coopetition (spec II.E).
+
+  python -m icl_transience.toy --seed 7              # stops at step 9,620
+  python -m icl_transience.toy --seed 7 --mu1=0      # persistent ICL (stop 1e-3)
+  python -m icl_transience.toy --seeds=0-11          # all seeds, one vmapped call
+
+Prints each seed's stopping step and the L, L1, L2, K trajectory of the first
+seed, and saves its figure (--out).
+"""
+from absl import app
+from absl import flags
+
+from icl_transience import cli
+from icl_transience.analysis import figures
+from icl_transience.analysis import toy
+from icl_transience.errors import UserError
+
+_SEED = flags.DEFINE_integer("seed", 7, "Seed (used when --seeds is empty).")
+_SEEDS = flags.DEFINE_string("seeds", "", "Seeds: '0-11' or '2,7,9'.")
+_MU1 = flags.DEFINE_float("mu1", 0.1, "mu1; 0 gives the persistent-ICL variant.")
+_ALPHA = flags.DEFINE_float("alpha", 0.1, "Competition strength alpha.")
+_MAX_STEPS = flags.DEFINE_integer("max_steps", 16_000, "Step limit.")
+_OUT = flags.DEFINE_string("out", "toy_seed{seed}.png", "Figure path ({seed}).")
+
+MILESTONES = (0, 1000, 2000, 3000, 4600, 4800, 5658, 6500, 8000)
+
+
+def parse_seeds(text: str) -> list[int]:
+  try:
+    if "-" in text:
+      lo, hi = (int(x) for x in text.split("-"))
+      return list(range(lo, hi + 1))
+    return [int(x) for x in text.split(",")]
+  except ValueError as e:
+    raise UserError(f"--seeds: expected '0-11' or '2,7,9', got '{text}'") from e
+
+
+@cli.exit_on_user_error
+def main(argv):
+  del argv
+  seeds = parse_seeds(_SEEDS.value) if _SEEDS.value else [_SEED.value]
+  cfg = toy.ToyConfig(mu1=_MU1.value, alpha=_ALPHA.value,
+                      max_steps=_MAX_STEPS.value,
+                      threshold=1e-6 if _MU1.value > 0 else 1e-3)
+  stops, history = toy.solve(seeds, cfg)
+  for seed, stop in zip(seeds, stops):
+    print(f"seed {seed}: " + (f"L < {cfg.threshold:g} at step {stop}" if stop >= 0
+                              else f"no stop within {cfg.max_steps} steps"))
+  first, stop = history[0], int(stops[0])
+  print(f"\nseed {seeds[0]} trajectory\n{'step':>6} {'L':>10} {'L1':>10} "
+        f"{'L2':>10} {'K':>10}")
+  end = stop if stop >= 0 else cfg.max_steps
+  for t in sorted({m for m in MILESTONES if m <= end} | {end}):
+    print(f"{t:6d} " + " ".join(f"{v:10.4g}" for v in first[t]))
+  path = _OUT.value.format(seed=seeds[0])
+  figures.toy_figure(first, stop, seeds[0], path)
+  print(f"\nfigure: {path}")
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,39 @@
+"""Every shipped config and variant validates and has the paper's shape."""
+import pytest
+
+from helpers import REPO  # pylint: disable=unused-import  (puts configs/ on the path)
+import coopetition  # pylint: disable=wrong-import-order
+import smoke  # pylint: disable=wrong-import-order
+
+from icl_transience import config as config_lib
+from icl_transience.evals import probes
+
+
+@pytest.mark.parametrize("variant", sorted(coopetition.VARIANTS))
+def test_coopetition_variants_validate(variant):
+  c = coopetition.get_config(variant)
+  config_lib.validate(c)
+  assert c.batch_size == 32 and c.train.context_len == 2
+  if variant == "icl_only":
+    assert config_lib.n_outputs(c) == 12_800
+    spec = config_lib.train_spec(c)
+    assert spec.relabel == "pairs" and spec.fs_relabel == 12_800
+  if variant == "ciwl_only":  # trains on the CIWL evaluator's distribution
+    train, ciwl = config_lib.train_spec(c), probes.eval_spec("iwl_copy_avail", c)
+    for field in ("burstiness", "no_support", "unique_rest",
+                  "assign_query_label_random", "relabel"):
+      assert getattr(train, field) == getattr(ciwl, field)
+
+
+def test_main_config_numbers():
+  c = coopetition.get_config()
+  assert (c.optim.lr, c.init_seed, c.data_seed, c.eval_seed) == (1e-5, 5, 2, 1)
+  assert (c.data.rank, c.data.spread, c.data.isotropic_noise) == (16, 0.7, 0.1)
+  assert (c.data.n_classes, c.data.n_exemplars, c.data.dim) == (12_984, 20, 512)
+  assert c.total_sequences // c.batch_size == 625_000
+  config_lib.validate(smoke.get_config())
+
+
+def test_unknown_variant():
+  with pytest.raises(ValueError, match="unknown variant"):
+    coopetition.get_config("nope")
