@@ -21,8 +21,10 @@ def parse_flags(argv):
     if "config" in flags.FLAGS:
       flags.FLAGS["config"].value.keys()  # the file loads lazily: load it now
     return rest
-  except flags.Error as e:
-    message = str(e)
+  except flags.Error as e:  # a config file that raised: keep its last line
+    lines = [l.strip() for l in str(e).splitlines() if l.strip()]
+    message = (f"{lines[0].split(':')[0]}: {lines[-1]}"
+               if "Traceback" in str(e) else str(e))
   except (AttributeError, KeyError, TypeError, ValueError, OSError,
           SyntaxError) as e:
     text = str(e.args[0]) if isinstance(e, KeyError) and e.args else str(e)
@@ -36,7 +38,11 @@ def parse_flags(argv):
 
 
 def quiet_library_logs():
-  """Keeps the log to ours: Orbax logs every save (and read-only opens)."""
+  """Keeps the log readable: Orbax logs every save, JAX every missing backend."""
   def keep(record):
-    return record.levelno >= py_logging.ERROR or "/orbax/" not in record.pathname
+    if "/orbax/" in record.pathname:
+      return record.levelno >= py_logging.ERROR
+    if record.pathname.endswith("xla_bridge.py"):  # "no TPU backend" at INFO
+      return record.levelno >= py_logging.WARNING
+    return True
   logging.get_absl_handler().addFilter(keep)

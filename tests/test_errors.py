@@ -16,6 +16,7 @@ SMOKE = ["main.py", "--config=configs/smoke.py"]
     (["--config.population=init_seed=1,colour=red"], "population"),
     (["--config.total_sequences=1234"], "total_sequences"),
     (["--config.trian.burstiness=1"], "bad --config"),
+    (["--config=configs/coopetition.py:nope"], "unknown variant 'nope'"),
 ])
 def test_bad_config_gives_one_line(tmp_path, flags, field):
   result = run_cli(SMOKE + [f"--workdir={tmp_path}/w"] + flags)

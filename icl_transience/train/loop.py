@@ -162,7 +162,7 @@ def _run(c, trainer, evaluate, state, table, eval_sets, table_rows, mngr, stop,
   pending, in_flight = [], None
   bar = tqdm.tqdm(total=total, initial=step, unit="step", dynamic_ncols=True,
                   disable=None, smoothing=0.1)
-  started, started_step = time.time(), step
+  last_time, last_step = time.time(), step
   while step < total:
     state, metrics = trainer.train_chunk(state, table)
     step += k
@@ -179,7 +179,9 @@ def _run(c, trainer, evaluate, state, table, eval_sets, table_rows, mngr, stop,
       table_rows.append(rows)
       shown = _postfix(rows, names, step, bs)
       bar.set_postfix(shown, refresh=False)
-      rate = (step - started_step) / max(time.time() - started, 1e-9)
+      now = time.time()  # rate since the previous log (the first includes compiling)
+      rate = (step - last_step) / max(now - last_time, 1e-9)
+      last_time, last_step = now, step
       logging.info("step %d (%d sequences, %.0f steps/s): %s", step, step * bs,
                    rate, " ".join(f"{a}={b}" for a, b in shown.items()))
     if step in ckpt_steps or stop.requested:
