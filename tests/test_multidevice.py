@@ -9,16 +9,20 @@ SCRIPT = textwrap.dedent("""
     from helpers import smoke_config, final_state
     from icl_transience.train import loop
     assert jax.device_count() == 8, jax.devices()
-    out = {}
-    for n in (8, 1):
-      c = smoke_config(num_devices=n, batch_size=16, total_sequences=320,
-                       eval_every=160, **{"ckpt.every": 160})
-      loop.train(c, f"{sys.argv[1]}/d{n}")
-      out[n] = final_state(c, f"{sys.argv[1]}/d{n}")
-    assert int(out[8]["step"][0]) == 20
-    for a, b in zip(jax.tree.leaves(out[8]["params"]), jax.tree.leaves(out[1]["params"])):
-      np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
-    print("EQUAL")
+    for population in ("", "init_seed=1; init_seed=2,lr=3e-3"):
+      out = {}
+      for n in (8, 1):
+        c = smoke_config(num_devices=n, batch_size=16, total_sequences=320,
+                         eval_every=160, population=population,
+                         **{"ckpt.every": 160})
+        workdir = f"{sys.argv[1]}/{len(population)}_{n}"
+        loop.train(c, workdir)
+        out[n] = final_state(c, workdir)
+      assert int(out[8]["step"][0]) == 20
+      for a, b in zip(jax.tree.leaves(out[8]["params"]),
+                      jax.tree.leaves(out[1]["params"])):
+        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-5, atol=1e-6)
+      print("EQUAL")
 """)
 
 
@@ -27,4 +31,4 @@ def test_eight_devices_match_one(tmp_path):
       "XLA_FLAGS": "--xla_force_host_platform_device_count=8",
       "JAX_PLATFORMS": "cpu"})
   assert result.returncode == 0, result.stderr[-3000:]
-  assert "EQUAL" in result.stdout
+  assert result.stdout.count("EQUAL") == 2  # one member, and a population
