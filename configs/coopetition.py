@@ -42,11 +42,4 @@ def get_config(variant: str = ""):
   if variant not in VARIANTS:
     raise ValueError(f"unknown variant '{variant}' (choose from "
                      f"{', '.join(v for v in VARIANTS if v)})")
-  c = config.base_config()
-  for field, value in VARIANTS[variant].items():
-    node = c
-    *parents, leaf = field.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return config.override(config.base_config(), VARIANTS[variant])

@@ -90,6 +90,17 @@ def base_config() -> ml_collections.ConfigDict:
   return c
 
 
+def override(c, fields: dict):
+  """Sets dotted fields in place ({'train.burstiness': 0, ...}); returns c."""
+  for field, value in fields.items():
+    node = c
+    *parents, leaf = field.split(".")
+    for p in parents:
+      node = node[p]
+    node[leaf] = value
+  return c
+
+
 def train_spec(c) -> sequences.SequenceSpec:
   t = c.train
   return sequences.SequenceSpec(

@@ -39,9 +39,8 @@ def parse_seeds(text: str) -> list[int]:
 def main(argv):
   del argv
   seeds = parse_seeds(_SEEDS.value) if _SEEDS.value else [_SEED.value]
-  cfg = toy.ToyConfig(mu1=_MU1.value, alpha=_ALPHA.value,
-                      max_steps=_MAX_STEPS.value,
-                      threshold=1e-6 if _MU1.value > 0 else 1e-3)
+  cfg = toy.ToyConfig.for_mu1(_MU1.value, alpha=_ALPHA.value,
+                              max_steps=_MAX_STEPS.value)
   stops, history = toy.solve(seeds, cfg)
   for seed, stop in zip(seeds, stops):
     print(f"seed {seed}: " + (f"L < {cfg.threshold:g} at step {stop}" if stop >= 0

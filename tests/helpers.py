@@ -18,14 +18,7 @@ from icl_transience.train import step as step_lib  # pylint: disable=wrong-impor
 
 
 def smoke_config(**overrides):
-  c = smoke.get_config()
-  for field, value in overrides.items():
-    node = c
-    *parents, leaf = field.split(".")
-    for p in parents:
-      node = node[p]
-    node[leaf] = value
-  return c
+  return config_lib.override(smoke.get_config(), overrides)
 
 
 def final_state(c, workdir, step=None):

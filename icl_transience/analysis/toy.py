@@ -26,8 +26,9 @@ class ToyConfig:
   threshold: float = 1e-6  # the spec uses 1e-3 for mu1 = 0
 
   @classmethod
-  def persistent_icl(cls):
-    return cls(mu1=0.0, threshold=1e-3)
+  def for_mu1(cls, mu1: float, **kwargs):
+    """The spec's stopping rule: L < 1e-6, or 1e-3 for persistent ICL (mu1 = 0)."""
+    return cls(mu1=mu1, threshold=1e-6 if mu1 > 0 else 1e-3, **kwargs)
 
 
 def outer3(u, v, w):
@@ -64,13 +65,17 @@ def init(seed, cfg: ToyConfig):
 
 def _solve_one(seed, cfg: ToyConfig):
   params, targets = init(seed, cfg)
-  grad = jax.grad(lambda p: losses(p, targets, cfg)[0])
+  def total_and_parts(p):
+    values = losses(p, targets, cfg)
+    return values[0], jnp.stack(values)
+
+  value_and_grad = jax.value_and_grad(total_and_parts, has_aux=True)
 
   def body(carry, _):
     params, stop, step = carry
-    values = jnp.stack(losses(params, targets, cfg))
+    (_, values), grads = value_and_grad(params)
     stop = jnp.where((stop < 0) & (values[0] < cfg.threshold), step, stop)
-    moved = tuple(p - cfg.lr * g for p, g in zip(params, grad(params)))
+    moved = tuple(p - cfg.lr * g for p, g in zip(params, grads))
     params = jax.tree.map(lambda new, old: jnp.where(stop < 0, new, old),
                           moved, params)
     return (params, stop, step + 1), values
