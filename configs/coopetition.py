@@ -10,6 +10,8 @@ evaluators every 100 k sequences.
 
 Variants (spec II.A.3, II.D.2), with the paper's horizons:
   icl_only    labels: a random pair of all 12,800 labels per sequence (64 M)
+  icl_only_graft  icl_only with layer 2, final LN and unembedding frozen from
+              the main run at 20 M (II.D.5; --config.graft.workdir=<main run>)
   ciwl_only   no query-class items; the query label on one context item
   mq          matched exemplars (persistent ICL)
   sinpe, rope sinusoidal / rotary positions, timescale 30
@@ -19,10 +21,14 @@ Variants (spec II.A.3, II.D.2), with the paper's horizons:
 """
 from icl_transience import config
 
+ICL_ONLY = {"train.relabel": "pairs", "train.fs_relabel": 12_800,
+            "total_sequences": 64_000_000}
 VARIANTS = {
     "": {},
-    "icl_only": {"train.relabel": "pairs", "train.fs_relabel": 12_800,
-                 "total_sequences": 64_000_000},
+    "icl_only": ICL_ONLY,
+    "icl_only_graft": {**ICL_ONLY, "graft.mode": "out", "graft.layer": 0,
+                       "graft.workdir": "runs/coop",
+                       "graft.sequences": 20_000_000},
     "ciwl_only": {"train.burstiness": 0, "train.no_support": True,
                   "train.unique_rest": True,
                   "train.assign_query_label_random": True},

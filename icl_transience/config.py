@@ -5,13 +5,16 @@ Every number the papers name is a field here. Periods and horizons count
 batch_size. Config files in configs/ start from `base_config()`.
 """
 import dataclasses
+import json
 import math
+import os
 
 import ml_collections
 
 from icl_transience.data import sequences
 from icl_transience.data import sources
 from icl_transience.errors import UserError
+from icl_transience.models import graft
 from icl_transience.models import transformer
 
 MEMBER_FIELDS = {"init_seed": int, "data_seed": int, "lr": float, "l2": float}
@@ -87,7 +90,42 @@ def base_config() -> ml_collections.ConfigDict:
   c.ckpt.at = ()                  # explicit sequence counts
   c.ckpt.log_spaced = 0           # extra log-spaced points over the horizon
   c.ckpt.keep = 0                 # keep the newest N (0 = keep all)
+
+  # Weights from another run's checkpoint (workdir; sequences: which
+  # checkpoint, -1 = newest; member: '' = its first member).
+  # Warm start (spec III.10): its params, a fresh Adam state, its sequence
+  # counter; the data stream restarts from this run's own seeds.
+  c.warm_start = _checkpoint_ref()
+  # Grafting (III.7): a frozen model joined at block `layer`; mode none | out
+  # (frozen model runs the blocks after `layer`) | in (frozen model supplies
+  # the stream after `layer`).
+  c.graft = _checkpoint_ref()
+  c.graft.mode = "none"
+  c.graft.layer = 0
   return c
+
+
+def _checkpoint_ref() -> ml_collections.ConfigDict:
+  return ml_collections.ConfigDict(dict(workdir="", sequences=-1, member=""))
+
+
+def load_run_config(workdir: str) -> ml_collections.ConfigDict:
+  """A run's config.json; fields added since it was written get defaults."""
+  path = os.path.join(workdir, "config.json")
+  if not os.path.exists(path):
+    raise UserError(f"no run in {workdir} (config.json missing)")
+  with open(path) as f:
+    c = ml_collections.ConfigDict(json.load(f))
+  _fill_defaults(c, base_config())
+  return c
+
+
+def _fill_defaults(c, defaults):
+  for key, value in defaults.items():
+    if key not in c:
+      c[key] = value
+    elif isinstance(value, ml_collections.ConfigDict):
+      _fill_defaults(c[key], value)
 
 
 def override(c, fields: dict):
@@ -228,3 +266,13 @@ def validate(c, n_devices: int = 1):
   for m in members(c):
     _check(m.lr > 0 and math.isfinite(m.lr), "optim.lr", f"bad lr {m.lr}")
     _check(m.l2 >= 0, "optim.l2", f"bad l2 {m.l2}")
+  _check(c.graft.mode in graft.MODES, "graft.mode",
+         f"unknown '{c.graft.mode}' (choose from {', '.join(graft.MODES)})")
+  if c.graft.mode != "none":
+    _check(bool(c.graft.workdir), "graft.workdir", "needed to graft")
+    _check(0 <= c.graft.layer < c.model.depth, "graft.layer",
+           f"must be in [0, {c.model.depth})")
+  for ref in ("warm_start", "graft"):
+    if c[ref].workdir:
+      _check(os.path.exists(os.path.join(c[ref].workdir, "config.json")),
+             f"{ref}.workdir", f"no run in {c[ref].workdir} (config.json missing)")

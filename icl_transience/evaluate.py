@@ -7,11 +7,7 @@ whose evaluator rows are missing from metrics.jsonl, runs the evaluators and
 appends the rows. Safe to run while training continues, and again later:
 finished work is skipped; an unreadable checkpoint is skipped with a warning.
 """
-import json
-import os
-
 import jax
-import ml_collections
 import tqdm
 from absl import app
 from absl import flags
@@ -30,17 +26,12 @@ from icl_transience.train import step as step_lib
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
 
 
-def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
-    raise UserError(f"--workdir: no run in {workdir} (config.json missing)")
-  with open(path) as f:
-    return ml_collections.ConfigDict(json.load(f))
-
-
 def evaluate_checkpoints(workdir: str) -> int:
   """Evaluates what is missing; returns the number of (member, step) done."""
-  c = load_run_config(workdir)
+  try:
+    c = config_lib.load_run_config(workdir)
+  except UserError as e:
+    raise UserError(f"--workdir: {e}") from e
   mesh = loop.make_mesh(c.num_devices)
   config_lib.validate(c, n_devices=mesh.devices.size)
   members = config_lib.members(c)
@@ -66,7 +57,7 @@ def evaluate_checkpoints(workdir: str) -> int:
         logging.warning("skipping unreadable checkpoint %d/%s: %s", step, name,
                         str(e).splitlines()[0] if str(e) else type(e).__name__)
         continue
-      results = jax.device_get(evaluate(state["params"], table, eval_sets))
+      results = jax.device_get(evaluate(trainer.weights(state), table, eval_sets))
       table_rows.append(metrics_table.rows_from(
           name, step, step * c.batch_size, results))
       done += 1

@@ -26,13 +26,14 @@ def read(workdir: str) -> list[dict]:
     return [json.loads(line) for line in f if line.strip()]
 
 
-def atomic_write_text(filename: str, text: str):
-  """Writes text to filename so readers see the old or the new file, whole."""
+def atomic_write(filename: str, write, binary: bool = False):
+  """Calls write(file) on a temporary file, then renames it to filename:
+  readers see the old or the new file, whole."""
   directory = os.path.dirname(os.path.abspath(filename))
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
   try:
-    with os.fdopen(fd, "w") as f:
-      f.write(text)
+    with os.fdopen(fd, "wb" if binary else "w") as f:
+      write(f)
       f.flush()
       os.fsync(f.fileno())
     os.replace(tmp, filename)
@@ -42,11 +43,16 @@ def atomic_write_text(filename: str, text: str):
     raise
 
 
+def atomic_write_text(filename: str, text: str):
+  atomic_write(filename, lambda f: f.write(text))
+
+
 class MetricsTable:
   """Appends rows without duplicates; keeps the table in memory."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, write: bool = True):
     self.workdir = workdir
+    self.write = write  # False: keep rows in memory only (non-lead processes)
     self.rows = read(workdir)
     self._keys = {tuple(r[k] for k in KEY) for r in self.rows}
     self._evaluated = {k[:3] for k in self._keys}
@@ -65,6 +71,7 @@ class MetricsTable:
         fresh.append(row)
     if fresh:
       self.rows.extend(fresh)
+    if fresh and self.write:
       atomic_write_text(path(self.workdir), "".join(
           json.dumps(r) + "\n" for r in self.rows))
     return len(fresh)

@@ -11,9 +11,21 @@ if [[ $# -lt 2 ]]; then
   echo "usage: $0 [--dry-run] CONFIG WORKDIR [--config.field=value ...]" >&2
   exit 2
 fi
-config="$1"; workdir="$2"; shift 2
+
+# Quotes one word for the shell, only where it needs it (readable dry runs).
+quote() {
+  if [[ "$1" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
+    printf '%s' "$1"
+  else
+    printf '%s' "${1@Q}"
+  fi
+}
+
+config="$(quote "$1")"; workdir="$(quote "$2")"; shift 2
+overrides=""
+for arg in "$@"; do overrides+=" $(quote "${arg}")"; done
 commands=(
-  "python main.py --config=${config} --workdir=${workdir} $*"
+  "python main.py --config=${config} --workdir=${workdir}${overrides}"
   "python -m icl_transience.evaluate --workdir=${workdir}"
   "python -m icl_transience.plot --workdir=${workdir}"
 )

@@ -6,12 +6,18 @@ import coopetition  # pylint: disable=wrong-import-order
 import smoke  # pylint: disable=wrong-import-order
 
 from icl_transience import config as config_lib
+from icl_transience.errors import UserError
 from icl_transience.evals import probes
 
 
 @pytest.mark.parametrize("variant", sorted(coopetition.VARIANTS))
-def test_coopetition_variants_validate(variant):
+def test_coopetition_variants_validate(variant, tmp_path):
   c = coopetition.get_config(variant)
+  if c.graft.mode != "none":  # needs the main run it grafts from
+    with pytest.raises(UserError, match="graft.workdir: no run in runs/coop"):
+      config_lib.validate(c)
+    (tmp_path / "config.json").write_text("{}")
+    c.graft.workdir = str(tmp_path)
   config_lib.validate(c)
   assert c.batch_size == 32 and c.train.context_len == 2
   if variant == "icl_only":

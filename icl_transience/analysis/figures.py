@@ -106,3 +106,27 @@ def toy_figure(history, stop: int, seed: int, path: str):
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
   _save(fig, path)
+
+
+def transience_figure(rows, member: str, curves, path: str):
+  """Accuracy curves with their peaks marked, over the training loss.
+
+  curves: (evaluator, metric, label, (peak_sequences, peak_value)) per curve.
+  """
+  colours = {evaluator: colour for evaluator, _, _, colour in STRATEGY_CURVES}
+  fig, (acc_ax, loss_ax) = plt.subplots(2, 1, figsize=(7, 6), sharex=True,
+                                        height_ratios=(2, 1))
+  for evaluator, metric, label, (peak_x, peak_y) in curves:
+    x, y = series(rows, member, evaluator, metric)
+    line, = acc_ax.plot(x, y, label=label, color=colours.get(evaluator), lw=1.5)
+    acc_ax.plot([peak_x], [peak_y], "v", color=line.get_color(), ms=6)
+  acc_ax.set(ylabel="accuracy", ylim=(-0.02, 1.02),
+             title=f"ICL transience: {member} (peaks marked)")
+  acc_ax.legend(fontsize=8, loc="center right")
+  acc_ax.grid(alpha=0.3)
+  x, y = series(rows, member, "train_batch", "loss")
+  loss_ax.plot(x, y, color="black", lw=1.0, label="train (batch)")
+  loss_ax.set(xlabel="sequences seen", ylabel="train loss",
+              yscale="log" if y else "linear")
+  loss_ax.grid(alpha=0.3)
+  _save(fig, path)

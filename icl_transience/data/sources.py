@@ -7,6 +7,7 @@ Sources:
              or .npz (array name), holding classes x exemplars x dim
   onehot     class c is the one-hot vector e_c (every exemplar identical)
 """
+import functools
 import os
 from typing import NamedTuple
 
@@ -77,12 +78,13 @@ def source_shape(data_cfg) -> SourceShape:
 
 
 def synthetic_table(seed: int, n_classes: int, n_exemplars: int, dim: int,
-                    rank: int, spread: float, isotropic_noise: float):
+                    rank: int, spread: float, isotropic_noise: float,
+                    sharding=None):
   """exemplar(c, e) = (z_c + spread * eps_ce) @ A + noise * N(0, I_dim).
 
   z_c, eps_ce ~ N(0, I_rank); A ~ N(0, 1/rank) of shape rank x dim.
   """
-  @jax.jit
+  @functools.partial(jax.jit, out_shardings=sharding)
   def make(key):
     k_z, k_eps, k_a, k_noise = jax.random.split(key, 4)
     z = jax.random.normal(k_z, (n_classes, 1, rank))
@@ -94,15 +96,19 @@ def synthetic_table(seed: int, n_classes: int, n_exemplars: int, dim: int,
   return make(jax.random.PRNGKey(seed))
 
 
-def load_table(data_cfg):
-  """The feature table on device, or None for one-hot classes."""
+def load_table(data_cfg, sharding=None):
+  """The feature table on device (placed with `sharding`, which may span
+  processes), or None for one-hot classes."""
   if data_cfg.source == "onehot":
     return None
   if data_cfg.source == "synthetic":
     return synthetic_table(data_cfg.dataset_seed, data_cfg.n_classes,
                            data_cfg.n_exemplars, data_cfg.dim, data_cfg.rank,
-                           data_cfg.spread, data_cfg.isotropic_noise)
-  return jnp.asarray(np.asarray(_file_array(data_cfg), dtype=np.float32))
+                           data_cfg.spread, data_cfg.isotropic_noise, sharding)
+  array = np.asarray(_file_array(data_cfg), dtype=np.float32)
+  if sharding is None:
+    return jnp.asarray(array)
+  return jax.make_array_from_callback(array.shape, sharding, lambda i: array[i])
 
 
 def gather_features(table, classes, exemplars, n_classes: int):

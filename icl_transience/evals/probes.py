@@ -70,11 +70,14 @@ def eval_spec(name: str, c) -> sequences.SequenceSpec:
   return EVALUATORS[name](base)
 
 
-def build_eval_sets(c) -> dict[str, sequences.Sequences]:
-  """The fixed evaluation sets (deterministic in eval_seed)."""
+def build_eval_sets(c, sharding=None) -> dict[str, sequences.Sequences]:
+  """The fixed evaluation sets (deterministic in eval_seed), placed with
+  `sharding` (which may span processes)."""
   key = jax.random.PRNGKey(c.eval_seed)
-  return {name: jax.jit(sequences.sample_sequences, static_argnums=(1, 2))(
-      jax.random.fold_in(key, i), eval_spec(name, c), c.evals.n_sequences)
+  sample = jax.jit(sequences.sample_sequences, static_argnums=(1, 2),
+                   out_shardings=sharding)
+  return {name: sample(jax.random.fold_in(key, i), eval_spec(name, c),
+                       c.evals.n_sequences)
           for i, name in enumerate(c.evals.names)}
 
 

@@ -3,10 +3,17 @@
 Tokens: [e(x1), l(y1), ..., e(xK), l(yK), e(xq)]; e = linear input projection,
 l = learned label table. Pre-LN blocks, causal attention; logits are read at
 the query (last) position only.
+
+For grafting and ablation (spec III.7, III.8) a call can run a slice of the
+blocks on a given residual stream, patch attention layers (zero heads' values,
+reuse clean queries / keys / values / patterns), and drop the embedding from
+the stream the readout sees. Every call sows q, k, v, the attention pattern
+and the residual streams into the "intermediates" collection.
 """
 import jax
 import jax.numpy as jnp
 import flax.linen as nn
+import flax.struct
 import numpy as np
 
 POSITIONS = ("learned", "sinusoidal", "rope")
@@ -43,12 +50,25 @@ def rotary(x: jax.Array, timescale: float) -> jax.Array:
   return rotated.reshape(x.shape)
 
 
+@flax.struct.dataclass
+class Patch:
+  """An intervention on one attention layer (spec III.8).
+
+  head_mask (n_heads,) multiplies each head's value vectors (0 = ablated);
+  clean maps any of "q", "k", "v", "pattern" to activations recorded in a
+  clean pass, used instead of the recomputed ones.
+  """
+  head_mask: jax.Array | None = None
+  clean: dict = flax.struct.field(default_factory=dict)
+
+
 class Attention(nn.Module):
   n_heads: int
   rope_timescale: float | None = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, patch: Patch | None = None):
+    patch = patch or Patch()
     b, t, d = x.shape
     head_dim = d // self.n_heads
     qkv = nn.Dense(3 * d, use_bias=False, kernel_init=lecun_normal, name="qkv")(x)
@@ -56,11 +76,15 @@ class Attention(nn.Module):
     q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
     if self.rope_timescale is not None:
       q, k = rotary(q, self.rope_timescale), rotary(k, self.rope_timescale)
+    q, k, v = (patch.clean.get(name, a) for name, a in (("q", q), ("k", k), ("v", v)))
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(head_dim)
     causal = jnp.tril(jnp.ones((t, t), bool))
     scores = jnp.where(causal, scores, -1e20)
-    pattern = jax.nn.softmax(scores, axis=-1)
-    self.sow("intermediates", "attention", pattern)
+    pattern = patch.clean.get("pattern", jax.nn.softmax(scores, axis=-1))
+    for name, a in (("q", q), ("k", k), ("v", v), ("pattern", pattern)):
+      self.sow("intermediates", name, a)
+    if patch.head_mask is not None:
+      v = v * patch.head_mask[:, None]
     out = jnp.einsum("bhqk,bkhd->bqhd", pattern, v).reshape(b, t, d)
     return nn.Dense(d, use_bias=False, kernel_init=lecun_normal, name="out")(out)
 
@@ -71,9 +95,9 @@ class Block(nn.Module):
   rope_timescale: float | None = None
 
   @nn.compact
-  def __call__(self, x):
+  def __call__(self, x, patch: Patch | None = None):
     x = x + Attention(self.n_heads, self.rope_timescale, name="attn")(
-        nn.LayerNorm(epsilon=1e-5, name="ln_attn")(x))
+        nn.LayerNorm(epsilon=1e-5, name="ln_attn")(x), patch)
     if self.mlp_ratio:
       h = nn.LayerNorm(epsilon=1e-5, name="ln_mlp")(x)
       h = nn.Dense(self.mlp_ratio * x.shape[-1], kernel_init=lecun_normal,
@@ -96,7 +120,32 @@ class SequenceClassifier(nn.Module):
   pos_timescale: float = 30.0
 
   @nn.compact
-  def __call__(self, features, labels):
+  def __call__(self, features, labels, *, stream=None, start: int = 0,
+               stop: int | None = None, patches=(), drop_embedding=False):
+    """Query logits; given `stop`, the residual stream after block stop-1.
+
+    start > 0 runs blocks start.. on `stream` (the residual stream entering
+    block `start`) instead of embedding the inputs. patches[i] (a Patch or
+    None) acts on block i's attention. drop_embedding subtracts the token +
+    position embedding from the stream the final LayerNorm reads.
+    """
+    x = self._embed(features, labels) if start == 0 else stream
+    embedding = x
+    self.sow("intermediates", "residual", x)
+    rope = self.pos_timescale if self.positions == "rope" else None
+    for i in range(start, self.depth if stop is None else stop):
+      patch = patches[i] if i < len(patches) else None
+      x = Block(self.n_heads, self.mlp_ratio, rope, name=f"block_{i}")(x, patch)
+      self.sow("intermediates", "residual", x)
+    if stop is not None:
+      return x
+    if drop_embedding:
+      x = x - embedding
+    query = nn.LayerNorm(epsilon=1e-5, name="ln_final")(x[:, -1])
+    return nn.Dense(self.n_outputs, kernel_init=lecun_normal, name="unembed")(query)
+
+  @nn.nowrap
+  def _embed(self, features, labels):
     b, n_items, _ = features.shape
     exemplars = nn.Dense(self.d_model, kernel_init=lecun_normal,
                          name="input_proj")(features)
@@ -112,11 +161,7 @@ class SequenceClassifier(nn.Module):
       x = x + table[:t]
     elif self.positions == "sinusoidal":
       x = x + sinusoids(t, self.d_model, self.pos_timescale)
-    rope = self.pos_timescale if self.positions == "rope" else None
-    for i in range(self.depth):
-      x = Block(self.n_heads, self.mlp_ratio, rope, name=f"block_{i}")(x)
-    query = nn.LayerNorm(epsilon=1e-5, name="ln_final")(x[:, -1])
-    return nn.Dense(self.n_outputs, kernel_init=lecun_normal, name="unembed")(query)
+    return x
 
 
 def build_model(model_cfg, n_outputs: int) -> SequenceClassifier:

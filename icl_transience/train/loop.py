@@ -23,6 +23,7 @@ from icl_transience.data import sources
 from icl_transience.errors import UserError
 from icl_transience.evals import probes
 from icl_transience.train import checkpoints
+from icl_transience.train import pretrained
 from icl_transience.train import step as step_lib
 
 # Fields a resumed run may change: horizons, schedules, eval batching.
@@ -33,7 +34,12 @@ SHOWN_PROBES = {"icl": "in_context_acc", "flip_icl": "in_context_acc",
 
 
 def make_mesh(num_devices: int = 0):
-  devices = jax.local_devices()[:num_devices or None]
+  """A 1-axis 'data' mesh over the first num_devices devices (0 = all; in a
+  multi-process run, all devices of all processes)."""
+  if jax.process_count() > 1 and num_devices not in (0, jax.device_count()):
+    raise UserError(f"num_devices: a multi-process run uses all "
+                    f"{jax.device_count()} devices (set 0)")
+  devices = jax.devices()[:num_devices or None]
   return jax.make_mesh((len(devices),), ("data",), devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,))
 
@@ -53,10 +59,9 @@ def save_config(c, workdir: str):
   path = os.path.join(workdir, "config.json")
   new = json.loads(c.to_json())
   if os.path.exists(path):
-    with open(path) as f:
-      old = json.load(f)
+    old = json.loads(config_lib.load_run_config(workdir).to_json())
     flat_old, flat_new = _flatten(old), _flatten(new)
-    for field in sorted(set(flat_old) | set(flat_new)):
+    for field in sorted(set(flat_old) | set(flat_new)):  # every process checks
       if any(field == r or field.startswith(r + ".") for r in RESUMABLE_CHANGES):
         continue
       if flat_old.get(field) != flat_new.get(field):
@@ -64,7 +69,8 @@ def save_config(c, workdir: str):
             f"{field}: workdir {workdir} holds a run with {field}="
             f"{flat_old.get(field)!r}, not {flat_new.get(field)!r} (use a new "
             "--workdir, or the same config to resume)")
-  metrics_table.atomic_write_text(path, json.dumps(new, indent=2) + "\n")
+  if jax.process_index() == 0:
+    metrics_table.atomic_write_text(path, json.dumps(new, indent=2) + "\n")
 
 
 class StopRequest:
@@ -134,19 +140,21 @@ def train(c, workdir: str):
                len(names), names, mesh.devices.size, total, c.total_sequences)
 
   with jax.set_mesh(mesh):
-    table = sources.load_table(c.data)
     trainer = step_lib.Trainer(c, mesh)
+    table = sources.load_table(c.data, trainer.replicated)
     evaluate = make_population_eval(trainer, c)
-    eval_sets = probes.build_eval_sets(c)
-    table_rows = metrics_table.MetricsTable(workdir)
+    eval_sets = probes.build_eval_sets(c, trainer.replicated)
+    # Every process computes the rows; process 0 writes them.
+    table_rows = metrics_table.MetricsTable(workdir, write=jax.process_index() == 0)
     with checkpoints.manager(workdir, c.ckpt.keep) as mngr, \
          StopRequest().installed() as stop:
       start = checkpoints.latest_step(mngr)
       if start is None:
-        start, state = 0, trainer.init(members)
+        state, start = pretrained.prepare(c, trainer, trainer.init(members))
         table_rows.append(_result_rows(
-            names, 0, bs, evaluate(state["params"], table, eval_sets)))
-        checkpoints.save(mngr, state, names, dict(step=0, sequences=0, members=names))
+            names, start, bs, evaluate(trainer.weights(state), table, eval_sets)))
+        checkpoints.save(mngr, state, names,
+                         dict(step=start, sequences=start * bs, members=names))
       else:
         state = checkpoints.restore_population(
             mngr, start, trainer.abstract_state(members), names)
@@ -161,7 +169,8 @@ def _run(c, trainer, evaluate, state, table, eval_sets, table_rows, mngr, stop,
   bs, k = c.batch_size, c.steps_per_call
   pending, in_flight = [], None
   bar = tqdm.tqdm(total=total, initial=step, unit="step", dynamic_ncols=True,
-                  disable=None, smoothing=0.1)
+                  disable=None if jax.process_index() == 0 else True,
+                  smoothing=0.1)
   last_time, last_step = time.time(), step
   while step < total:
     state, metrics = trainer.train_chunk(state, table)
@@ -174,7 +183,8 @@ def _run(c, trainer, evaluate, state, table, eval_sets, table_rows, mngr, stop,
     if step % eval_period == 0 or step == total:
       train_metrics = jax.tree.map(lambda *m: jnp.mean(jnp.stack(m), 0), *pending)
       pending = []
-      rows = _result_rows(names, step, bs, evaluate(state["params"], table, eval_sets),
+      rows = _result_rows(names, step, bs,
+                          evaluate(trainer.weights(state), table, eval_sets),
                           train_metrics)
       table_rows.append(rows)
       shown = _postfix(rows, names, step, bs)

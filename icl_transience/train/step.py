@@ -2,7 +2,8 @@
 
 State (one pytree, population axis first on every leaf):
   params, opt (Adam moments), step (optimizer steps taken), data_key,
-  hyper = {lr, l2} (per-member hyperparameters that keep array shapes).
+  hyper = {lr, l2} (per-member hyperparameters that keep array shapes),
+  and, when grafting, frozen (the frozen model's params, never updated).
 The batch of step t is drawn on device from fold_in(data_key, t), so a
 resumed run sees exactly the data an uninterrupted run would.
 """
@@ -17,6 +18,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from icl_transience import config as config_lib
 from icl_transience.data import sequences
 from icl_transience.data import sources
+from icl_transience.models import graft
 from icl_transience.models import transformer
 
 
@@ -39,11 +41,18 @@ class Trainer:
     self.source_classes = c.data.n_classes  # one-hot width for 'onehot'
     self.adam = optax.scale_by_adam(c.optim.b1, c.optim.b2, c.optim.eps)
     self.use_l2 = any(m.l2 > 0 for m in config_lib.members(c))
+    self.grafting = c.graft.mode != "none"
     self.replicated = NamedSharding(mesh, P())
     self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0)
 
-  def apply(self, params, features, labels):
-    return self.model.apply({"params": params}, features, labels)
+  def weights(self, state):
+    """What the forward pass reads: params, and the frozen graft model."""
+    return {k: state[k] for k in ("params", "frozen") if k in state}
+
+  def apply(self, weights, features, labels):
+    return graft.forward(self.model, self.c.graft.mode, self.c.graft.layer,
+                         weights["params"], weights.get("frozen"), features,
+                         labels)
 
   # --- initialisation -------------------------------------------------------
   def _init_member(self, init_seed, data_seed, lr, l2):
@@ -51,10 +60,13 @@ class Trainer:
     feats = jnp.zeros((1, k + 1, self._input_dim()), jnp.float32)
     labels = jnp.zeros((1, k), jnp.int32)
     params = self.model.init(jax.random.PRNGKey(init_seed), feats, labels)["params"]
-    return {"params": params, "opt": self.adam.init(params),
-            "step": jnp.zeros((), jnp.int32),
-            "data_key": jax.random.PRNGKey(data_seed),
-            "hyper": {"lr": jnp.float32(lr), "l2": jnp.float32(l2)}}
+    state = {"params": params, "opt": self.adam.init(params),
+             "step": jnp.zeros((), jnp.int32),
+             "data_key": jax.random.PRNGKey(data_seed),
+             "hyper": {"lr": jnp.float32(lr), "l2": jnp.float32(l2)}}
+    if self.grafting:  # a placeholder until the frozen model is loaded
+      state["frozen"] = params
+    return state
 
   def _input_dim(self):
     return (self.c.data.n_classes if self.c.data.source == "onehot"
@@ -77,8 +89,8 @@ class Trainer:
         s.shape, s.dtype, sharding=self.replicated), shapes)
 
   # --- one optimizer step (one member) --------------------------------------
-  def _loss(self, params, l2, feats, seqs):
-    logits = self.apply(params, feats, seqs.labels)
+  def _loss(self, params, frozen, l2, feats, seqs):
+    logits = self.apply({"params": params, "frozen": frozen}, feats, seqs.labels)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, seqs.target)
     loss = jnp.mean(ce)
     acc = jnp.mean(jnp.argmax(logits, -1) == seqs.target)
@@ -89,7 +101,8 @@ class Trainer:
 
   def _update(self, state, feats, seqs):
     grad_fn = jax.grad(self._loss, has_aux=True)
-    grads, (loss, acc) = grad_fn(state["params"], state["hyper"]["l2"], feats, seqs)
+    grads, (loss, acc) = grad_fn(state["params"], state.get("frozen"),
+                                 state["hyper"]["l2"], feats, seqs)
     updates, opt = self.adam.update(grads, state["opt"], state["params"])
     lr = state["hyper"]["lr"]
     params = jax.tree.map(lambda p, u: p - lr * u, state["params"], updates)

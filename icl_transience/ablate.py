@@ -1,0 +1,120 @@
+"""Ablations and recordings at one checkpoint (spec III.8, II.D.4).
+
+  python -m icl_transience.ablate --workdir=runs/coop --sequences=20000000
+  python -m icl_transience.ablate --workdir=runs/coop --ablate='0:1,4,7' \\
+      --keep='1:q' --evaluators=flip_icl
+  python -m icl_transience.ablate --workdir=runs/coop --record=flip.npz
+
+Without --ablate/--keep/--drop_embedding it runs every intervention of the
+II.D.4 table. Prints in-context accuracy per intervention and evaluator and
+saves every metric to workdir/ablations/<sequences>.json. --record saves the
+attention patterns, q/k/v and residual streams of the first --record_n
+sequences of --record_evaluator to an .npz file.
+"""
+import json
+import os
+
+import jax
+import ml_collections
+import numpy as np
+from absl import app
+from absl import flags
+
+from icl_transience import cli
+from icl_transience import config as config_lib
+from icl_transience import metrics_table
+from icl_transience.analysis import interventions
+from icl_transience.data import sources
+from icl_transience.errors import UserError
+from icl_transience.evals import probes
+from icl_transience.models import transformer
+from icl_transience.train import loop
+from icl_transience.train import pretrained
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
+_SEQUENCES = flags.DEFINE_integer("sequences", -1, "Checkpoint (sequences seen); -1: newest.")
+_MEMBER = flags.DEFINE_string("member", "", "Population member ('' = first).")
+_EVALUATORS = flags.DEFINE_list("evaluators", ["train_eval", "iwl_copy_avail", "flip_icl"],
+                                "Evaluators to run under each intervention.")
+_ABLATE = flags.DEFINE_string("ablate", "", "Heads to ablate: 'block:h,h;block:all'.")
+_KEEP = flags.DEFINE_string("keep", "", "Activations kept clean: 'block:q,k,v,pattern'.")
+_DROP_EMBEDDING = flags.DEFINE_bool("drop_embedding", False,
+                                    "Remove the direct embedding path at the readout.")
+_RECORD = flags.DEFINE_string("record", "", "Save activations to this .npz file.")
+_RECORD_EVALUATOR = flags.DEFINE_string("record_evaluator", "flip_icl", "Evaluator to record.")
+_RECORD_N = flags.DEFINE_integer("record_n", 100, "Sequences to record.")
+
+
+def run_table(c, params, table, eval_sets, named: dict) -> dict:
+  """{intervention: {evaluator: {metric: value}}}."""
+  model = transformer.build_model(c.model, config_lib.n_outputs(c))
+  results = {}
+  for name, iv in named.items():
+    interventions.check(iv, c.model.depth, c.model.n_heads, name)
+    apply_fn = lambda p, f, l, iv=iv: interventions.forward(model, p, f, l, iv)
+    evaluate = jax.jit(probes.make_evaluate(apply_fn, c.data.n_classes,
+                                            c.evals.batch_size))
+    results[name] = jax.tree.map(float, jax.device_get(evaluate(params, table, eval_sets)))
+  return results
+
+
+def save_recording(path, c, params, table, seqs, n):
+  model = transformer.build_model(c.model, config_lib.n_outputs(c))
+  seqs = jax.tree.map(lambda x: x[:n], seqs)
+  feats = sources.gather_features(table, seqs.classes, seqs.exemplars, c.data.n_classes)
+  out = jax.device_get(jax.jit(lambda p, f, l: interventions.record(model, p, f, l))(
+      params, feats, seqs.labels))
+  arrays = {"logits": out["logits"], "residual": out["residual"]}
+  for i, block in enumerate(out["blocks"]):
+    arrays.update({f"block{i}_{a}": v for a, v in block.items()})
+  arrays.update(classes=seqs.classes, exemplars=seqs.exemplars, labels=seqs.labels,
+                target=seqs.target)
+  metrics_table.atomic_write(path, lambda f: np.savez(f, **arrays), binary=True)
+
+
+@cli.exit_on_user_error
+def main(argv):
+  del argv
+  cli.quiet_library_logs()
+  c = config_lib.load_run_config(_WORKDIR.value)
+  if c.graft.mode != "none":
+    raise UserError("--workdir: ablating a grafted run is not supported")
+  for name in _EVALUATORS.value + ([_RECORD_EVALUATOR.value] if _RECORD.value else []):
+    if name not in probes.EVALUATORS:
+      raise UserError(f"--evaluators: unknown evaluator '{name}'")
+  custom = _ABLATE.value or _KEEP.value or _DROP_EMBEDDING.value
+  named = ({"custom": interventions.parse(_ABLATE.value, _KEEP.value,
+                                          _DROP_EMBEDDING.value)}
+           if custom else interventions.TABLE)
+  mesh = loop.make_mesh(c.num_devices)
+  ref = ml_collections.ConfigDict(dict(workdir=_WORKDIR.value,
+                                       sequences=_SEQUENCES.value, member=_MEMBER.value))
+  with jax.set_mesh(mesh):
+    params, seen = pretrained.load_params(ref, "--workdir", mesh)
+    table = sources.load_table(c.data)
+    # The run's own evaluator sets (a set depends on its index in the list).
+    c.evals.names = tuple(dict.fromkeys(
+        list(c.evals.names) + _EVALUATORS.value + [_RECORD_EVALUATOR.value]))
+    all_sets = probes.build_eval_sets(c)
+    eval_sets = {name: all_sets[name] for name in _EVALUATORS.value}
+    results = run_table(c, params, table, eval_sets, named)
+    if _RECORD.value:
+      save_recording(_RECORD.value, c, params, table,
+                     all_sets[_RECORD_EVALUATOR.value], _RECORD_N.value)
+      print(f"recorded {_RECORD_N.value} {_RECORD_EVALUATOR.value} sequences to "
+            f"{_RECORD.value}")
+  width = max(len(n) for n in named)
+  print(f"in-context accuracy at {seen:,} sequences ({_WORKDIR.value})")
+  print(f"{'intervention':<{width}}  " + "  ".join(f"{e:>14}" for e in _EVALUATORS.value))
+  for name, by_eval in results.items():
+    print(f"{name:<{width}}  " + "  ".join(
+        f"{by_eval[e]['in_context_acc']:>14.4f}" for e in _EVALUATORS.value))
+  out = os.path.join(_WORKDIR.value, "ablations", f"{seen}.json")
+  os.makedirs(os.path.dirname(out), exist_ok=True)
+  metrics_table.atomic_write_text(out, json.dumps(
+      {"sequences": seen, "member": _MEMBER.value, "results": results}, indent=2) + "\n")
+  print(out)
+
+
+if __name__ == "__main__":
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,164 @@
+"""Plateau length and linear probes of Fu et al. (spec plateaus_lds.md 1.D).
+
+Curves (host side, numpy; a curve is training steps and metric values):
+  plateau_length  first step at which the curve exceeds
+                  chance + fraction * (final - chance)  (fraction 0.5 [D])
+  crossing_step   first step at which the curve exceeds a fixed threshold
+                  (e.g. ICL accuracy 0.5, or 0.05 above chance)
+
+Linear probes (JAX, jittable) that decode a categorical target (a factor
+value, or the hidden factor) from representations:
+  fit_softmax_probe  the spec's probe: zero-initialised softmax regression,
+                     Adam (lr 1e-3), one epoch of shuffled minibatches
+  fit_ridge_probe    closed-form ridge regression onto one-hot targets
+  factor_probe_accuracies  one probe per factor, vmapped; the weights-probe
+                     score is their mean
+"""
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from icl_transience.errors import UserError
+
+_MASKED_LOGIT = -1e9
+
+
+def _curve(steps, values) -> tuple[np.ndarray, np.ndarray]:
+  steps = np.asarray(steps, np.float64)
+  values = np.asarray(values, np.float64)
+  if steps.ndim != 1 or steps.shape != values.shape or steps.size == 0:
+    raise UserError(f"curve: steps and values must be equal-length non-empty "
+                    f"1-D arrays, got shapes {steps.shape} and {values.shape}")
+  if np.any(np.diff(steps) <= 0):
+    raise UserError("curve: steps must be strictly increasing")
+  return steps, values
+
+
+def crossing_step(steps, values, threshold: float) -> float:
+  """First step whose value is > threshold; NaN if none (NaN values never cross)."""
+  steps, values = _curve(steps, values)
+  above = np.flatnonzero(values > threshold)
+  return float(steps[above[0]]) if above.size else float("nan")
+
+
+def final_value(values, window: int = 1) -> float:
+  """Mean of the last `window` finite values of a curve."""
+  values = np.asarray(values, np.float64)
+  values = values[np.isfinite(values)]
+  if window < 1 or values.size == 0:
+    raise UserError(f"curve: need window >= 1 and a finite value, got "
+                    f"window={window}, {values.size} finite values")
+  return float(values[-window:].mean())
+
+
+def plateau_length(steps, values, chance: float, fraction: float = 0.5,
+                   final_window: int = 1, min_rise: float = 0.05) -> float:
+  """First step at which values exceed chance + fraction * (final - chance).
+
+  NaN when the curve never leaves chance (final - chance < min_rise). A curve
+  already above the threshold at its first point has plateau length steps[0].
+  """
+  steps, values = _curve(steps, values)
+  if not 0.0 < fraction < 1.0:
+    raise UserError(f"plateau.fraction: must be in (0, 1), got {fraction}")
+  final = final_value(values, final_window)
+  if final - chance < min_rise:
+    return float("nan")
+  return crossing_step(steps, values, chance + fraction * (final - chance))
+
+
+class LinearProbe(NamedTuple):
+  weights: jax.Array  # (dim, n_classes)
+  bias: jax.Array     # (n_classes,)
+
+
+def probe_logits(probe: LinearProbe, features, class_mask=None) -> jax.Array:
+  """(n, n_classes) logits; classes outside `class_mask` are never chosen."""
+  logits = features @ probe.weights + probe.bias
+  if class_mask is not None:
+    logits = jnp.where(class_mask, logits, _MASKED_LOGIT)
+  return logits
+
+
+def probe_accuracy(probe: LinearProbe, features, labels,
+                   class_mask=None) -> jax.Array:
+  predicted = jnp.argmax(probe_logits(probe, features, class_mask), axis=-1)
+  return jnp.mean(predicted == labels)
+
+
+def fit_ridge_probe(features, labels, n_classes: int,
+                    l2: float = 1e-3) -> LinearProbe:
+  """Least squares onto one-hot targets with penalty l2 * |W|^2 per example."""
+  features = features.astype(jnp.float32)
+  targets = jax.nn.one_hot(labels, n_classes, dtype=jnp.float32)
+  mean_x, mean_y = features.mean(0), targets.mean(0)
+  centred = features - mean_x
+  n, dim = features.shape
+  gram = centred.T @ centred / n + l2 * jnp.eye(dim, dtype=jnp.float32)
+  weights = jnp.linalg.solve(gram, centred.T @ (targets - mean_y) / n)
+  return LinearProbe(weights, mean_y - mean_x @ weights)
+
+
+def fit_softmax_probe(key, features, labels, n_classes: int, class_mask=None,
+                      epochs: int = 1, batch_size: int = 32,
+                      learning_rate: float = 1e-3) -> LinearProbe:
+  """Softmax regression from zero, Adam, `epochs` passes of shuffled batches.
+
+  `key` only shuffles; the remainder of n / batch_size is dropped per epoch.
+  """
+  n, dim = features.shape
+  steps_per_epoch = n // batch_size
+  if steps_per_epoch == 0:
+    raise UserError(f"probe.batch_size: {batch_size} exceeds the {n} probe "
+                    "examples")
+  features = features.astype(jnp.float32)
+  order = jnp.concatenate([
+      jax.random.permutation(k, n)[:steps_per_epoch * batch_size]
+      for k in jax.random.split(key, epochs)])
+  batches = order.reshape(epochs * steps_per_epoch, batch_size)
+  probe = LinearProbe(jnp.zeros((dim, n_classes)), jnp.zeros((n_classes,)))
+  optimizer = optax.adam(learning_rate)
+
+  def loss(probe, index):
+    logits = probe_logits(probe, features[index], class_mask)
+    log_p = jax.nn.log_softmax(logits)
+    return -jnp.mean(jnp.take_along_axis(log_p, labels[index, None], -1))
+
+  def step(carry, index):
+    probe, opt_state = carry
+    grads = jax.grad(loss)(probe, index)
+    updates, opt_state = optimizer.update(grads, opt_state)
+    return (optax.apply_updates(probe, updates), opt_state), None
+
+  (probe, _), _ = jax.lax.scan(step, (probe, optimizer.init(probe)), batches)
+  return probe
+
+
+def factor_probe_accuracies(key, train_features, train_factors, eval_features,
+                            eval_factors, factor_sizes: tuple[int, ...],
+                            method: str = "softmax", **fit_kwargs) -> jax.Array:
+  """(n_factors,) held-out accuracy of one linear probe per factor.
+
+  Factors are decoded over max(factor_sizes) classes with the unused ones
+  masked, so all probes train in one vmapped program. `fit_kwargs` go to
+  fit_softmax_probe (epochs, batch_size, learning_rate) or fit_ridge_probe (l2).
+  """
+  n_classes = max(factor_sizes)
+  class_masks = jnp.arange(n_classes) < jnp.asarray(factor_sizes)[:, None]
+  keys = jax.random.split(key, len(factor_sizes))
+
+  def one_factor(key, train_labels, eval_labels, class_mask):
+    if method == "softmax":
+      probe = fit_softmax_probe(key, train_features, train_labels, n_classes,
+                                class_mask, **fit_kwargs)
+    elif method == "ridge":
+      probe = fit_ridge_probe(train_features, train_labels, n_classes,
+                              **fit_kwargs)
+    else:
+      raise UserError(f"probe.method: unknown '{method}' (softmax or ridge)")
+    return probe_accuracy(probe, eval_features, eval_labels, class_mask)
+
+  return jax.vmap(one_factor)(keys, train_factors.T, eval_factors.T, class_masks)

@@ -1,0 +1,211 @@
+"""Run report: the transience detector (transience_coopetition.md I.D, IV.16).
+
+  python -m icl_transience.report --workdir=runs/coop [--metric=in_context_acc]
+      [--emerge=0.2] [--decay=0.2] [--chance=0.5]
+
+Reads workdir/metrics.jsonl and, for every member and evaluator, prints a
+table and writes workdir/report.json (atomically) and one figure per member,
+workdir/figures/transience_<member>.png (the evaluators' accuracy curves with
+their peaks marked, over the training loss).
+
+Transience detector. One curve v is an evaluator's metric against sequences
+seen (default `in_context_acc`; `pure_iwl` uses the full-vocabulary `acc`,
+its in-context accuracy being 0 by construction, as in the figures). With
+chance level c (spec II.A.4: 0.5 for the in-context metrics of the K = 2
+evaluators, 0 for full-vocabulary ones; --chance overrides it, e.g. for K = 8
+evaluators) and headroom h = 1 - c:
+
+  peak   = max v, at the earliest evaluated step that reaches it;
+  final  = v at the last evaluated step;  decay = peak - final;
+  "never emerged"  if peak - c <  --emerge * h;
+  "transient"      if it emerged and decay >= --decay * h;
+  "persistent"     otherwise (still there at the last step; it may decay later).
+
+The defaults --emerge = --decay = 0.2 read, for in_context_acc, as "peak >= 0.6"
+and "at least 0.10 below the peak" (the band of synthetic_features.md);
+evaluation noise on 5,000 sequences is ~0.007, far below either.
+
+Later report kinds (plateau lengths, LDS token errors) add an entry to
+SECTIONS: evaluators go to the section with the longest matching name
+prefix, and each section adds its own list of rows to report.json.
+"""
+import dataclasses
+import json
+import os
+from typing import Callable, NamedTuple
+
+from absl import app
+from absl import flags
+
+from icl_transience import cli
+from icl_transience import metrics_table
+from icl_transience.analysis import figures
+from icl_transience.errors import UserError
+
+REPORT_FILENAME = "report.json"
+# Chance level of each accuracy-like metric (spec II.A.4): a 2-way choice among
+# the context labels, or an argmax over the whole vocabulary.
+CHANCE = {"in_context_acc": 0.5, "in_context_prob": 0.5, "acc": 0.0, "prob": 0.0}
+# Evaluators whose in-context metric is 0 by construction: use the full one.
+FULL_VOCABULARY_ONLY = ("pure_iwl",)
+# Keeps the thresholds inclusive under float rounding (0.6 - 0.5 < 0.1).
+_ROUNDING = 1e-9
+
+
+@dataclasses.dataclass(frozen=True)
+class Settings:
+  """The report's knobs (one flag each)."""
+  metric: str = "in_context_acc"
+  chance: float | None = None   # None: CHANCE[metric]
+  emerge: float = 0.2           # peak - chance, as a fraction of 1 - chance
+  decay: float = 0.2            # peak - final, as a fraction of 1 - chance
+
+  def validate(self):
+    for name in ("emerge", "decay"):
+      if not 0 < getattr(self, name) <= 1:
+        raise UserError(f"--{name} must be in (0, 1], got {getattr(self, name)}")
+    if self.chance is not None and not 0 <= self.chance < 1:
+      raise UserError(f"--chance must be in [0, 1), got {self.chance}")
+
+
+def metric_for(evaluator: str, metric: str) -> str:
+  if evaluator in FULL_VOCABULARY_ONLY and metric == "in_context_acc":
+    return "acc"
+  return metric
+
+
+def chance_level(metric: str, settings: Settings) -> float:
+  if settings.chance is not None:
+    return settings.chance
+  if metric not in CHANCE:
+    raise UserError(f"--chance: no default chance level for metric {metric!r} "
+                    f"(known: {', '.join(CHANCE)}); give --chance")
+  return CHANCE[metric]
+
+
+def verdict(peak: float, final: float, chance: float, settings: Settings) -> str:
+  headroom = 1.0 - chance
+  if peak - chance < settings.emerge * headroom - _ROUNDING:
+    return "never emerged"
+  if peak - final >= settings.decay * headroom - _ROUNDING:
+    return "transient"
+  return "persistent"
+
+
+def transience(rows, member: str, evaluator: str, settings: Settings):
+  """Peak, final, decay and verdict of one curve; None if it is not logged."""
+  metric = metric_for(evaluator, settings.metric)
+  points = sorted((r["sequences"], r["step"], r["value"]) for r in rows
+                  if r["member"] == member and r["evaluator"] == evaluator
+                  and r["metric"] == metric)
+  if not points:
+    return None
+  peak_sequences, peak_step, peak = max(points, key=lambda p: (p[2], -p[0]))
+  final_sequences, final_step, final = points[-1]
+  chance = chance_level(metric, settings)
+  return dict(member=member, evaluator=evaluator, metric=metric, chance=chance,
+              peak_step=peak_step, peak_sequences=peak_sequences, peak=peak,
+              final_step=final_step, final_sequences=final_sequences,
+              final=final, decay=peak - final,
+              verdict=verdict(peak, final, chance, settings))
+
+
+class Section(NamedTuple):
+  name: str                       # its key in report.json
+  analyse: Callable               # (rows, member, evaluator, settings) -> dict | None
+  columns: tuple[str, ...]        # the printed columns
+
+
+TRANSIENCE = Section("transience", transience, (
+    "member", "evaluator", "metric", "peak_sequences", "peak", "final",
+    "decay", "verdict"))
+# Report kinds by evaluator-name prefix ("" matches every evaluator).
+SECTIONS = {"": TRANSIENCE}
+
+
+def section_for(evaluator: str) -> Section:
+  prefix = max((p for p in SECTIONS if evaluator.startswith(p)), key=len)
+  return SECTIONS[prefix]
+
+
+def build_report(rows, settings: Settings) -> dict:
+  """{"settings": ..., section name: [row per (member, evaluator)]}."""
+  report = {"settings": dataclasses.asdict(settings)}
+  for member in dict.fromkeys(r["member"] for r in rows):
+    for evaluator in dict.fromkeys(r["evaluator"] for r in rows):
+      section = section_for(evaluator)
+      row = section.analyse(rows, member, evaluator, settings)
+      if row is not None:
+        report.setdefault(section.name, []).append(row)
+  if len(report) == 1:
+    raise UserError(f"--metric: no evaluator logs {settings.metric!r}")
+  return report
+
+
+def format_table(section_rows: list[dict], columns: tuple[str, ...]) -> str:
+  cells = [list(columns)] + [
+      [f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in columns]
+      for r in section_rows]
+  widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+  return "\n".join("  ".join(cell.ljust(w) for cell, w in zip(row, widths)).rstrip()
+                   for row in cells)
+
+
+def transience_figures(rows, transience_rows: list[dict], out_dir: str) -> list[str]:
+  """One figure per member: its curves, peaks marked, over the train loss."""
+  paths = []
+  for member in dict.fromkeys(r["member"] for r in transience_rows):
+    curves = [(t["evaluator"], t["metric"], f"{t['evaluator']}: {t['verdict']}",
+               (t["peak_sequences"], t["peak"]))
+              for t in transience_rows if t["member"] == member]
+    paths.append(os.path.join(out_dir, f"transience_{member}.png"))
+    figures.transience_figure(rows, member, curves, paths[-1])
+  return paths
+
+
+def write_report(workdir: str, settings: Settings) -> dict:
+  """Builds, prints and saves the report and its figures; returns it."""
+  settings.validate()
+  try:
+    rows = metrics_table.read(workdir)
+    if not rows:
+      raise UserError(f"--workdir: no metrics in {workdir} "
+                      f"({metrics_table.FILENAME} missing or empty)")
+    report = build_report(rows, settings)
+  except (ValueError, KeyError) as e:
+    raise UserError(f"{metrics_table.path(workdir)}: not a metrics table "
+                    f"({type(e).__name__}: {e})") from e
+  for section in dict.fromkeys(SECTIONS.values()):
+    if section.name in report:
+      print(f"[{section.name}]\n{format_table(report[section.name], section.columns)}")
+  metrics_table.atomic_write_text(os.path.join(workdir, REPORT_FILENAME),
+                                  json.dumps(report, indent=2) + "\n")
+  for path in transience_figures(rows, report.get(TRANSIENCE.name, []),
+                                 os.path.join(workdir, "figures")):
+    print(path)
+  return report
+
+
+def define_flags():
+  """The command-line flags. Defined only when run as a program, so that this
+  module imports beside the other entry points (each defines --workdir)."""
+  flags.DEFINE_string("workdir", None, "Run directory.", required=True)
+  flags.DEFINE_string("metric", Settings.metric, "Metric of each evaluator's curve.")
+  flags.DEFINE_float("chance", None, "Chance level (default: by metric).")
+  flags.DEFINE_float("emerge", Settings.emerge,
+                     "Emerged: peak - chance >= emerge * (1 - chance).")
+  flags.DEFINE_float("decay", Settings.decay,
+                     "Transient: peak - final >= decay * (1 - chance).")
+
+
+@cli.exit_on_user_error
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  write_report(f.workdir, Settings(metric=f.metric, chance=f.chance,
+                                   emerge=f.emerge, decay=f.decay))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main, flags_parser=cli.parse_flags)

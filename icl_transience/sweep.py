@@ -1,0 +1,170 @@
+"""Sweeps: a grid of config values, run as few compiled programs as possible.
+
+  python -m icl_transience.sweep --config=configs/coopetition.py \\
+      --workdir=runs/sweep --grid='seed=5,6,7 lr=1e-5,3e-5'
+  python -m icl_transience.sweep ... --list        # the groups, then exit
+  python -m icl_transience.sweep ... --group=1     # one group (one job each)
+
+The grid is the product of its axes (`field=v1,v2,...`, space separated; a
+field is any dotted config field, or seed / data_seed / lr / l2). Points that
+differ only in member fields (init_seed, data_seed, optim.lr, optim.l2) keep
+every array shape, so they train together as one population program; each
+other combination of values is its own group, run one after another (or as
+separate jobs with --group). A group's workdir is <workdir>/<group name>;
+each member has its own checkpoint item and metrics rows there. Finished
+groups are skipped and interrupted ones resume. At the end
+<workdir>/summary.json collects every member's final probes.
+"""
+import dataclasses
+import itertools
+import json
+import os
+
+from absl import app
+from absl import flags
+from absl import logging
+from ml_collections import config_flags
+
+from icl_transience import cli
+from icl_transience import config as config_lib
+from icl_transience import metrics_table
+from icl_transience.analysis import figures
+from icl_transience.errors import UserError
+from icl_transience.train import checkpoints
+from icl_transience.train import loop
+
+ALIASES = {"seed": "init_seed", "lr": "optim.lr", "l2": "optim.l2"}
+MEMBER_FIELDS = {"init_seed": "init_seed", "data_seed": "data_seed",
+                 "optim.lr": "lr", "optim.l2": "l2"}  # config field -> member field
+
+
+@dataclasses.dataclass(frozen=True)
+class Group:
+  name: str
+  overrides: dict       # non-member fields shared by the group
+  population: str       # the members, in config.population syntax
+
+
+def parse_grid(text: str) -> list[tuple[str, list[str]]]:
+  axes = []
+  for axis in text.split():
+    field, sep, values = axis.partition("=")
+    if not sep or not values or not field:
+      raise UserError(f"--grid: bad axis '{axis}' (use field=v1,v2,...)")
+    axes.append((ALIASES.get(field, field), values.split(",")))
+  if not axes:
+    raise UserError("--grid: empty")
+  return axes
+
+
+def _typed(c, field: str, text: str):
+  node = c
+  *parents, leaf = field.split(".")
+  for part in parents:
+    node = node.get(part)
+    if not hasattr(node, "keys"):
+      break
+  if not hasattr(node, "keys") or leaf not in node:
+    raise UserError(f"--grid: unknown config field '{field}'")
+  kind = type(node[leaf])
+  if kind is bool:
+    return text.lower() in ("1", "true", "yes")
+  try:
+    return kind(text)
+  except ValueError as e:
+    raise UserError(f"--grid: {field}={text} is not a {kind.__name__}") from e
+
+
+def groups(c, grid: str) -> list[Group]:
+  """The grid's points grouped into population programs."""
+  axes = parse_grid(grid)
+  shared_axes = [(f, v) for f, v in axes if f not in MEMBER_FIELDS]
+  member_axes = [(f, v) for f, v in axes if f in MEMBER_FIELDS]
+  out = []
+  for shared in itertools.product(*(v for _, v in shared_axes)):
+    overrides = {f: _typed(c, f, v) for (f, _), v in zip(shared_axes, shared)}
+    name = "_".join(f"{f.split('.')[-1]}={v}" for (f, _), v in
+                    zip(shared_axes, shared)) or "all"
+    members = [",".join(f"{MEMBER_FIELDS[f]}={v}" for (f, _), v in
+                         zip(member_axes, point))
+               for point in itertools.product(*(v for _, v in member_axes))]
+    out.append(Group(name, overrides, "; ".join(m for m in members if m)))
+  return out
+
+
+def group_config(c, group: Group):
+  g = config_lib.override(c.copy_and_resolve_references(), group.overrides)
+  g.population = group.population
+  config_lib.members(g)  # a bad member value fails here, before training
+  return g
+
+
+def finished(c, workdir: str) -> bool:
+  if not os.path.exists(os.path.join(workdir, "checkpoints")):
+    return False
+  with checkpoints.manager(workdir, read_only=True) as mngr:
+    return mngr.latest_step() == c.total_sequences // c.batch_size
+
+
+def summary(root: str, all_groups: list[Group]) -> list[dict]:
+  """Every member's final value of each strategy curve."""
+  out = []
+  for group in all_groups:
+    rows = metrics_table.read(os.path.join(root, group.name))
+    for member in dict.fromkeys(r["member"] for r in rows):
+      entry = {"group": group.name, "member": member}
+      for evaluator, metric, _, _ in figures.STRATEGY_CURVES:
+        x, y = figures.series(rows, member, evaluator, metric)
+        if x:
+          entry.update(sequences=x[-1], **{evaluator: y[-1]})
+      out.append(entry)
+  return out
+
+
+def run(c, root: str, grid: str, only: int | None = None) -> list[str]:
+  """Trains the groups (or group `only`); returns the names of those trained."""
+  all_groups = groups(c, grid)
+  trained = []
+  for i, group in enumerate(all_groups):
+    if only is not None and i != only:
+      continue
+    g, workdir = group_config(c, group), os.path.join(root, group.name)
+    if finished(g, workdir):
+      logging.info("group %d (%s) is finished; skipping", i, group.name)
+      continue
+    logging.info("group %d of %d: %s, members: %s", i, len(all_groups),
+                 group.name, group.population or "one")
+    loop.train(g, workdir)
+    trained.append(group.name)
+  table = summary(root, all_groups)
+  metrics_table.atomic_write_text(os.path.join(root, "summary.json"),
+                                  json.dumps(table, indent=2) + "\n")
+  for entry in table:
+    print("  ".join(f"{k}={v:.3f}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in entry.items()))
+  return trained
+
+
+if __name__ == "__main__":
+  _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config file.")
+  _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep root directory.")
+  _GRID = flags.DEFINE_string("grid", None, "Axes: 'field=v1,v2 field=v1,v2'.")
+  _GROUP = flags.DEFINE_integer("group", None, "Run only this group (0-based).")
+  _LIST = flags.DEFINE_bool("list", False, "Print the groups and exit.")
+  flags.mark_flags_as_required(["config", "workdir", "grid"])
+
+  @cli.exit_on_user_error
+  def main(argv):
+    del argv
+    logging.set_verbosity(logging.INFO)
+    cli.quiet_library_logs()
+    all_groups = groups(_CONFIG.value, _GRID.value)
+    if _LIST.value:
+      for i, group in enumerate(all_groups):
+        print(f"{i}: {group.name}  members: {group.population or 'one'}")
+      return
+    if _GROUP.value is not None and not 0 <= _GROUP.value < len(all_groups):
+      raise UserError(f"--group: {_GROUP.value} not in 0..{len(all_groups) - 1}")
+    run(_CONFIG.value, _WORKDIR.value, _GRID.value, _GROUP.value)
+
+  app.run(main, flags_parser=cli.parse_flags)

@@ -1,0 +1,78 @@
+"""Weights from another run's checkpoint: warm starts and frozen graft models.
+
+Warm start (spec III.10): the new run starts from the checkpoint's params
+with a fresh Adam state (moments 0, count 0) and keeps its sequence counter;
+the data and evaluator streams come from the new run's own seeds. Grafting
+(III.7): the checkpoint's params become every member's frozen model.
+Both apply only to a fresh run; a resumed run restores its own checkpoint.
+"""
+import jax
+import jax.numpy as jnp
+import numpy as np
+from absl import logging
+
+from icl_transience import config as config_lib
+from icl_transience.errors import UserError
+from icl_transience.train import checkpoints
+from icl_transience.train import step as step_lib
+
+
+def load_params(ref, field: str, mesh):
+  """(params, sequences seen) of the checkpoint `ref` = {workdir, sequences, member}."""
+  src = config_lib.load_run_config(ref.workdir)
+  members = config_lib.members(src)
+  names = [m.name for m in members]
+  name = ref.member or names[0]
+  if name not in names:
+    raise UserError(f"{field}.member: '{name}' is not a member of {ref.workdir} "
+                    f"({', '.join(names)})")
+  trainer = step_lib.Trainer(src, mesh)
+  with checkpoints.manager(ref.workdir, read_only=True) as mngr:
+    steps = list(mngr.all_steps())
+    if not steps:
+      raise UserError(f"{field}.workdir: {ref.workdir} holds no checkpoint")
+    step = max(steps) if ref.sequences < 0 else ref.sequences // src.batch_size
+    if step not in steps or (ref.sequences >= 0 and
+                             step * src.batch_size != ref.sequences):
+      saved = ", ".join(f"{s * src.batch_size:,}" for s in sorted(steps))
+      raise UserError(f"{field}.sequences: no checkpoint at {ref.sequences:,} "
+                      f"sequences in {ref.workdir} (saved: {saved})")
+    state = checkpoints.restore_member(
+        mngr, step, trainer.abstract_state(members), name)
+  logging.info("%s: %s member %s at %d sequences", field, ref.workdir, name,
+               step * src.batch_size)
+  return state["params"], step * src.batch_size
+
+
+def _check_same_model(params, like, field: str):
+  shapes = lambda t: jax.tree.map(lambda x: tuple(x.shape), t)
+  if shapes(params) != shapes(like):
+    count = lambda t: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(t))
+    raise UserError(f"{field}.workdir: its model ({count(params):,} params) "
+                    f"differs from this config's ({count(like):,} params)")
+
+
+def prepare(c, trainer, state):
+  """A fresh population state with warm start / graft applied; its start step."""
+  n_members = state["step"].shape[0]
+  stack = lambda tree: jax.tree.map(lambda x: jax.device_put(
+      jnp.broadcast_to(x, (n_members,) + x.shape), trainer.replicated), tree)
+  like = jax.tree.map(lambda x: x[0], state["params"])
+  start = 0
+  if c.warm_start.workdir:
+    params, seen = load_params(c.warm_start, "warm_start", trainer.mesh)
+    _check_same_model(params, like, "warm_start")
+    grid = c.batch_size * c.steps_per_call
+    if seen % grid or seen >= c.total_sequences:
+      raise UserError(
+          f"warm_start.sequences: the checkpoint is at {seen:,} sequences; it "
+          f"must be a multiple of batch_size x steps_per_call = {grid} and "
+          f"below total_sequences = {c.total_sequences:,}")
+    start = seen // c.batch_size
+    state = dict(state, params=stack(params),  # state["opt"] is freshly made
+                 step=jnp.full_like(state["step"], start))
+  if c.graft.mode != "none":
+    frozen, _ = load_params(c.graft, "graft", trainer.mesh)
+    _check_same_model(frozen, like, "graft")
+    state = dict(state, frozen=stack(frozen))
+  return state, start

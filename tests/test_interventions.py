@@ -1,0 +1,167 @@
+"""Grafting, ablation and warm starts (spec III.7, III.8, III.10)."""
+import json
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from icl_transience import metrics_table
+from icl_transience.analysis import interventions
+from icl_transience.errors import UserError
+from icl_transience.models import graft
+from icl_transience.models import transformer
+from icl_transience.train import loop
+
+from helpers import assert_trees_equal, final_state, run_cli, smoke_config
+
+MODEL = transformer.SequenceClassifier(n_outputs=12, depth=3, d_model=16, n_heads=4)
+FEATS = jax.random.normal(jax.random.PRNGKey(1), (6, 3, 8))
+LABELS = jax.random.randint(jax.random.PRNGKey(2), (6, 2), 0, 12)
+
+
+def init(seed):
+  return MODEL.init(jax.random.PRNGKey(seed), FEATS, LABELS)["params"]
+
+
+def apply(params, **kwargs):
+  return MODEL.apply({"params": params}, FEATS, LABELS, **kwargs)
+
+
+@pytest.mark.parametrize("mode", ["out", "in"])
+@pytest.mark.parametrize("layer", [0, 1, 2])
+def test_graft_of_a_model_onto_itself_is_the_identity(mode, layer):
+  params = init(0)
+  np.testing.assert_allclose(
+      graft.forward(MODEL, mode, layer, params, params, FEATS, LABELS),
+      apply(params), rtol=1e-5, atol=1e-6)
+
+
+def test_graft_mixes_the_two_models_and_trains_only_the_live_one():
+  live, frozen = init(0), init(1)
+  loss = lambda p, mode: jnp.sum(graft.forward(MODEL, mode, 0, p, frozen, FEATS, LABELS) ** 2)
+  out = graft.forward(MODEL, "out", 0, live, frozen, FEATS, LABELS)
+  assert not np.allclose(out, apply(live)) and not np.allclose(out, apply(frozen))
+  # graft-out from block 0: the live blocks 1-2 and readout get no gradient
+  grads = jax.grad(loss)(live, "out")
+  for name in ("block_1", "block_2", "ln_final", "unembed"):
+    assert all((g == 0).all() for g in jax.tree.leaves(grads[name])), name
+  assert any((g != 0).any() for g in jax.tree.leaves(grads["block_0"]))
+  # graft-in till block 0: the live embeddings and block 0 get no gradient
+  grads = jax.grad(loss)(live, "in")
+  for name in ("input_proj", "label_embed", "positions", "block_0"):
+    assert all((g == 0).all() for g in jax.tree.leaves(grads[name])), name
+  assert any((g != 0).any() for g in jax.tree.leaves(grads["block_1"]))
+
+
+@pytest.mark.parametrize("block", [0, 1, 2])
+def test_ablating_every_head_removes_the_layers_attention_output(block):
+  params = init(0)
+  removed = jax.tree.map(lambda x: x, params)
+  kernel = removed[f"block_{block}"]["attn"]["out"]["kernel"]
+  removed[f"block_{block}"]["attn"]["out"]["kernel"] = jnp.zeros_like(kernel)
+  ablated = interventions.forward(MODEL, params, FEATS, LABELS,
+                                  interventions.Intervention(ablate=((block, "all"),)))
+  np.testing.assert_allclose(ablated, apply(removed), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(ablated, apply(params))
+
+
+def test_one_head_ablation_and_clean_activations():
+  params = init(0)
+  head = interventions.forward(MODEL, params, FEATS, LABELS,
+                               interventions.parse(ablate="1:2"))
+  assert not np.allclose(head, apply(params))
+  # keeping every activation of a block clean undoes nothing and changes nothing
+  same = interventions.forward(MODEL, params, FEATS, LABELS,
+                               interventions.parse(keep="0:q,k,v,pattern;2:pattern"))
+  np.testing.assert_allclose(same, apply(params), rtol=1e-5, atol=1e-6)
+  # block 0 ablated but block 1 reading clean q, k, v: the difference reaches
+  # the readout only through the residual stream, not through block 1's heads
+  rec = interventions.record(MODEL, params, FEATS, LABELS)
+  assert rec["residual"].shape == (6, 4, 5, 16)
+  assert rec["blocks"][1]["pattern"].shape == (6, 4, 5, 5)
+  np.testing.assert_allclose(rec["logits"], apply(params), rtol=1e-6)
+  # the readout without the embedding stream sees only the blocks' outputs
+  dropped = interventions.forward(MODEL, params, FEATS, LABELS,
+                                  interventions.TABLE["direct_embedding_removed"])
+  stream = rec["residual"][:, -1, -1] - rec["residual"][:, 0, -1]
+  readout = lambda p: transformer.nn.Dense(12).apply(
+      {"params": p["unembed"]}, transformer.nn.LayerNorm(epsilon=1e-5).apply(
+          {"params": p["ln_final"]}, stream))
+  np.testing.assert_allclose(dropped, readout(params), rtol=1e-4, atol=1e-5)
+
+
+def test_intervention_flags_are_checked():
+  with pytest.raises(UserError, match="--ablate"):
+    interventions.parse(ablate="zero:1")
+  with pytest.raises(UserError, match="--keep"):
+    interventions.parse(keep="1:x")
+  with pytest.raises(UserError, match="block 5"):
+    interventions.check(interventions.parse(ablate="5:all"), 3, 4)
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+  """A finished smoke run (checkpoints at 0, 400 and 800 sequences)."""
+  workdir = str(tmp_path_factory.mktemp("source"))
+  loop.train(smoke_config(), workdir)
+  return workdir
+
+
+def test_warm_start_keeps_the_counter_and_resets_adam(source, tmp_path):
+  trained = final_state(smoke_config(), source)
+  assert int(trained["step"][0]) == 100
+  assert any(np.abs(m).sum() > 0 for m in jax.tree.leaves(trained["opt"].mu))
+
+  c = smoke_config(**{"warm_start.workdir": source, "total_sequences": 1600,
+                      "data_seed": 9})
+  warm = str(tmp_path / "warm")
+  loop.train(c, warm)
+  start = final_state(c, warm, step=100)
+  assert_trees_equal(start["params"], trained["params"])
+  adam = start["opt"]
+  assert int(adam.count[0]) == 0
+  assert all((m == 0).all() for m in jax.tree.leaves((adam.mu, adam.nu)))
+  end = final_state(c, warm)
+  assert int(end["step"][0]) == 200
+  rows = metrics_table.read(warm)
+  assert min(r["sequences"] for r in rows) == 800  # the counter carries on
+
+  with pytest.raises(UserError, match="warm_start.sequences"):
+    loop.train(smoke_config(**{"warm_start.workdir": source,
+                               "warm_start.sequences": 480}), str(tmp_path / "x"))
+
+
+def test_grafted_training_keeps_the_frozen_model(source, tmp_path):
+  frozen = final_state(smoke_config(), source, step=50)["params"]
+  c = smoke_config(**{"graft.workdir": source, "graft.mode": "out",
+                      "graft.sequences": 400})
+  loop.train(c, str(tmp_path / "grafted"))
+  end = final_state(c, str(tmp_path / "grafted"))
+  assert_trees_equal(end["frozen"], frozen)
+  fresh = final_state(c, str(tmp_path / "grafted"), step=0)["params"]
+  moved = lambda name: not np.array_equal(end["params"][name]["kernel"],
+                                          fresh[name]["kernel"])
+  assert moved("input_proj") and not moved("unembed")
+
+
+def test_ablation_table_and_recording_cli(source, tmp_path):
+  record = str(tmp_path / "rec.npz")
+  result = run_cli(["-m", "icl_transience.ablate", f"--workdir={source}",
+                    "--sequences=800", f"--record={record}", "--record_n=16"])
+  assert result.returncode == 0, result.stderr[-2000:]
+  saved = json.loads(open(f"{source}/ablations/800.json").read())["results"]
+  assert list(saved) == list(interventions.TABLE)
+  # no intervention = the training loop's own probes at that checkpoint
+  logged = {(r["evaluator"], r["metric"]): r["value"]
+            for r in metrics_table.read(source) if r["sequences"] == 800}
+  for evaluator in ("train_eval", "iwl_copy_avail", "flip_icl"):
+    np.testing.assert_allclose(saved["none"][evaluator]["in_context_acc"],
+                               logged[(evaluator, "in_context_acc")], atol=1e-6)
+  with np.load(record, allow_pickle=False) as rec:
+    assert rec["block1_pattern"].shape == (16, 2, 5, 5)
+    assert rec["residual"].shape == (16, 3, 5, 16)
+    np.testing.assert_allclose(rec["block0_pattern"].sum(-1), 1.0, rtol=1e-5)
+  bad = run_cli(["-m", "icl_transience.ablate", f"--workdir={source}",
+                 "--ablate=7:all"])
+  assert bad.returncode == 2 and "block 7" in bad.stderr

@@ -1,0 +1,121 @@
+"""The transience detector: verdicts, peak / final numbers, report.json, the
+figure, threshold boundaries and one-line errors."""
+import json
+import os
+
+import pytest
+
+from helpers import run_cli
+from icl_transience import metrics_table
+from icl_transience import report
+from icl_transience.errors import UserError
+
+BATCH = 32
+# In-context ICL accuracy at evaluations 0..6 (every 1 M sequences).
+ICL_CURVES = {
+    "transient": [0.5, 0.6, 0.9, 0.8, 0.7, 0.6, 0.55],
+    "persistent": [0.5, 0.7, 0.85, 0.9, 0.9, 0.88, 0.89],
+    "flat": [0.5, 0.52, 0.55, 0.53, 0.51, 0.5, 0.5],
+}
+PURE_IWL_ACC = [0.0, 0.0, 0.1, 0.3, 0.5, 0.6, 0.7]
+
+
+def write_metrics(workdir):
+  rows = []
+  for member, icl in ICL_CURVES.items():
+    for i, value in enumerate(icl):
+      step = i * 1_000_000 // BATCH
+      rows += metrics_table.rows_from(member, step, step * BATCH, {
+          "icl": {"in_context_acc": value, "acc": 0.0},
+          "pure_iwl": {"in_context_acc": 0.0, "acc": PURE_IWL_ACC[i]},
+          "train_batch": {"loss": 3.0 / (1 + i), "acc": 0.4}})
+  metrics_table.atomic_write_text(metrics_table.path(str(workdir)),
+                                  "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def by_member(rows, evaluator):
+  return {r["member"]: r for r in rows if r["evaluator"] == evaluator}
+
+
+def test_verdicts_numbers_json_and_figures(tmp_path, capsys):
+  write_metrics(tmp_path)
+  result = report.write_report(str(tmp_path), report.Settings())
+  printed = capsys.readouterr().out
+  icl = by_member(result["transience"], "icl")
+  assert {m: r["verdict"] for m, r in icl.items()} == {
+      "transient": "transient", "persistent": "persistent", "flat": "never emerged"}
+  t = icl["transient"]
+  assert (t["peak"], t["final"], t["peak_sequences"], t["peak_step"]) == (
+      0.9, 0.55, 2_000_000, 2_000_000 // BATCH)
+  assert (t["final_sequences"], t["chance"], t["metric"]) == (6_000_000, 0.5,
+                                                              "in_context_acc")
+  assert t["decay"] == pytest.approx(0.35)
+  p = icl["persistent"]
+  assert (p["peak"], p["peak_sequences"], p["final"]) == (0.9, 3_000_000, 0.89)
+  assert icl["flat"]["peak"] == 0.55
+  # pure_iwl is read from the full-vocabulary acc (chance 0); train_batch has
+  # no in-context accuracy and is left out.
+  iwl = by_member(result["transience"], "pure_iwl")["transient"]
+  assert (iwl["metric"], iwl["chance"], iwl["peak"], iwl["verdict"]) == (
+      "acc", 0.0, 0.7, "persistent")
+  assert len(result["transience"]) == 6
+  saved = json.loads((tmp_path / report.REPORT_FILENAME).read_text())
+  assert saved == result and saved["settings"]["emerge"] == 0.2
+  for member in ICL_CURVES:
+    figure = tmp_path / "figures" / f"transience_{member}.png"
+    assert figure.stat().st_size > 10_000 and str(figure) in printed
+  assert "never emerged" in printed and "decay" in printed
+  assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
+
+
+@pytest.mark.parametrize("peak,final,expected", [
+    (0.59, 0.59, "never emerged"),   # below chance + 0.2 * 0.5
+    (0.6, 0.6, "persistent"),        # exactly at the emergence threshold
+    (0.9, 0.81, "persistent"),       # fell by 0.09 < 0.2 * 0.5
+    (0.9, 0.8, "transient"),         # fell by exactly 0.1
+    (0.9, 0.3, "transient"),         # fell below chance
+])
+def test_verdict_thresholds(peak, final, expected):
+  assert report.verdict(peak, final, 0.5, report.Settings()) == expected
+
+
+def test_thresholds_scale_with_chance_and_flags():
+  settings = report.Settings(metric="acc", emerge=0.5, decay=0.5)
+  assert report.verdict(0.45, 0.45, 0.0, settings) == "never emerged"
+  assert report.verdict(0.9, 0.45, 0.0, settings) == "persistent"
+  assert report.verdict(0.9, 0.4, 0.0, settings) == "transient"
+  assert report.chance_level("acc", settings) == 0.0
+  assert report.chance_level("loss", report.Settings(chance=0.25)) == 0.25
+  with pytest.raises(UserError, match="--chance"):
+    report.chance_level("loss", settings)
+  with pytest.raises(UserError, match="--decay"):
+    report.Settings(decay=0).validate()
+
+
+def test_sections_pick_the_longest_prefix(monkeypatch):
+  other = report.Section("other", report.transience, ("member",))
+  monkeypatch.setitem(report.SECTIONS, "lds_", other)
+  assert report.section_for("lds_tokens") is other
+  assert report.section_for("icl") is report.TRANSIENCE
+
+
+def test_cli_metric_flag_and_one_line_errors(tmp_path):
+  write_metrics(tmp_path)
+  result = run_cli(["-m", "icl_transience.report", f"--workdir={tmp_path}",
+                    "--metric=acc", "--emerge=0.5"], timeout=60)
+  assert result.returncode == 0, result.stderr
+  rows = json.loads((tmp_path / report.REPORT_FILENAME).read_text())["transience"]
+  assert {r["metric"] for r in rows} == {"acc"}
+  assert by_member(rows, "train_batch")["flat"]["verdict"] == "never emerged"
+  assert by_member(rows, "pure_iwl")["flat"]["verdict"] == "persistent"
+  missing = run_cli(["-m", "icl_transience.report", f"--workdir={tmp_path / 'nope'}"],
+                    timeout=60)
+  assert missing.returncode == 2
+  assert missing.stderr.strip().splitlines() == [
+      f"error: --workdir: no metrics in {tmp_path / 'nope'} (metrics.jsonl missing or empty)"]
+  (tmp_path / "metrics.jsonl").write_text("{not json\n")
+  with pytest.raises(UserError, match="not a metrics table"):
+    report.write_report(str(tmp_path), report.Settings())
+  write_metrics(tmp_path)
+  with pytest.raises(UserError, match="--metric: no evaluator logs 'nope'"):
+    report.write_report(str(tmp_path), report.Settings(metric="nope", chance=0.5))
