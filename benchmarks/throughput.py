@@ -2,17 +2,28 @@
 
   python benchmarks/throughput.py                 # default config, this machine
   python benchmarks/throughput.py --population=64 --fused_steps=625
+  python benchmarks/throughput.py --device_counts=1,2,4,8   # fake CPU devices
 
 (a) one jitted step per Python iteration (the authors' loop structure, with
     the sampler inside the step), (b) the fused path: `fused_steps` steps per
     compiled call with lax.scan, (c) a population of P models in one program
     (vmap inside the scan). Prints steps/s, model-steps/s and the ratios.
+--device_counts instead runs the fused path data parallel over n devices
+(on a CPU host: n fake devices sharing its cores, one subprocess each) and
+prints, per n, steps/s, the ratio to 1 device, and the largest parameter
+difference from the 1-device run after the same steps (correctness).
 Compile time is excluded: every path is warmed up first.
 """
 import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
 import time
 
 import jax
+import numpy as np
 
 from icl_transience import config as config_lib
 from icl_transience.data import sources
@@ -70,6 +81,54 @@ def measure(population: int, fused_steps: int, per_step_iters: int,
               population_model_steps=pop_rate * population)
 
 
+def fused_on_devices(n_devices: int, fused_steps: int, fused_calls: int) -> dict:
+  """Fused steps/s with the batch over n devices, and the final params."""
+  c = config_lib.base_config()
+  c.steps_per_call, c.num_devices = fused_steps, n_devices
+  mesh = loop.make_mesh(n_devices)
+  with jax.set_mesh(mesh):
+    trainer = step_lib.Trainer(c, mesh)
+    table = sources.load_table(c.data, trainer.replicated)
+    holder = {"state": trainer.init(config_lib.members(c))}
+
+    def fused():
+      holder["state"], metrics = trainer.train_chunk(holder["state"], table)
+      return metrics
+
+    rate = fused_calls * fused_steps / _timed(fused, fused_calls)
+  return dict(rate=rate, params=jax.device_get(holder["state"]["params"]))
+
+
+def device_table(counts, fused_steps: int, fused_calls: int, out_dir: str):
+  """One subprocess per device count (XLA fixes the count at start-up)."""
+  rows = []
+  for n in counts:
+    env = dict(os.environ, JAX_PLATFORMS=os.environ.get("JAX_PLATFORMS", "cpu"),
+               XLA_FLAGS=f"--xla_force_host_platform_device_count={n}")
+    subprocess.run([sys.executable, __file__, f"--_child={n}",
+                    f"--fused_steps={fused_steps}", f"--fused_calls={fused_calls}",
+                    f"--_out={out_dir}"], env=env, check=True)
+    with open(os.path.join(out_dir, f"{n}.json")) as f:
+      rate = json.load(f)["rate"]
+    with np.load(os.path.join(out_dir, f"{n}.npz"), allow_pickle=False) as z:
+      params = [z[k] for k in sorted(z.files)]
+    rows.append((n, rate, params))
+  base_rate, base_params = rows[0][1], rows[0][2]
+  print(f"{'devices':>7}  {'steps/s':>9}  {'vs first':>8}  {'max |param diff|':>16}")
+  for n, rate, params in rows:
+    diff = max(float(np.max(np.abs(a - b))) for a, b in zip(params, base_params))
+    print(f"{n:>7}  {rate:9.1f}  {rate / base_rate:7.2f}x  {diff:16.2e}")
+
+
+def _child(n, fused_steps, fused_calls, out_dir):
+  r = fused_on_devices(n, fused_steps, fused_calls)
+  with open(os.path.join(out_dir, f"{n}.json"), "w") as f:
+    json.dump({"rate": r["rate"]}, f)
+  leaves = jax.tree_util.tree_flatten_with_path(r["params"])[0]
+  np.savez(os.path.join(out_dir, f"{n}.npz"),
+           **{f"{i:03d}": np.asarray(x) for i, (_, x) in enumerate(leaves)})
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("--population", type=int, default=64)
@@ -77,7 +136,17 @@ def main():
   parser.add_argument("--per_step_iters", type=int, default=1000)
   parser.add_argument("--fused_calls", type=int, default=4)
   parser.add_argument("--population_calls", type=int, default=1)
+  parser.add_argument("--device_counts", default="",
+                      help="e.g. 1,2,4,8: data-parallel scaling table instead")
+  parser.add_argument("--_child", type=int, default=0, help=argparse.SUPPRESS)
+  parser.add_argument("--_out", default="", help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if args._child:  # pylint: disable=protected-access
+    return _child(args._child, args.fused_steps, args.fused_calls, args._out)  # pylint: disable=protected-access
+  if args.device_counts:
+    with tempfile.TemporaryDirectory() as out_dir:
+      return device_table([int(n) for n in args.device_counts.split(",")],
+                          args.fused_steps, args.fused_calls, out_dir)
   r = measure(args.population, args.fused_steps, args.per_step_iters,
               args.fused_calls, args.population_calls)
   device = jax.devices()[0]

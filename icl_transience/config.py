@@ -7,9 +7,9 @@ batch_size. Config files in configs/ start from `base_config()`.
 import dataclasses
 import json
 import math
-import os
 
 import ml_collections
+from etils import epath
 
 from icl_transience.data import sequences
 from icl_transience.data import sources
@@ -34,6 +34,9 @@ def base_config() -> ml_collections.ConfigDict:
   # Members trained together: 'field=v,field=v; field=v' (fields: init_seed,
   # data_seed, lr, l2). Empty: one member from the fields above.
   c.population = ""
+  # How members and batches share devices: auto | batch | members (see
+  # train/step.py; auto = members when they divide evenly over the devices).
+  c.population_sharding = "auto"
 
   c.data = ml_collections.ConfigDict()
   c.data.source = "synthetic"     # synthetic | features | onehot
@@ -111,11 +114,10 @@ def _checkpoint_ref() -> ml_collections.ConfigDict:
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """A run's config.json; fields added since it was written get defaults."""
-  path = os.path.join(workdir, "config.json")
-  if not os.path.exists(path):
+  path = epath.Path(workdir) / "config.json"
+  if not path.exists():
     raise UserError(f"no run in {workdir} (config.json missing)")
-  with open(path) as f:
-    c = ml_collections.ConfigDict(json.load(f))
+  c = ml_collections.ConfigDict(json.loads(path.read_text()))
   _fill_defaults(c, base_config())
   return c
 
@@ -248,6 +250,11 @@ def validate(c, n_devices: int = 1):
   _check(c.batch_size > 0 and c.batch_size % n_devices == 0, "batch_size",
          f"{c.batch_size} must be a positive multiple of the {n_devices} devices")
   _check(c.steps_per_call > 0, "steps_per_call", "must be positive")
+  _check(c.population_sharding in ("auto", "batch", "members"),
+         "population_sharding", "choose auto, batch or members")
+  _check(c.population_sharding != "members" or
+         len(members(c)) % n_devices == 0, "population_sharding",
+         f"'members' needs the population to divide over the {n_devices} devices")
   grid = c.batch_size * c.steps_per_call
   for field in ("total_sequences", "eval_every", "ckpt.every"):
     value = c.get(field) if "." not in field else c.ckpt.every
@@ -274,5 +281,5 @@ def validate(c, n_devices: int = 1):
            f"must be in [0, {c.model.depth})")
   for ref in ("warm_start", "graft"):
     if c[ref].workdir:
-      _check(os.path.exists(os.path.join(c[ref].workdir, "config.json")),
+      _check((epath.Path(c[ref].workdir) / "config.json").exists(),
              f"{ref}.workdir", f"no run in {c[ref].workdir} (config.json missing)")

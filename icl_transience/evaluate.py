@@ -3,7 +3,8 @@
   python -m icl_transience.evaluate --workdir=runs/coop
 
 Reads the run's config.json, restores each member at each checkpoint step
-whose evaluator rows are missing from metrics.jsonl, runs the evaluators and
+whose evaluator rows are missing from metrics.jsonl, runs the evaluators
+(--parallel checkpoints at a time, stacked into one vmapped program) and
 appends the rows. Safe to run while training continues, and again later:
 finished work is skipped; an unreadable checkpoint is skipped with a warning.
 """
@@ -24,10 +25,23 @@ from icl_transience.train import loop
 from icl_transience.train import step as step_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
+_PARALLEL = flags.DEFINE_integer(
+    "parallel", 0, "Checkpoints evaluated together in one vmapped program "
+    "(0: 1 on CPU, 8 on an accelerator).")
 
 
-def evaluate_checkpoints(workdir: str) -> int:
-  """Evaluates what is missing; returns the number of (member, step) done."""
+def _restore(mngr, step, abstract, name):
+  try:
+    return checkpoints.restore_member(mngr, step, abstract, name)
+  except Exception as e:  # pylint: disable=broad-except
+    logging.warning("skipping unreadable checkpoint %d/%s: %s", step, name,
+                    str(e).splitlines()[0] if str(e) else type(e).__name__)
+    return None
+
+
+def evaluate_checkpoints(workdir: str, parallel: int = 0) -> int:
+  """Evaluates what is missing, `parallel` (member, step) checkpoints per
+  vmapped call; returns the number evaluated."""
   try:
     c = config_lib.load_run_config(workdir)
   except UserError as e:
@@ -44,23 +58,29 @@ def evaluate_checkpoints(workdir: str) -> int:
     if not todo:
       logging.info("every checkpoint is already evaluated")
       return 0
-    table = sources.load_table(c.data)
     trainer = step_lib.Trainer(c, mesh)
-    evaluate = jax.jit(probes.make_evaluate(trainer.apply, c.data.n_classes,
-                                            c.evals.batch_size))
-    eval_sets = probes.build_eval_sets(c)
+    table = sources.load_table(c.data, trainer.replicated)
+    evaluate = loop.make_population_eval(trainer, c)
+    eval_sets = probes.build_eval_sets(c, trainer.replicated)
     abstract = trainer.abstract_state(members)
-    for step, name in tqdm.tqdm(todo, unit="ckpt", disable=None):
-      try:
-        state = checkpoints.restore_member(mngr, step, abstract, name)
-      except Exception as e:  # pylint: disable=broad-except
-        logging.warning("skipping unreadable checkpoint %d/%s: %s", step, name,
-                        str(e).splitlines()[0] if str(e) else type(e).__name__)
+    parallel = parallel or (1 if jax.default_backend() == "cpu" else 8)
+    bar = tqdm.tqdm(total=len(todo), unit="ckpt", disable=None)
+    for start in range(0, len(todo), parallel):
+      batch = [(step, name, _restore(mngr, step, abstract, name))
+               for step, name in todo[start:start + parallel]]
+      batch = [b for b in batch if b[2] is not None]
+      bar.update(parallel)
+      if not batch:
         continue
-      results = jax.device_get(evaluate(trainer.weights(state), table, eval_sets))
-      table_rows.append(metrics_table.rows_from(
-          name, step, step * c.batch_size, results))
-      done += 1
+      weights = [trainer.weights(state) for _, _, state in batch]
+      weights += weights[-1:] * (parallel - len(weights))  # one compiled shape
+      stacked = jax.tree.map(lambda *xs: jax.numpy.stack(xs), *weights)
+      results = jax.device_get(evaluate(stacked, table, eval_sets))
+      for i, (step, name, _) in enumerate(batch):
+        table_rows.append(metrics_table.rows_from(
+            name, step, step * c.batch_size, jax.tree.map(lambda v: v[i], results)))
+      done += len(batch)
+    bar.close()
   logging.info("evaluated %d member checkpoint(s)", done)
   return done
 
@@ -70,7 +90,9 @@ def main(argv):
   del argv
   logging.set_verbosity(logging.INFO)
   cli.quiet_library_logs()
-  evaluate_checkpoints(_WORKDIR.value)
+  if _PARALLEL.value < 0:
+    raise UserError("--parallel: must be >= 0")
+  evaluate_checkpoints(_WORKDIR.value, _PARALLEL.value)
 
 
 if __name__ == "__main__":

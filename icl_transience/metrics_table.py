@@ -10,25 +10,35 @@ import json
 import os
 import tempfile
 
+from etils import epath
+
 FILENAME = "metrics.jsonl"
 KEY = ("member", "step", "evaluator", "metric")
 
 
 def path(workdir: str) -> str:
-  return os.path.join(workdir, FILENAME)
+  return str(epath.Path(workdir) / FILENAME)
+
+
+def is_remote(filename: str) -> bool:
+  return "://" in str(filename)  # gs://... and other etils paths
 
 
 def read(workdir: str) -> list[dict]:
-  p = path(workdir)
-  if not os.path.exists(p):
+  p = epath.Path(path(workdir))
+  if not p.exists():
     return []
-  with open(p) as f:
-    return [json.loads(line) for line in f if line.strip()]
+  return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
 def atomic_write(filename: str, write, binary: bool = False):
   """Calls write(file) on a temporary file, then renames it to filename:
-  readers see the old or the new file, whole."""
+  readers see the old or the new file, whole. (A remote object store such
+  as gs:// replaces whole objects on its own: written directly there.)"""
+  if is_remote(filename):
+    with epath.Path(filename).open("wb" if binary else "w") as f:
+      write(f)
+    return
   directory = os.path.dirname(os.path.abspath(filename))
   fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-")
   try:

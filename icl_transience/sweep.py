@@ -23,6 +23,7 @@ import os
 from absl import app
 from absl import flags
 from absl import logging
+from etils import epath
 from ml_collections import config_flags
 
 from icl_transience import cli
@@ -100,7 +101,7 @@ def group_config(c, group: Group):
 
 
 def finished(c, workdir: str) -> bool:
-  if not os.path.exists(os.path.join(workdir, "checkpoints")):
+  if not (epath.Path(workdir) / "checkpoints").exists():
     return False
   with checkpoints.manager(workdir, read_only=True) as mngr:
     return mngr.latest_step() == c.total_sequences // c.batch_size

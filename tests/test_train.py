@@ -41,7 +41,7 @@ def test_train_sweep_evaluate_and_plot(tmp_path):
   # The sweep job recomputes exactly what the training loop logged.
   metrics_table.atomic_write_text(metrics_table.path(workdir), "".join(
       json.dumps(r) + "\n" for r in rows if r["evaluator"] == "train_batch"))
-  assert evaluate.evaluate_checkpoints(workdir) == 3
+  assert evaluate.evaluate_checkpoints(workdir, parallel=2) == 3  # 2 + 1 padded
   swept = eval_rows(metrics_table.read(workdir))
   assert swept.keys() == trained.keys()
   for key, value in trained.items():

@@ -11,6 +11,7 @@ import os
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 from absl import logging
 
 STEP_DIGITS = 8
@@ -38,8 +39,8 @@ def manager(workdir: str, keep: int = 0, read_only: bool = False):
       max_to_keep=keep or None, step_format_fixed_length=STEP_DIGITS,
       read_only=read_only, create=not read_only,
       enable_async_checkpointing=not read_only)
-  return ocp.CheckpointManager(os.path.join(os.path.abspath(workdir),
-                                            "checkpoints"), options=options)
+  root = workdir if "://" in workdir else os.path.abspath(workdir)  # gs://...
+  return ocp.CheckpointManager(epath.Path(root) / "checkpoints", options=options)
 
 
 def save(mngr, state, member_names, meta: dict):
@@ -51,8 +52,11 @@ def save(mngr, state, member_names, meta: dict):
 
 
 def _member_target(abstract_state):
+  """One member's shapes, replicated over the state's mesh."""
   return jax.tree.map(lambda s: jax.ShapeDtypeStruct(
-      s.shape[1:], s.dtype, sharding=s.sharding), abstract_state)
+      s.shape[1:], s.dtype,
+      sharding=jax.sharding.NamedSharding(s.sharding.mesh, jax.sharding.PartitionSpec())),
+                      abstract_state)
 
 
 def restore_population(mngr, step: int, abstract_state, member_names):

@@ -8,7 +8,6 @@ checkpoint.
 """
 import contextlib
 import json
-import os
 import signal
 import time
 
@@ -16,6 +15,7 @@ import jax
 import jax.numpy as jnp
 import tqdm
 from absl import logging
+from etils import epath
 
 from icl_transience import config as config_lib
 from icl_transience import metrics_table
@@ -28,7 +28,7 @@ from icl_transience.train import step as step_lib
 
 # Fields a resumed run may change: horizons, schedules, eval batching.
 RESUMABLE_CHANGES = ("total_sequences", "eval_every", "ckpt", "evals.batch_size",
-                     "num_devices")
+                     "num_devices", "population_sharding")
 SHOWN_PROBES = {"icl": "in_context_acc", "flip_icl": "in_context_acc",
                 "iwl_copy_avail": "in_context_acc", "pure_iwl": "acc"}
 
@@ -56,9 +56,9 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 def save_config(c, workdir: str):
   """Writes config.json; refuses a workdir that holds a different run."""
-  path = os.path.join(workdir, "config.json")
+  path = str(epath.Path(workdir) / "config.json")
   new = json.loads(c.to_json())
-  if os.path.exists(path):
+  if epath.Path(path).exists():
     old = json.loads(config_lib.load_run_config(workdir).to_json())
     flat_old, flat_new = _flatten(old), _flatten(new)
     for field in sorted(set(flat_old) | set(flat_new)):  # every process checks
@@ -130,7 +130,7 @@ def train(c, workdir: str):
   config_lib.validate(c, n_devices=mesh.devices.size)
   members = config_lib.members(c)
   names = [m.name for m in members]
-  os.makedirs(workdir, exist_ok=True)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   save_config(c, workdir)
   bs, k = c.batch_size, c.steps_per_call
   total = c.total_sequences // bs
@@ -156,8 +156,8 @@ def train(c, workdir: str):
         checkpoints.save(mngr, state, names,
                          dict(step=start, sequences=start * bs, members=names))
       else:
-        state = checkpoints.restore_population(
-            mngr, start, trainer.abstract_state(members), names)
+        state = trainer.place(checkpoints.restore_population(
+            mngr, start, trainer.abstract_state(members), names))
         logging.info("resumed from step %d (%d sequences)", start, start * bs)
       _run(c, trainer, evaluate, state, table, eval_sets, table_rows, mngr,
            stop, names, start, total, eval_period, ckpt_steps)

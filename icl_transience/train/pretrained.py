@@ -56,7 +56,7 @@ def prepare(c, trainer, state):
   """A fresh population state with warm start / graft applied; its start step."""
   n_members = state["step"].shape[0]
   stack = lambda tree: jax.tree.map(lambda x: jax.device_put(
-      jnp.broadcast_to(x, (n_members,) + x.shape), trainer.replicated), tree)
+      jnp.broadcast_to(x, (n_members,) + x.shape), trainer.state_sharding), tree)
   like = jax.tree.map(lambda x: x[0], state["params"])
   start = 0
   if c.warm_start.workdir:
@@ -70,7 +70,7 @@ def prepare(c, trainer, state):
           f"below total_sequences = {c.total_sequences:,}")
     start = seen // c.batch_size
     state = dict(state, params=stack(params),  # state["opt"] is freshly made
-                 step=jnp.full_like(state["step"], start))
+                 step=trainer.place(jnp.full_like(state["step"], start)))
   if c.graft.mode != "none":
     frozen, _ = load_params(c.graft, "graft", trainer.mesh)
     _check_same_model(frozen, like, "graft")

@@ -6,6 +6,14 @@ State (one pytree, population axis first on every leaf):
   and, when grafting, frozen (the frozen model's params, never updated).
 The batch of step t is drawn on device from fold_in(data_key, t), so a
 resumed run sees exactly the data an uninterrupted run would.
+
+Layouts over the 'data' mesh axis (config population_sharding):
+  batch    every device holds every member; each step's batch is split over
+           the devices (XLA all-reduces the gradients).
+  members  the population axis is split over the devices; each device trains
+           its own members on whole batches, with no communication.
+  auto     members when the population divides evenly over more than one
+           device, else batch.
 """
 import functools
 
@@ -29,6 +37,14 @@ def l2_penalty(params, form: str):
   return sum(0.5 * jnp.sum(w * w) for w in jax.tree.leaves(params))
 
 
+def population_layout(c, n_devices: int) -> str:
+  n_members = len(config_lib.members(c))
+  if c.population_sharding != "auto":
+    return c.population_sharding
+  even = n_devices > 1 and n_members % n_devices == 0
+  return "members" if even else "batch"
+
+
 class Trainer:
   """Compiled functions for one config: init, fused training, evaluation."""
 
@@ -43,6 +59,9 @@ class Trainer:
     self.use_l2 = any(m.l2 > 0 for m in config_lib.members(c))
     self.grafting = c.graft.mode != "none"
     self.replicated = NamedSharding(mesh, P())
+    self.members_sharded = population_layout(c, mesh.devices.size) == "members"
+    self.state_sharding = (NamedSharding(mesh, P("data")) if self.members_sharded
+                           else self.replicated)
     self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0)
 
   def weights(self, state):
@@ -73,12 +92,16 @@ class Trainer:
             else sources.source_shape(self.c.data).dim)
 
   def init(self, members):
-    """The population's initial state, replicated over the mesh."""
+    """The population's initial state, laid out over the mesh."""
     arrays = [np.array([getattr(m, f) for m in members], dtype)
               for f, dtype in (("init_seed", np.uint32), ("data_seed", np.uint32),
                                ("lr", np.float32), ("l2", np.float32))]
-    init = jax.jit(jax.vmap(self._init_member), out_shardings=self.replicated)
+    init = jax.jit(jax.vmap(self._init_member), out_shardings=self.state_sharding)
     return init(*arrays)
+
+  def place(self, state):
+    """The population state in this trainer's layout."""
+    return jax.device_put(state, self.state_sharding)
 
   def abstract_state(self, members):
     """Shapes and shardings of the state, for restoring checkpoints."""
@@ -111,7 +134,9 @@ class Trainer:
 
   def _shard_batch(self, x):
     """Leading (batch) axis over the 'data' mesh axis; under vmap the member
-    axis is added unsharded."""
+    axis is added unsharded. With members sharded, batches stay whole."""
+    if self.members_sharded:
+      return x
     spec = P("data", *([None] * (x.ndim - 1)))
     return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
 
