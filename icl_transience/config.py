@@ -87,6 +87,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.eps = 1e-8
   c.optim.l2 = 0.0                # penalty coefficient lambda
   c.optim.l2_form = "norm"        # norm: sum ||w|| (icl-dynamics); squared: sum ||w||^2/2
+  c.optim.l2_on = "all"           # all | mlp | attention | embedder (selective decay)
 
   c.ckpt = ml_collections.ConfigDict()
   c.ckpt.every = 1_000_000        # sequences; 0 = off
@@ -245,6 +246,8 @@ def validate(c, n_devices: int = 1):
   _check(2 * c.train.context_len + 1 <= c.model.max_len, "model.max_len",
          f"{c.model.max_len} positions, but sequences have "
          f"{2 * c.train.context_len + 1} tokens")
+  _check(c.optim.l2_on in ("all", "mlp", "attention", "embedder"), "optim.l2_on",
+         "choose all, mlp, attention or embedder")
   _check(c.optim.l2_form in ("norm", "squared"), "optim.l2_form",
          "choose 'norm' or 'squared'")
   _check(c.batch_size > 0 and c.batch_size % n_devices == 0, "batch_size",

@@ -4,6 +4,8 @@ import pytest
 from helpers import REPO  # pylint: disable=unused-import  (puts configs/ on the path)
 import coopetition  # pylint: disable=wrong-import-order
 import smoke  # pylint: disable=wrong-import-order
+import transience  # pylint: disable=wrong-import-order
+import transience_l2  # pylint: disable=wrong-import-order
 
 from icl_transience import config as config_lib
 from icl_transience.errors import UserError
@@ -43,3 +45,25 @@ def test_main_config_numbers():
 def test_unknown_variant():
   with pytest.raises(ValueError, match="unknown variant"):
     coopetition.get_config("nope")
+
+
+@pytest.mark.parametrize("variant", sorted(transience.VARIANTS))
+def test_transience_variants_validate(variant):
+  c = transience.get_config(variant)
+  config_lib.validate(c)
+  assert (c.train.context_len, c.train.burstiness, c.train.distractor) == (8, 3, True)
+  assert (c.model.depth, c.model.mlp_ratio, c.model.positions) == (12, 4, "sinusoidal")
+  assert c.optim.lr == 3e-4 and c.total_sequences == 1_600_000_000
+  b2 = probes.eval_spec("b2_train_eval", c)
+  assert (b2.burstiness, b2.n_rest) == (2, 4)
+  assert probes.eval_spec("icl", c).burstiness == 4
+
+
+@pytest.mark.parametrize("variant", sorted(transience_l2.VARIANTS))
+def test_l2_sweep_is_one_population(variant):
+  c = transience_l2.get_config(variant)
+  config_lib.validate(c)
+  assert [m.l2 for m in config_lib.members(c)] == [0, 1e-5, 3e-5, 1e-4, 3e-4]
+  assert c.optim.l2_on == (variant if variant in ("mlp", "attention", "embedder")
+                           else "all")
+  assert c.optim.l2_form == ("squared" if variant == "squared" else "norm")

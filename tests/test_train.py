@@ -49,6 +49,11 @@ def test_train_sweep_evaluate_and_plot(tmp_path):
   assert evaluate.evaluate_checkpoints(workdir) == 0  # nothing left to do
   paths = figures.plot_run(metrics_table.read(workdir), str(tmp_path / "figs"))
   assert len(paths) == 2
+  out = str(tmp_path / "figs" / "compare.png")
+  compared = run_cli(["-m", "icl_transience.plot", f"--workdir={workdir}",
+                      f"--workdir={workdir}@main", "--compare=icl:loss", f"--out={out}"])
+  assert compared.returncode == 0 and compared.stdout.strip() == out, compared.stderr
+  paths.append(out)
   for p in paths:
     with open(p, "rb") as f:
       assert f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -121,6 +126,16 @@ def test_l2_penalty_forms_and_effect(tmp_path):
   norms = sum(np.linalg.norm(np.asarray(x).reshape(2, -1), axis=1)
               for x in jax.tree.leaves(params))
   assert norms[1] < norms[0]
+
+
+def test_selective_weight_decay_groups():
+  one = lambda *shape: np.ones(shape)
+  params = {"input_proj": {"kernel": one(4)}, "label_embed": {"embedding": one(9)},
+            "block_0": {"attn": {"qkv": {"kernel": one(16)}},
+                        "mlp_in": {"kernel": one(25)}, "mlp_out": {"kernel": one(36)}}}
+  norm = lambda group: float(step_lib.l2_penalty(params, "norm", group))
+  assert norm("embedder") == 2.0 and norm("attention") == 4.0
+  assert norm("mlp") == 11.0 and norm("all") == 2 + 3 + 4 + 5 + 6
 
 
 def test_corrupt_checkpoint_is_skipped(tmp_path):

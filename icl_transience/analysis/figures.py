@@ -130,3 +130,19 @@ def transience_figure(rows, member: str, curves, path: str):
               yscale="log" if y else "linear")
   loss_ax.grid(alpha=0.3)
   _save(fig, path)
+
+
+def compare_figure(runs: dict, evaluator: str, metric: str, path: str,
+                   reference: float | None = None):
+  """One evaluator's metric for several runs: {label: (rows, member)}."""
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for label, (rows, member) in runs.items():
+    x, y = series(rows, member, evaluator, metric)
+    ax.plot(x, y, label=label, lw=1.5)
+  if reference is not None:
+    ax.axhline(reference, color="grey", lw=0.8, ls=":")
+  ax.set(xlabel="sequences seen", ylabel=f"{evaluator} {metric}",
+         title=f"{evaluator}: {metric}")
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  _save(fig, path)

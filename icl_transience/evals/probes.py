@@ -31,6 +31,12 @@ def _train_eval(train: sequences.SequenceSpec) -> sequences.SequenceSpec:
   return train
 
 
+@register("b2_train_eval")
+def _b2_train_eval(train):
+  """The training distribution with burstiness 2 (12-layer runs, K = 8)."""
+  return dataclasses.replace(train, burstiness=2)
+
+
 @register("icl")
 def _icl(train):
   """Two classes labelled 0/1 in random order: needs ICL."""

@@ -30,11 +30,19 @@ from icl_transience.models import graft
 from icl_transience.models import transformer
 
 
-def l2_penalty(params, form: str):
-  """sum_leaves ||w|| (icl-dynamics, unsquared) or sum_leaves ||w||^2 / 2."""
+# Parameter groups for selective weight decay (spec I.C.1): name fragments.
+L2_GROUPS = {"all": ("",), "mlp": ("mlp_in", "mlp_out"), "attention": ("attn",),
+             "embedder": ("input_proj",)}
+
+
+def l2_penalty(params, form: str, group: str = "all"):
+  """sum ||w|| (icl-dynamics, unsquared) or sum ||w||^2 / 2 over the leaves
+  of one parameter group."""
+  leaves = [w for path, w in jax.tree_util.tree_flatten_with_path(params)[0]
+            if any(f in jax.tree_util.keystr(path) for f in L2_GROUPS[group])]
   if form == "norm":  # safe_norm: a zero leaf (e.g. a bias) gets gradient 0
-    return sum(optax.safe_norm(w, 0.0) for w in jax.tree.leaves(params))
-  return sum(0.5 * jnp.sum(w * w) for w in jax.tree.leaves(params))
+    return sum(optax.safe_norm(w, 0.0) for w in leaves)
+  return sum(0.5 * jnp.sum(w * w) for w in leaves)
 
 
 def population_layout(c, n_devices: int) -> str:
@@ -119,7 +127,8 @@ class Trainer:
     acc = jnp.mean(jnp.argmax(logits, -1) == seqs.target)
     total = loss
     if self.use_l2:
-      total = loss + l2 * l2_penalty(params, self.c.optim.l2_form)
+      total = loss + l2 * l2_penalty(params, self.c.optim.l2_form,
+                                     self.c.optim.l2_on)
     return total, (loss, acc)
 
   def _update(self, state, feats, seqs):
