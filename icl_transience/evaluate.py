@@ -25,6 +25,9 @@ from icl_transience.train import loop
 from icl_transience.train import step as step_lib
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
+_SHARD = flags.DEFINE_string(
+    "shard", "0/1", "i/n: this job evaluates every n-th missing checkpoint, "
+    "from the i-th (run n jobs, e.g. one per host, on a shared filesystem).")
 _PARALLEL = flags.DEFINE_integer(
     "parallel", 0, "Checkpoints evaluated together in one vmapped program "
     "(0: 1 on CPU, 8 on an accelerator).")
@@ -39,9 +42,11 @@ def _restore(mngr, step, abstract, name):
     return None
 
 
-def evaluate_checkpoints(workdir: str, parallel: int = 0) -> int:
+def evaluate_checkpoints(workdir: str, parallel: int = 0, shard: int = 0,
+                         num_shards: int = 1) -> int:
   """Evaluates what is missing, `parallel` (member, step) checkpoints per
-  vmapped call; returns the number evaluated."""
+  vmapped call; shard i of n takes every n-th of them. Returns the number
+  evaluated."""
   try:
     c = config_lib.load_run_config(workdir)
   except UserError as e:
@@ -55,6 +60,7 @@ def evaluate_checkpoints(workdir: str, parallel: int = 0) -> int:
   with jax.set_mesh(mesh), checkpoints.manager(workdir, read_only=True) as mngr:
     todo = [(s, n) for s in mngr.all_steps() for n in names
             if not all(table_rows.has(n, s, e) for e in c.evals.names)]
+    todo = todo[shard::num_shards]
     if not todo:
       logging.info("every checkpoint is already evaluated")
       return 0
@@ -92,7 +98,11 @@ def main(argv):
   cli.quiet_library_logs()
   if _PARALLEL.value < 0:
     raise UserError("--parallel: must be >= 0")
-  evaluate_checkpoints(_WORKDIR.value, _PARALLEL.value)
+  shard, _, num_shards = _SHARD.value.partition("/")
+  if not (shard.isdigit() and num_shards.isdigit() and
+          int(shard) < int(num_shards)):
+    raise UserError(f"--shard: '{_SHARD.value}' is not i/n with 0 <= i < n")
+  evaluate_checkpoints(_WORKDIR.value, _PARALLEL.value, int(shard), int(num_shards))
 
 
 if __name__ == "__main__":

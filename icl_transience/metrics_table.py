@@ -6,6 +6,8 @@ the checkpoint-sweep job both append, and duplicates are dropped. Every
 write replaces the file atomically (temporary file + rename), so a crash
 never leaves a half-written table.
 """
+import contextlib
+import fcntl
 import json
 import os
 import tempfile
@@ -82,9 +84,35 @@ class MetricsTable:
     if fresh:
       self.rows.extend(fresh)
     if fresh and self.write:
-      atomic_write_text(path(self.workdir), "".join(
-          json.dumps(r) + "\n" for r in self.rows))
+      with _locked(self.workdir):  # other sweep jobs may append concurrently
+        self._merge_from_disk()
+        atomic_write_text(path(self.workdir), "".join(
+            json.dumps(r) + "\n" for r in self.rows))
     return len(fresh)
+
+  def _merge_from_disk(self):
+    """Takes in rows that another process wrote since this table was read."""
+    for row in read(self.workdir):
+      key = tuple(row[k] for k in KEY)
+      if key not in self._keys:
+        self._keys.add(key)
+        self._evaluated.add(key[:3])
+        self.rows.append(row)
+
+
+@contextlib.contextmanager
+def _locked(workdir: str):
+  """An exclusive lock on workdir/.metrics.lock (local and shared POSIX
+  filesystems; object stores have no locks, and one writer is assumed)."""
+  if is_remote(workdir):
+    yield
+    return
+  with open(os.path.join(workdir, ".metrics.lock"), "w") as f:
+    fcntl.flock(f, fcntl.LOCK_EX)
+    try:
+      yield
+    finally:
+      fcntl.flock(f, fcntl.LOCK_UN)
 
 
 def rows_from(member: str, step: int, sequences: int,

@@ -41,7 +41,14 @@ def test_train_sweep_evaluate_and_plot(tmp_path):
   # The sweep job recomputes exactly what the training loop logged.
   metrics_table.atomic_write_text(metrics_table.path(workdir), "".join(
       json.dumps(r) + "\n" for r in rows if r["evaluator"] == "train_batch"))
-  assert evaluate.evaluate_checkpoints(workdir, parallel=2) == 3  # 2 + 1 padded
+  # Two sweep jobs at once, one per shard, appending to the same table.
+  other = subprocess.Popen([sys.executable, "-m", "icl_transience.evaluate",
+                            f"--workdir={workdir}", "--shard=1/2"], cwd=REPO,
+                           env=dict(os.environ, PYTHONPATH=REPO),
+                           stderr=subprocess.PIPE, text=True)
+  assert evaluate.evaluate_checkpoints(workdir, parallel=2, shard=0,
+                                       num_shards=2) == 2  # steps 0 and 100
+  assert other.wait(timeout=300) == 0, other.stderr.read()[-2000:]
   swept = eval_rows(metrics_table.read(workdir))
   assert swept.keys() == trained.keys()
   for key, value in trained.items():
