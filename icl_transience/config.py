@@ -49,6 +49,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.dataset_seed = 0
   c.data.path = ""                # features: .h5/.hdf5/.npy/.npz file
   c.data.key = "resnet18/224/feat"  # features: HDF5 dataset / npz array name
+  # (LLaMa embedding files, spec I.A.5: '{clustering_seed}/{n_exemplars}/feat').
+  # intended: class = 8 * character + transform (spec I.A.6); released: the
+  # authors' files' layout (bug-compatible; needs 20 exemplars, 8 | classes).
+  c.data.layout = "intended"
 
   c.train = ml_collections.ConfigDict()  # the training sequence distribution
   c.train.n_classes = 12_800
@@ -234,6 +238,11 @@ def validate(c, n_devices: int = 1):
   """Raises UserError naming the first bad field. Opens files, compiles nothing."""
   from icl_transience.evals import probes  # pylint: disable=g-import-not-at-top
   shape = sources.source_shape(c.data)
+  _check(c.data.layout in ("intended", "released"), "data.layout",
+         "choose intended or released")
+  _check(c.data.layout == "intended" or (
+      shape.n_classes % 8 == 0 and shape.n_exemplars == 20), "data.layout",
+         "'released' needs 20 exemplars and a multiple of 8 classes")
   spec = train_spec(c)
   _check_spec(spec, "train", shape)
   if c.train.relabel == "pairs":

@@ -17,6 +17,8 @@ SMOKE = ["main.py", "--config=configs/smoke.py"]
     (["--config.total_sequences=1234"], "total_sequences"),
     (["--config.trian.burstiness=1"], "bad --config"),
     (["--config=configs/coopetition.py:nope"], "unknown variant 'nope'"),
+    (["--config.data.layout=released"], "data.layout"),
+    (["--config.warm_start.workdir=/nonexistent"], "warm_start.workdir: no run"),
 ])
 def test_bad_config_gives_one_line(tmp_path, flags, field):
   result = run_cli(SMOKE + [f"--workdir={tmp_path}/w"] + flags)

@@ -25,7 +25,7 @@ def test_synthetic_classes_are_low_rank_clusters():
 
 def data_cfg(**kw):
   base = dict(source="features", path="", key="resnet18/224/feat", n_classes=0,
-              n_exemplars=0, dim=0)
+              n_exemplars=0, dim=0, layout="intended")
   base.update(kw)
   return ml_collections.ConfigDict(base)
 
@@ -66,3 +66,26 @@ def test_onehot_source():
   assert sources.load_table(cfg) is None
   feats = sources.gather_features(None, jnp.array([[2, 5]]), jnp.zeros((1, 2), int), 7)
   np.testing.assert_array_equal(feats[0, 1], np.eye(7)[5])
+
+
+def test_released_layout_reproduces_the_extraction_bug(tmp_path):
+  """Spec I.A.6: class n of the released files holds character n // 8 over
+  ~2.5 drawings x all 8 transforms; a character's 8 classes partition its
+  160 (drawing, transform) images; the first 1,600 classes span 200 characters."""
+  classes, drawings = sources.released_layout_index(12_984, 20)
+  character, transform = classes // 8, classes % 8
+  n = np.arange(12_984)
+  assert (character == (n // 8)[:, None]).all()
+  assert all(len(set(transform[i])) == 8 for i in range(0, 12_984, 97))
+  assert all(2 <= len(set(drawings[i])) <= 4 for i in range(0, 12_984, 97))
+  for char in (0, 7, 1622):
+    images = {(c, d) for i in range(8 * char, 8 * char + 8)
+              for c, d in zip(classes[i], drawings[i])}
+    assert images == {(8 * char + t, d) for t in range(8) for d in range(20)}
+  assert len(set(character[:1600].ravel())) == 200
+  # a features file in the intended layout, read bug-compatibly
+  array = np.random.default_rng(0).normal(size=(16, 20, 3)).astype(np.float32)
+  np.save(tmp_path / "f.npy", array)
+  table = sources.load_table(data_cfg(path=str(tmp_path / "f.npy"), layout="released"))
+  rows, cols = sources.released_layout_index(16, 20)
+  np.testing.assert_array_equal(np.asarray(table), array[rows, cols])

@@ -96,16 +96,38 @@ def synthetic_table(seed: int, n_classes: int, n_exemplars: int, dim: int,
   return make(jax.random.PRNGKey(seed))
 
 
+def released_layout_index(n_classes: int, n_exemplars: int):
+  """(class, exemplar) of the intended layout behind each entry of the
+  released fixed-feature files (spec I.A.6 caveat).
+
+  Intended: class = 8 * character + transform, exemplar = drawing. The
+  released extraction read image f = 20 * n + e of a dataset indexed
+  image * 8 + transform (image = 20 * character + drawing) as class n,
+  exemplar e: class n holds character n // 8 over ~2.5 drawings x 8 transforms.
+  """
+  f = np.arange(n_classes * n_exemplars).reshape(n_classes, n_exemplars)
+  image, transform = f // 8, f % 8
+  character, drawing = image // n_exemplars, image % n_exemplars
+  return 8 * character + transform, drawing
+
+
 def load_table(data_cfg, sharding=None):
   """The feature table on device (placed with `sharding`, which may span
-  processes), or None for one-hot classes."""
+  processes), or None for one-hot classes. data.layout='released' rearranges
+  an intended-layout table into the released files' (bug-compatible) one."""
   if data_cfg.source == "onehot":
     return None
   if data_cfg.source == "synthetic":
-    return synthetic_table(data_cfg.dataset_seed, data_cfg.n_classes,
-                           data_cfg.n_exemplars, data_cfg.dim, data_cfg.rank,
-                           data_cfg.spread, data_cfg.isotropic_noise, sharding)
+    table = synthetic_table(data_cfg.dataset_seed, data_cfg.n_classes,
+                            data_cfg.n_exemplars, data_cfg.dim, data_cfg.rank,
+                            data_cfg.spread, data_cfg.isotropic_noise, sharding)
+    if data_cfg.layout == "released":
+      rows, cols = released_layout_index(*table.shape[:2])
+      table = jax.jit(lambda t: t[rows, cols], out_shardings=sharding)(table)
+    return table
   array = np.asarray(_file_array(data_cfg), dtype=np.float32)
+  if data_cfg.layout == "released":
+    array = array[released_layout_index(*array.shape[:2])]
   if sharding is None:
     return jnp.asarray(array)
   return jax.make_array_from_callback(array.shape, sharding, lambda i: array[i])
