@@ -142,7 +142,8 @@ def compare_figure(runs: dict, evaluator: str, metric: str, path: str,
   if reference is not None:
     ax.axhline(reference, color="grey", lw=0.8, ls=":")
   ax.set(xlabel="sequences seen", ylabel=f"{evaluator} {metric}",
-         title=f"{evaluator}: {metric}")
+         title=f"{evaluator}: {metric}",
+         yscale="log" if metric == "loss" else "linear")
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
   _save(fig, path)
