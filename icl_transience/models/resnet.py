@@ -14,18 +14,21 @@ BatchNorm (decay 0.9, eps 1e-5) keeps its running mean and variance in the
 statistics of the whole call's batch (all leading axes of `images` folded
 together, so B x 9 images for B sequences, as Chan's hk.BatchApply) and
 the running averages are updated: apply with mutable=["batch_stats"]. With
-`train=False` the running averages are used and nothing is mutated.
+`train=False` the running averages are used and nothing is mutated. The
+averages start at mean 0 / variance 1 without Haiku's zero-debiasing; after
+t updates the difference is of relative size 0.9^t, so it matters only for
+evaluations within the first ~100 steps.
 
 Data parallelism. Under jax.jit with the batch sharded over devices (a
 NamedSharding or sharding constraint on a mesh with Auto axes, as
 train/loop.make_mesh builds), the plain mean over the batch axis IS the mean
 over the global batch: the SPMD partitioner inserts the cross-device
 reduction, so no axis_name is needed and the statistics (and outputs) equal
-those of one device holding the whole batch. Only code that maps over devices explicitly
-(shard_map, pmap) must set `bn_axis_name` to the mapped axis so that the
-per-device statistics are averaged (Flax pmean's them). Under jax.vmap over
-population members each member normalises over its own batch and keeps its
-own batch_stats.
+those of one device holding the whole batch. Only code that maps over
+devices explicitly (shard_map, pmap) must set `bn_axis_name` to the mapped
+axis so that the per-device statistics are averaged (Flax pmean's them).
+Under jax.vmap over population members each member normalises over its own
+batch and keeps its own batch_stats.
 
 Conventions: convolutions without bias, SAME padding, truncated-normal fan-in
 init (Haiku's VarianceScaling(1.0)); BN scale 1 and offset 0 except the last
