@@ -100,6 +100,8 @@ class ChanTransformer(nn.Module):
   resnet_channels: Sequence[int] = (16, 32, 32)  # + a last group of d_model
   resnet_blocks: Sequence[int] = (2, 2, 2, 2)
   resnet_strides: Sequence[int] = (1, 2, 2, 2)
+  bn_momentum: float = 0.9         # BatchNorm decay (spec I.A.3)
+  bn_epsilon: float = 1e-5
   bn_axis_name: str | None = None  # only under shard_map / pmap (resnet.py)
 
   def __post_init__(self):
@@ -123,7 +125,8 @@ class ChanTransformer(nn.Module):
     exemplars = resnet.ResNetEmbedder(
         channels=tuple(self.resnet_channels) + (self.d_model,),
         blocks_per_group=tuple(self.resnet_blocks),
-        strides=tuple(self.resnet_strides), bn_axis_name=self.bn_axis_name,
+        strides=tuple(self.resnet_strides), bn_momentum=self.bn_momentum,
+        bn_epsilon=self.bn_epsilon, bn_axis_name=self.bn_axis_name,
         name="embedder")(images, train)
     label_tokens = nn.Embed(self.n_outputs, self.d_model,
                             embedding_init=label_init,
