@@ -15,7 +15,6 @@ Layouts over the 'data' mesh axis (config population_sharding):
   auto     members when the population divides evenly over more than one
            device, else batch.
 """
-import functools
 
 import jax
 import jax.numpy as jnp
