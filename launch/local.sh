@@ -12,14 +12,8 @@ if [[ $# -lt 2 ]]; then
   exit 2
 fi
 
-# Quotes one word for the shell, only where it needs it (readable dry runs).
-quote() {
-  if [[ "$1" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf '%s' "${1@Q}"
-  fi
-}
+# shellcheck disable=SC1091  # defines quote()
+source "$(dirname "$0")/quote.sh"
 
 config="$(quote "$1")"; workdir="$(quote "$2")"; shift 2
 overrides=""

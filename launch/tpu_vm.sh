@@ -34,14 +34,8 @@ usage() {
   exit 2
 }
 
-# Quotes one word for the shell, only where it needs it (readable dry runs).
-quote() {
-  if [[ "$1" =~ ^[A-Za-z0-9_./:=@%+,-]+$ ]]; then
-    printf '%s' "$1"
-  else
-    printf '%s' "${1@Q}"
-  fi
-}
+# shellcheck disable=SC1091  # defines quote()
+source launch/quote.sh  # (cwd is the repository root)
 
 while [[ "${1:-}" == --* ]]; do
   case "$1" in
