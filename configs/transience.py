@@ -13,15 +13,38 @@ horizon is 1.6 B sequences.
   python -m icl_transience.report --workdir=runs/transience
 
 Variants: c1600 (the "norotate" 1,600 classes, init seed 2023), mq (matched
-exemplars: persistent ICL).
+exemplars: persistent ICL), omniglot (below).
+
+The Chan et al. image pipeline (spec I.A.1-I.A.4, I.B.1, I.C.1: Omniglot
+drawings through a jointly trained ResNet, 12,800 training classes, bursty
+2-way 3-shot sequences, holdout ICL and no-support IWL evaluators):
+
+  python main.py --config=configs/transience.py:omniglot \
+      --config.data.omniglot_dir=DIR --workdir=runs/chan   # zip archives
+  python main.py --config=configs/transience.py:omniglot \
+      --workdir=runs/chan          # prepared TFDS omniglot (default data_dir;
+                                   # --config.data.tfds_dir=DIR for another)
+
+`data.source=omniglot` selects the image task (tasks/omniglot.py), whose
+fields live in the `omniglot` block; it shares model depth/width/heads/MLP
+ratio/timescale, batch 32, Adam 3e-4 and the 1.6 B-sequence (5e7-step)
+horizon with the fixed-feature run. The optimizer schedule is the one
+difference outside that block: the trainer reads it from `optim`, so the
+variant also sets Chan's warm-up + inverse-sqrt decay; with only
+--config.data.source=omniglot add --config.optim.warmup_steps=4000
+--config.optim.schedule=inverse_sqrt to get it.
 """
 from icl_transience import config
+from icl_transience.tasks import omniglot
 
 VARIANTS = {
     "": {},
     "c1600": {"train.n_classes": 1600, "evals.n_classes": 1600,
               "init_seed": 2023},
     "mq": {"train.match_query_and_distractors": True},
+    # lr(t) = 3e-4 min(t / 4000, sqrt(4000 / t)) (spec I.C.1)
+    "omniglot": {"data.source": "omniglot", "optim.warmup_steps": 4000,
+                 "optim.schedule": "inverse_sqrt"},
 }
 
 
@@ -37,6 +60,7 @@ def transience_config():
       "evals.exemplars": (0, 20),
       "model.depth": 12, "model.mlp_ratio": 4, "model.positions": "sinusoidal",
       "optim.lr": 3e-4, "ckpt.every": 40_000_000,
+      "omniglot": omniglot.default_config(),
   })
 
 

@@ -22,6 +22,7 @@ from absl import flags
 
 from icl_transience import cli
 from icl_transience import config as config_lib
+from icl_transience import tasks
 from icl_transience import metrics_table
 from icl_transience.analysis import interventions
 from icl_transience.data import sources
@@ -79,6 +80,9 @@ def main(argv):
   c = config_lib.load_run_config(_WORKDIR.value)
   if c.graft.mode != "none":
     raise UserError("--workdir: ablating a grafted run is not supported")
+  if tasks.task_name(c) != "classify":
+    raise UserError(f"--workdir: ablations apply to classifier runs, not "
+                    f"task '{tasks.task_name(c)}' (see icl_transience.prune)")
   for name in _EVALUATORS.value + ([_RECORD_EVALUATOR.value] if _RECORD.value else []):
     if name not in probes.EVALUATORS:
       raise UserError(f"--evaluators: unknown evaluator '{name}'")

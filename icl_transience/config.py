@@ -23,6 +23,7 @@ MEMBER_FIELDS = {"init_seed": int, "data_seed": int, "lr": float, "l2": float}
 def base_config() -> ml_collections.ConfigDict:
   """The coopetition main run (spec II.A-II.C) on the synthetic features."""
   c = ml_collections.ConfigDict()
+  c.task = "classify"      # classify | lds | plateau | dictionary (see tasks/)
   c.init_seed = 5          # model initialisation
   c.data_seed = 2          # training data stream
   c.eval_seed = 1          # fixed evaluator sets
@@ -37,9 +38,12 @@ def base_config() -> ml_collections.ConfigDict:
   # How members and batches share devices: auto | batch | members (see
   # train/step.py; auto = members when they divide evenly over the devices).
   c.population_sharding = "auto"
+  # Per-member task hyperparameters (numbers; task configs add fields here),
+  # settable per member in `population` like lr and l2.
+  c.hyper = ml_collections.ConfigDict()
 
   c.data = ml_collections.ConfigDict()
-  c.data.source = "synthetic"     # synthetic | features | onehot
+  c.data.source = "synthetic"     # synthetic | features | onehot | omniglot
   c.data.n_classes = 12_984       # 12,800 training + 184 held out
   c.data.n_exemplars = 20
   c.data.dim = 512
@@ -53,6 +57,8 @@ def base_config() -> ml_collections.ConfigDict:
   # intended: class = 8 * character + transform (spec I.A.6); released: the
   # authors' files' layout (bug-compatible; needs 20 exemplars, 8 | classes).
   c.data.layout = "intended"
+  c.data.omniglot_dir = ""        # omniglot: folder of the release's zip archives
+  c.data.tfds_dir = ""            # omniglot: TFDS data_dir ('' = TFDS default)
 
   c.train = ml_collections.ConfigDict()  # the training sequence distribution
   c.train.n_classes = 12_800
@@ -92,6 +98,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.l2 = 0.0                # penalty coefficient lambda
   c.optim.l2_form = "norm"        # norm: sum ||w|| (icl-dynamics); squared: sum ||w||^2/2
   c.optim.l2_on = "all"           # all | mlp | attention | embedder (selective decay)
+  c.optim.weight_decay = 0.0      # decoupled (AdamW) weight decay
+  c.optim.clip_norm = 0.0         # global-norm gradient clipping (0 = off)
+  c.optim.warmup_steps = 0        # linear lr warm-up (optimizer steps)
+  c.optim.schedule = "constant"   # constant | inverse_sqrt (after warm-up)
 
   c.ckpt = ml_collections.ConfigDict()
   c.ckpt.every = 1_000_000        # sequences; 0 = off
@@ -170,32 +180,43 @@ class Member:
   data_seed: int
   lr: float
   l2: float
+  extra: tuple = ()  # (field, value) pairs of the config's `hyper` block
+
+  @property
+  def hyper(self) -> dict:
+    """The member's per-member numbers, as the trainer's state holds them."""
+    return dict(lr=self.lr, l2=self.l2, **dict(self.extra))
 
 
 def members(c) -> list[Member]:
   """Parses `population` into members; unset fields come from the config."""
   defaults = dict(init_seed=c.init_seed, data_seed=c.data_seed,
                   lr=c.optim.lr, l2=c.optim.l2)
+  hyper = {k: float(v) for k, v in c.get("hyper", {}).items()}
+  kinds = dict(MEMBER_FIELDS, **{k: float for k in hyper})
+  make = lambda name, fields: Member(
+      name=name, **{k: fields[k] for k in defaults},
+      extra=tuple((k, fields[k]) for k in sorted(hyper)))
   text = c.population.strip()
   if not text:
-    return [Member(name="main", **defaults)]
+    return [make("main", dict(defaults, **hyper))]
   out = []
   for entry in (e.strip() for e in text.split(";")):
     if not entry:
       continue
-    fields = dict(defaults)
+    fields = dict(defaults, **hyper)
     for item in entry.split(","):
       key, sep, value = (s.strip() for s in item.partition("="))
-      if not sep or key not in MEMBER_FIELDS:
+      if not sep or key not in kinds:
         raise UserError(f"population: bad member field '{item.strip()}' "
-                        f"(use {', '.join(MEMBER_FIELDS)} as field=value)")
+                        f"(use {', '.join(kinds)} as field=value)")
       try:
-        fields[key] = MEMBER_FIELDS[key](value)
+        fields[key] = kinds[key](value)
       except ValueError as e:
         raise UserError(f"population: bad value in '{item.strip()}'") from e
     name = "_".join(f"{k}{v}" for k, v in
                     (i.split("=") for i in entry.replace(" ", "").split(",")))
-    out.append(Member(name=name, **fields))
+    out.append(make(name, fields))
   names = [m.name for m in out]
   if len(set(names)) != len(names):
     raise UserError("population: two members are identical")
@@ -234,8 +255,8 @@ def _check_spec(spec: sequences.SequenceSpec, field: str, shape):
   _check(spec.zipf_exponent >= 0, f"{field}.zipf_exponent", "must be >= 0")
 
 
-def validate(c, n_devices: int = 1):
-  """Raises UserError naming the first bad field. Opens files, compiles nothing."""
+def validate_classifier(c):
+  """The classifier task's fields (data, train, evals, model)."""
   from icl_transience.evals import probes  # pylint: disable=g-import-not-at-top
   shape = sources.source_shape(c.data)
   _check(c.data.layout in ("intended", "released"), "data.layout",
@@ -255,10 +276,29 @@ def validate(c, n_devices: int = 1):
   _check(2 * c.train.context_len + 1 <= c.model.max_len, "model.max_len",
          f"{c.model.max_len} positions, but sequences have "
          f"{2 * c.train.context_len + 1} tokens")
+  for name in c.evals.names:
+    _check(name in probes.EVALUATORS, "evals.names",
+           f"unknown evaluator '{name}' (known: {', '.join(probes.EVALUATORS)})")
+    _check_spec(probes.eval_spec(name, c), f"evals.{name}", shape)
+  _check(c.evals.n_sequences > 0 and c.evals.batch_size > 0 and
+         c.evals.n_sequences % c.evals.batch_size == 0, "evals.batch_size",
+         "must divide evals.n_sequences")
+
+
+def validate(c, n_devices: int = 1):
+  """Raises UserError naming the first bad field. Opens files, compiles nothing."""
+  from icl_transience import tasks  # pylint: disable=g-import-not-at-top
+  for field in c.get("hyper", {}):
+    _check(isinstance(c.hyper[field], (int, float)), f"hyper.{field}",
+           "per-member fields must be numbers")
   _check(c.optim.l2_on in ("all", "mlp", "attention", "embedder"), "optim.l2_on",
          "choose all, mlp, attention or embedder")
   _check(c.optim.l2_form in ("norm", "squared"), "optim.l2_form",
          "choose 'norm' or 'squared'")
+  _check(c.optim.schedule in ("constant", "inverse_sqrt"), "optim.schedule",
+         "choose constant or inverse_sqrt")
+  for field in ("weight_decay", "clip_norm", "warmup_steps"):
+    _check(c.optim[field] >= 0, f"optim.{field}", "must be >= 0")
   _check(c.batch_size > 0 and c.batch_size % n_devices == 0, "batch_size",
          f"{c.batch_size} must be a positive multiple of the {n_devices} devices")
   _check(c.steps_per_call > 0, "steps_per_call", "must be positive")
@@ -275,19 +315,14 @@ def validate(c, n_devices: int = 1):
   _check(c.total_sequences > 0, "total_sequences", "must be positive")
   _check(c.eval_every > 0, "eval_every", "must be positive")
   _check(c.ckpt.keep >= 0, "ckpt.keep", "must be >= 0")
-  for name in c.evals.names:
-    _check(name in probes.EVALUATORS, "evals.names",
-           f"unknown evaluator '{name}' (known: {', '.join(probes.EVALUATORS)})")
-    _check_spec(probes.eval_spec(name, c), f"evals.{name}", shape)
-  _check(c.evals.n_sequences > 0 and c.evals.batch_size > 0 and
-         c.evals.n_sequences % c.evals.batch_size == 0, "evals.batch_size",
-         "must divide evals.n_sequences")
   for m in members(c):
     _check(m.lr > 0 and math.isfinite(m.lr), "optim.lr", f"bad lr {m.lr}")
     _check(m.l2 >= 0, "optim.l2", f"bad l2 {m.l2}")
   _check(c.graft.mode in graft.MODES, "graft.mode",
          f"unknown '{c.graft.mode}' (choose from {', '.join(graft.MODES)})")
   if c.graft.mode != "none":
+    _check(tasks.task_name(c) == "classify", "graft.mode",
+           "grafting applies to the classifier task")
     _check(bool(c.graft.workdir), "graft.workdir", "needed to graft")
     _check(0 <= c.graft.layer < c.model.depth, "graft.layer",
            f"must be in [0, {c.model.depth})")
@@ -295,3 +330,4 @@ def validate(c, n_devices: int = 1):
     if c[ref].workdir:
       _check((epath.Path(c[ref].workdir) / "config.json").exists(),
              f"{ref}.workdir", f"no run in {c[ref].workdir} (config.json missing)")
+  tasks.build(c).validate(n_devices)

@@ -17,9 +17,7 @@ from absl import logging
 from icl_transience import cli
 from icl_transience import config as config_lib
 from icl_transience import metrics_table
-from icl_transience.data import sources
 from icl_transience.errors import UserError
-from icl_transience.evals import probes
 from icl_transience.train import checkpoints
 from icl_transience.train import loop
 from icl_transience.train import step as step_lib
@@ -58,17 +56,21 @@ def evaluate_checkpoints(workdir: str, parallel: int = 0, shard: int = 0,
   table_rows = metrics_table.MetricsTable(workdir)
   done = 0
   with jax.set_mesh(mesh), checkpoints.manager(workdir, read_only=True) as mngr:
+    trainer = step_lib.Trainer(c, mesh)
+    abstract = trainer.abstract_state(members)
+    table = trainer.task.constants(trainer.replicated)
+    eval_sets = trainer.task.eval_sets(trainer.replicated)
+    member = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
+                          trainer.weights(abstract))
+    evaluators = list(jax.eval_shape(trainer.task.evaluate, member, table,
+                                     eval_sets))
     todo = [(s, n) for s in mngr.all_steps() for n in names
-            if not all(table_rows.has(n, s, e) for e in c.evals.names)]
+            if not all(table_rows.has(n, s, e) for e in evaluators)]
     todo = todo[shard::num_shards]
     if not todo:
       logging.info("every checkpoint is already evaluated")
       return 0
-    trainer = step_lib.Trainer(c, mesh)
-    table = sources.load_table(c.data, trainer.replicated)
-    evaluate = loop.make_population_eval(trainer, c)
-    eval_sets = probes.build_eval_sets(c, trainer.replicated)
-    abstract = trainer.abstract_state(members)
+    evaluate = trainer.population_eval()
     parallel = parallel or (1 if jax.default_backend() == "cpu" else 8)
     bar = tqdm.tqdm(total=len(todo), unit="ckpt", disable=None)
     for start in range(0, len(todo), parallel):

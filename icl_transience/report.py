@@ -25,20 +25,28 @@ The defaults --emerge = --decay = 0.2 read, for in_context_acc, as "peak >= 0.6"
 and "at least 0.10 below the peak" (the band of synthetic_features.md);
 evaluation noise on 5,000 sequences is ~0.007, far below either.
 
-Later report kinds (plateau lengths, LDS token errors) add an entry to
-SECTIONS: evaluators go to the section with the longest matching name
+Evaluators go to the section of SECTIONS with the longest matching name
 prefix, and each section adds its own list of rows to report.json.
+
+Runs of other tasks get their task's report (TASK_REPORTS): the LDS token
+errors and two-timescale check, plateau lengths and probe curves, and the
+first- vs second-token curves of the dictionary stand-in; each writes
+report.json and its figures into the workdir.
 """
 import dataclasses
+import importlib
 import json
 import os
 from typing import Callable, NamedTuple
 
 from absl import app
 from absl import flags
+from etils import epath
 
 from icl_transience import cli
+from icl_transience import config as config_lib
 from icl_transience import metrics_table
+from icl_transience import tasks
 from icl_transience.analysis import figures
 from icl_transience.errors import UserError
 
@@ -198,10 +206,26 @@ def define_flags():
                      "Transient: peak - final >= decay * (1 - chance).")
 
 
+TASK_REPORTS = {"lds": "icl_transience.analysis.lds_report",
+                "plateau": "icl_transience.analysis.plateau_report",
+                "dictionary": "icl_transience.analysis.dictionary_report"}
+
+
+def task_of(workdir: str) -> str:
+  """The run's task ('classify' when the run has no config.json)."""
+  if not (epath.Path(workdir) / "config.json").exists():
+    return "classify"
+  return tasks.task_name(config_lib.load_run_config(workdir))
+
+
 @cli.exit_on_user_error
 def main(argv):
   del argv
   f = flags.FLAGS
+  task = task_of(f.workdir)
+  if task in TASK_REPORTS:
+    importlib.import_module(TASK_REPORTS[task]).report(f.workdir, f.workdir)
+    return
   write_report(f.workdir, Settings(metric=f.metric, chance=f.chance,
                                    emerge=f.emerge, decay=f.decay))
 

@@ -7,7 +7,7 @@
 
 The grid is the product of its axes (`field=v1,v2,...`, space separated; a
 field is any dotted config field, or seed / data_seed / lr / l2). Points that
-differ only in member fields (init_seed, data_seed, optim.lr, optim.l2) keep
+differ only in member fields (init_seed, data_seed, optim.lr, optim.l2, hyper.*) keep
 every array shape, so they train together as one population program; each
 other combination of values is its own group, run one after another (or as
 separate jobs with --group). A group's workdir is <workdir>/<group name>;
@@ -37,6 +37,11 @@ from icl_transience.train import loop
 ALIASES = {"seed": "init_seed", "lr": "optim.lr", "l2": "optim.l2"}
 MEMBER_FIELDS = {"init_seed": "init_seed", "data_seed": "data_seed",
                  "optim.lr": "lr", "optim.l2": "l2"}  # config field -> member field
+
+
+def member_fields(c) -> dict:
+  """Config fields that vary per member: seeds, lr, l2 and the hyper block."""
+  return dict(MEMBER_FIELDS, **{f"hyper.{k}": k for k in c.get("hyper", {})})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,14 +84,15 @@ def _typed(c, field: str, text: str):
 def groups(c, grid: str) -> list[Group]:
   """The grid's points grouped into population programs."""
   axes = parse_grid(grid)
-  shared_axes = [(f, v) for f, v in axes if f not in MEMBER_FIELDS]
-  member_axes = [(f, v) for f, v in axes if f in MEMBER_FIELDS]
+  fields = member_fields(c)
+  shared_axes = [(f, v) for f, v in axes if f not in fields]
+  member_axes = [(f, v) for f, v in axes if f in fields]
   out = []
   for shared in itertools.product(*(v for _, v in shared_axes)):
     overrides = {f: _typed(c, f, v) for (f, _), v in zip(shared_axes, shared)}
     name = "_".join(f"{f.split('.')[-1]}={v}" for (f, _), v in
                     zip(shared_axes, shared)) or "all"
-    members = [",".join(f"{MEMBER_FIELDS[f]}={v}" for (f, _), v in
+    members = [",".join(f"{fields[f]}={v}" for (f, _), v in
                          zip(member_axes, point))
                for point in itertools.product(*(v for _, v in member_axes))]
     out.append(Group(name, overrides, "; ".join(m for m in members if m)))

@@ -19,18 +19,15 @@ from etils import epath
 
 from icl_transience import config as config_lib
 from icl_transience import metrics_table
-from icl_transience.data import sources
 from icl_transience.errors import UserError
-from icl_transience.evals import probes
 from icl_transience.train import checkpoints
 from icl_transience.train import pretrained
 from icl_transience.train import step as step_lib
 
 # Fields a resumed run may change: horizons, schedules, eval batching.
 RESUMABLE_CHANGES = ("total_sequences", "eval_every", "ckpt", "evals.batch_size",
-                     "num_devices", "population_sharding")
-SHOWN_PROBES = {"icl": "in_context_acc", "flip_icl": "in_context_acc",
-                "iwl_copy_avail": "in_context_acc", "pure_iwl": "acc"}
+                     "num_devices", "population_sharding", "lds.eval_batch",
+                     "omniglot.eval_batch_size")
 
 
 def make_mesh(num_devices: int = 0):
@@ -96,12 +93,6 @@ class StopRequest:
         signal.signal(s, h)
 
 
-def make_population_eval(trainer, c):
-  evaluate = probes.make_evaluate(trainer.apply, c.data.n_classes,
-                                  c.evals.batch_size)
-  return jax.jit(jax.vmap(evaluate, in_axes=(0, None, None)))
-
-
 def _result_rows(names, step, batch_size, results, train_metrics=None):
   results = jax.device_get(results)
   rows = []
@@ -113,11 +104,11 @@ def _result_rows(names, step, batch_size, results, train_metrics=None):
   return rows
 
 
-def _postfix(rows, names, step, batch_size):
+def _postfix(rows, names, step, batch_size, shown_probes):
   first = [r for r in rows if r["member"] == names[0]]
   shown = {"seqs": f"{step * batch_size / 1e6:.2f}M"}
   for r in first:
-    if SHOWN_PROBES.get(r["evaluator"]) == r["metric"]:
+    if shown_probes.get(r["evaluator"]) == r["metric"]:
       shown[r["evaluator"]] = f"{r['value']:.2f}"
     if r["evaluator"] == "train_batch" and r["metric"] == "loss":
       shown["loss"] = f"{r['value']:.3f}"
@@ -141,9 +132,9 @@ def train(c, workdir: str):
 
   with jax.set_mesh(mesh):
     trainer = step_lib.Trainer(c, mesh)
-    table = sources.load_table(c.data, trainer.replicated)
-    evaluate = make_population_eval(trainer, c)
-    eval_sets = probes.build_eval_sets(c, trainer.replicated)
+    table = trainer.task.constants(trainer.replicated)
+    evaluate = trainer.population_eval()
+    eval_sets = trainer.task.eval_sets(trainer.replicated)
     # Every process computes the rows; process 0 writes them.
     table_rows = metrics_table.MetricsTable(workdir, write=jax.process_index() == 0)
     with checkpoints.manager(workdir, c.ckpt.keep) as mngr, \
@@ -187,7 +178,7 @@ def _run(c, trainer, evaluate, state, table, eval_sets, table_rows, mngr, stop,
                           evaluate(trainer.weights(state), table, eval_sets),
                           train_metrics)
       table_rows.append(rows)
-      shown = _postfix(rows, names, step, bs)
+      shown = _postfix(rows, names, step, bs, trainer.task.shown)
       bar.set_postfix(shown, refresh=False)
       now = time.time()  # rate since the previous log (the first includes compiling)
       rate = (step - last_step) / max(now - last_time, 1e-9)

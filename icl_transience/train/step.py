@@ -1,11 +1,20 @@
-"""The training step, fused K times with lax.scan and vmapped over a population.
+"""The training step of any task, fused K times with lax.scan and vmapped
+over a population.
 
 State (one pytree, population axis first on every leaf):
   params, opt (Adam moments), step (optimizer steps taken), data_key,
-  hyper = {lr, l2} (per-member hyperparameters that keep array shapes),
-  and, when grafting, frozen (the frozen model's params, never updated).
+  hyper = {lr, l2, and the fields of config `hyper`} (per-member numbers that
+  keep array shapes), model_state when the task's model has non-trained
+  collections (BatchNorm statistics), and, when grafting, frozen (the frozen
+  model's params, never updated).
 The batch of step t is drawn on device from fold_in(data_key, t), so a
-resumed run sees exactly the data an uninterrupted run would.
+resumed run sees exactly the data an uninterrupted run would. The task
+(tasks/) supplies the model, batches, loss and evaluators.
+
+Optimizer: optional global-norm clipping, Adam moments, the member's lr times
+the schedule (linear warm-up over optim.warmup_steps, then constant or
+inverse square root), decoupled weight decay (AdamW) and the L2 penalty of
+spec I.C.1.
 
 Layouts over the 'data' mesh axis (config population_sharding):
   batch    every device holds every member; each step's batch is split over
@@ -23,15 +32,11 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from icl_transience import config as config_lib
-from icl_transience.data import sequences
-from icl_transience.data import sources
-from icl_transience.models import graft
-from icl_transience.models import transformer
-
+from icl_transience import tasks
 
 # Parameter groups for selective weight decay (spec I.C.1): name fragments.
 L2_GROUPS = {"all": ("",), "mlp": ("mlp_in", "mlp_out"), "attention": ("attn",),
-             "embedder": ("input_proj",)}
+             "embedder": ("input_proj", "embedder")}
 
 
 def l2_penalty(params, form: str, group: str = "all"):
@@ -42,6 +47,18 @@ def l2_penalty(params, form: str, group: str = "all"):
   if form == "norm":  # safe_norm: a zero leaf (e.g. a bias) gets gradient 0
     return sum(optax.safe_norm(w, 0.0) for w in leaves)
   return sum(0.5 * jnp.sum(w * w) for w in leaves)
+
+
+def lr_factor(optim, step):
+  """The schedule's multiplier of the member's lr at optimizer step `step`:
+  linear warm-up to 1 over warmup_steps, then 1 (constant) or
+  sqrt(warmup_steps / step) (inverse_sqrt)."""
+  t = (step + 1).astype(jnp.float32)
+  warmup = max(optim.warmup_steps, 1)
+  factor = jnp.minimum(1.0, t / warmup)
+  if optim.schedule == "inverse_sqrt":
+    factor = jnp.minimum(factor, jnp.sqrt(warmup / t))
+  return factor
 
 
 def population_layout(c, n_devices: int) -> str:
@@ -58,11 +75,11 @@ class Trainer:
   def __init__(self, c, mesh):
     self.c = c
     self.mesh = mesh
-    self.n_outputs = config_lib.n_outputs(c)
-    self.model = transformer.build_model(c.model, self.n_outputs)
-    self.spec = config_lib.train_spec(c)
-    self.source_classes = c.data.n_classes  # one-hot width for 'onehot'
-    self.adam = optax.scale_by_adam(c.optim.b1, c.optim.b2, c.optim.eps)
+    self.task = tasks.build(c)
+    clip = ([optax.clip_by_global_norm(c.optim.clip_norm)]
+            if c.optim.clip_norm > 0 else [])
+    adam = optax.scale_by_adam(c.optim.b1, c.optim.b2, c.optim.eps)
+    self.adam = optax.chain(*clip, adam) if clip else adam
     self.use_l2 = any(m.l2 > 0 for m in config_lib.members(c))
     self.grafting = c.graft.mode != "none"
     self.replicated = NamedSharding(mesh, P())
@@ -71,40 +88,40 @@ class Trainer:
                            else self.replicated)
     self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0)
 
-  def weights(self, state):
-    """What the forward pass reads: params, and the frozen graft model."""
-    return {k: state[k] for k in ("params", "frozen") if k in state}
+  @staticmethod
+  def weights(state):
+    """What the forward pass reads: params, model state, frozen graft model."""
+    return {k: state[k] for k in ("params", "model_state", "frozen") if k in state}
 
   def apply(self, weights, features, labels):
-    return graft.forward(self.model, self.c.graft.mode, self.c.graft.layer,
-                         weights["params"], weights.get("frozen"), features,
-                         labels)
+    """The classifier's forward pass (interventions and ablations use it)."""
+    return self.task.apply(weights, features, labels)
 
   # --- initialisation -------------------------------------------------------
-  def _init_member(self, init_seed, data_seed, lr, l2):
-    k = self.spec.context_len
-    feats = jnp.zeros((1, k + 1, self._input_dim()), jnp.float32)
-    labels = jnp.zeros((1, k), jnp.int32)
-    params = self.model.init(jax.random.PRNGKey(init_seed), feats, labels)["params"]
+  def _init_member(self, init_seed, data_seed, hyper):
+    variables = self.task.init_weights(jax.random.PRNGKey(init_seed))
+    params = variables["params"]
     state = {"params": params, "opt": self.adam.init(params),
              "step": jnp.zeros((), jnp.int32),
-             "data_key": jax.random.PRNGKey(data_seed),
-             "hyper": {"lr": jnp.float32(lr), "l2": jnp.float32(l2)}}
+             "data_key": jax.random.PRNGKey(data_seed), "hyper": hyper}
+    if "model_state" in variables:
+      state["model_state"] = variables["model_state"]
     if self.grafting:  # a placeholder until the frozen model is loaded
       state["frozen"] = params
     return state
 
-  def _input_dim(self):
-    return (self.c.data.n_classes if self.c.data.source == "onehot"
-            else sources.source_shape(self.c.data).dim)
+  @staticmethod
+  def _member_arrays(members):
+    seeds = [np.array([getattr(m, f) for m in members], np.uint32)
+             for f in ("init_seed", "data_seed")]
+    hyper = {k: np.array([m.hyper[k] for m in members], np.float32)
+             for k in members[0].hyper}
+    return seeds + [hyper]
 
   def init(self, members):
     """The population's initial state, laid out over the mesh."""
-    arrays = [np.array([getattr(m, f) for m in members], dtype)
-              for f, dtype in (("init_seed", np.uint32), ("data_seed", np.uint32),
-                               ("lr", np.float32), ("l2", np.float32))]
     init = jax.jit(jax.vmap(self._init_member), out_shardings=self.state_sharding)
-    return init(*arrays)
+    return init(*self._member_arrays(members))
 
   def place(self, state):
     """The population state in this trainer's layout."""
@@ -112,33 +129,32 @@ class Trainer:
 
   def abstract_state(self, members):
     """Shapes and shardings of the state, for restoring checkpoints."""
-    shapes = jax.eval_shape(lambda: jax.vmap(self._init_member)(
-        *(jnp.zeros((len(members),), d) for d in
-          (jnp.uint32, jnp.uint32, jnp.float32, jnp.float32))))
+    shapes = jax.eval_shape(jax.vmap(self._init_member),
+                            *self._member_arrays(members))
     return jax.tree.map(lambda s: jax.ShapeDtypeStruct(
         s.shape, s.dtype, sharding=self.replicated), shapes)
 
   # --- one optimizer step (one member) --------------------------------------
-  def _loss(self, params, frozen, l2, feats, seqs):
-    logits = self.apply({"params": params, "frozen": frozen}, feats, seqs.labels)
-    ce = optax.softmax_cross_entropy_with_integer_labels(logits, seqs.target)
-    loss = jnp.mean(ce)
-    acc = jnp.mean(jnp.argmax(logits, -1) == seqs.target)
-    total = loss
+  def _loss(self, params, state, batch):
+    weights = dict(self.weights(state), params=params)
+    loss, aux = self.task.loss(weights, batch, state["hyper"], state["step"])
     if self.use_l2:
-      total = loss + l2 * l2_penalty(params, self.c.optim.l2_form,
-                                     self.c.optim.l2_on)
-    return total, (loss, acc)
+      loss = loss + state["hyper"]["l2"] * l2_penalty(
+          params, self.c.optim.l2_form, self.c.optim.l2_on)
+    return loss, aux
 
-  def _update(self, state, feats, seqs):
-    grad_fn = jax.grad(self._loss, has_aux=True)
-    grads, (loss, acc) = grad_fn(state["params"], state.get("frozen"),
-                                 state["hyper"]["l2"], feats, seqs)
+  def _update(self, state, batch):
+    grads, (metrics, model_state) = jax.grad(self._loss, has_aux=True)(
+        state["params"], state, batch)
     updates, opt = self.adam.update(grads, state["opt"], state["params"])
-    lr = state["hyper"]["lr"]
-    params = jax.tree.map(lambda p, u: p - lr * u, state["params"], updates)
+    lr = state["hyper"]["lr"] * lr_factor(self.c.optim, state["step"])
+    decay = self.c.optim.weight_decay
+    params = jax.tree.map(lambda p, u: p - lr * (u + decay * p) if decay else
+                          p - lr * u, state["params"], updates)
     new = dict(state, params=params, opt=opt, step=state["step"] + 1)
-    return new, {"loss": loss, "acc": acc}
+    if model_state is not None:
+      new["model_state"] = model_state
+    return new, metrics
 
   def _shard_batch(self, x):
     """Leading (batch) axis over the 'data' mesh axis; under vmap the member
@@ -148,16 +164,13 @@ class Trainer:
     spec = P("data", *([None] * (x.ndim - 1)))
     return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
 
-  def _step(self, state, table):
+  def _step(self, state, consts):
     """One optimizer step of one member (unbatched)."""
     key = jax.random.fold_in(state["data_key"], state["step"])
-    seqs = sequences.sample_sequences(key, self.spec, self.c.batch_size)
-    seqs = jax.tree.map(self._shard_batch, seqs)
-    feats = sources.gather_features(table, seqs.classes, seqs.exemplars,
-                                    self.source_classes)
-    return self._update(state, self._shard_batch(feats), seqs)
+    batch = self.task.sample_batch(key, consts, state["hyper"], state["step"])
+    return self._update(state, jax.tree.map(self._shard_batch, batch))
 
-  def _train_chunk(self, state, table):
+  def _train_chunk(self, state, consts):
     """steps_per_call optimizer steps for every member; mean metrics out.
 
     A population of one runs unbatched: on XLA's CPU backend, matmuls with a
@@ -167,9 +180,14 @@ class Trainer:
     step = self._step if single else jax.vmap(self._step, in_axes=(0, None))
     if single:
       state = jax.tree.map(lambda x: x[0], state)
-    state, metrics = jax.lax.scan(lambda s, _: step(s, table), state, None,
+    state, metrics = jax.lax.scan(lambda s, _: step(s, consts), state, None,
                                   length=self.c.steps_per_call)
     metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
     if single:
       state, metrics = jax.tree.map(lambda x: x[None], (state, metrics))
     return state, metrics
+
+  # --- evaluation -----------------------------------------------------------
+  def population_eval(self):
+    """jit(vmap(task.evaluate)) over a stacked population (or checkpoints)."""
+    return jax.jit(jax.vmap(self.task.evaluate, in_axes=(0, None, None)))

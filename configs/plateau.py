@@ -1,0 +1,164 @@
+"""Learning plateaus of Fu et al. (spec plateaus_lds.md 1): hidden-factor ICL on images.
+
+Baseline (spec 1.A-1.C defaults): L = 48 (image, label) pairs, 15 labels, all
+six factors hidden, 32 px procedural images; conv encoder + 8 pre-LN blocks,
+d 256, 8 heads, MLP 4d, learned positions; Adam 1e-4 after a 1k-step linear
+warm-up, clip 1.0, batch 128, 100k steps; evaluations and checkpoints every
+1k steps.
+
+  python main.py --config=configs/plateau.py --workdir=runs/plateau
+  python main.py --config=configs/plateau.py:strategies --workdir=runs/strategies
+  python -m icl_transience.report --workdir=runs/strategies
+
+Variants:
+  warmup        weights warm-up: D_fix for the first 5k steps (hyper.weights_warmup)
+  mixed         25% D_fix sequences in every batch (hyper.fixed_fraction)
+  weights_loss  + 0.1 x the six factor heads' CE on the encoder output
+  onehot        factor one-hots instead of images (perfect weights component)
+  noisy         pixel noise sigma 0.3 (a harder weights component)
+  strategies    baseline + the three strategies as one population
+  words         WordSelection stand-in: 512 word ids with 3 attributes of 8
+  cpu           a 2-core CPU reproduction (a population of the four members of
+                `strategies`, ~25 min): see CPU below
+  smoke         seconds; for tests
+Three seeds: --config.population='init_seed=1; init_seed=2; init_seed=3'.
+Real Shapes3D: --config.plateau.source=shapes3d --config.plateau.shapes3d_dir=DIR
+(a TFDS data_dir holding a prepared `shapes3d`).
+
+CPU (variant cpu; knobs chosen for a plateau that ends within 8k steps of a
+4-member population on 2 cores): 8 px images (supersample 2, noise 0.1) whose
+only varying factors are the three hues (4 values each) and the shape;
+scale and orientation are fixed (one value), so the renderer is cheap; the
+hidden factor is the floor or the wall hue (chance 0.25), 4 labels, L = 16
+(every value recurs ~4 times per context); 2 blocks, d 64, 4 heads, conv
+16-32; Adam 3e-3 (the plateau shortens with lr) after 100 steps; batch 32;
+8k steps, evaluations every 250; warm-up W scaled to 1000 steps. Smaller
+probe sets (4096 / 1024 images, 1024 sequences, probe lr 3e-3).
+"""
+import ml_collections
+
+from icl_transience import config
+
+STRATEGIES = ("weights_warmup=0; weights_warmup=5000; fixed_fraction=0.25; "
+              "weights_loss=0.1")
+
+
+def plateau_config() -> ml_collections.ConfigDict:
+  """The baseline D_rnd run of spec 1.A-1.D."""
+  c = config.base_config()
+  c.task = "plateau"
+  c.batch_size = 128
+  c.total_sequences = 128 * 100_000        # 100k steps
+  c.eval_every = 128 * 1000
+  c.steps_per_call = 500
+  c.ckpt.every = 128 * 1000
+
+  c.model.depth = 8
+  c.model.d_model = 256
+  c.model.n_heads = 8
+  c.model.mlp_ratio = 4
+  c.model.positions = "learned"
+  c.model.max_len = 96                     # 2 L tokens
+  c.model.encoder_channels = (32, 64, 128, 128)
+  c.model.encoder_readout = "mean"         # mean over the 4x4 map | flatten it
+
+  c.optim.lr = 1e-4
+  c.optim.warmup_steps = 1000
+  c.optim.clip_norm = 1.0
+  c.optim.schedule = "constant"
+
+  c.hyper = ml_collections.ConfigDict()
+  c.hyper.weights_warmup = 0.0             # steps of D_fix before D_rnd
+  c.hyper.fixed_fraction = 0.0             # D_fix share of every batch
+  c.hyper.weights_loss = 0.0               # lambda of the factor-head loss
+
+  p = c.plateau = ml_collections.ConfigDict()
+  p.source = "procedural"                  # procedural | shapes3d
+  p.shapes3d_dir = ""                      # TFDS data_dir ('' = TFDS default)
+  p.input = "pixels"                       # pixels | onehot | words
+  p.context_len = 48                       # L
+  p.label_vocab = 15
+  p.factor_sizes = (10, 10, 10, 8, 4, 15)
+  p.hidden_factors = (0, 1, 2, 3, 4, 5)
+  p.image_size = 32
+  p.supersample = 2
+  p.noise_std = 0.0                        # pixels: pixel noise; onehot: added noise
+  p.word_table_seed = 0
+  p.weights_loss_layer = 0                 # 0 = encoder output, k = block k
+  p.icl_min_position = 16                  # ICL acc over image indices >= 16
+  p.report_positions = (0, 1, 2, 4, 8, 16, 32, 47)
+  p.icl_sequences = 2048                   # D_rnd test sequences (+ context-probe test)
+  p.iwl_sequences = 1024                   # D_fix test sequences
+  p.context_probe_train = 8192             # D_rnd sequences the context probe fits
+  p.context_probe_position = 40
+  p.context_probe_layer = -1               # last block
+  p.weights_probe_train = 20_000           # images
+  p.weights_probe_test = 5000
+  p.weights_probe_layer = -1               # the headline a / b scores
+  p.probe_layers = ()                      # () = every layer 0..depth
+  p.probe_method = "softmax"               # softmax (1 epoch Adam) | ridge
+  p.probe_epochs = 1
+  p.probe_batch_size = 32
+  p.probe_lr = 1e-3
+  p.probe_l2 = 1e-3                        # ridge only
+  p.eval_batch_size = 64                   # sequences per evaluation chunk
+  return c
+
+
+CPU_STRATEGIES = ("weights_warmup=0; weights_warmup=1000; fixed_fraction=0.25; "
+                  "weights_loss=0.1")
+CPU = {
+    "population": CPU_STRATEGIES,
+    "batch_size": 32, "steps_per_call": 250, "total_sequences": 32 * 8000,
+    "eval_every": 32 * 250, "ckpt.every": 32 * 2000,
+    "model.depth": 2, "model.d_model": 64, "model.n_heads": 4,
+    "model.max_len": 32, "model.encoder_channels": (16, 32),
+    "model.encoder_readout": "flatten",
+    "optim.lr": 3e-3, "optim.warmup_steps": 100,
+    "plateau.image_size": 8, "plateau.noise_std": 0.1,
+    "plateau.factor_sizes": (4, 4, 4, 1, 4, 1), "plateau.hidden_factors": (0, 1),
+    "plateau.label_vocab": 4, "plateau.context_len": 16,
+    "plateau.icl_min_position": 6, "plateau.context_probe_position": 12,
+    "plateau.report_positions": (0, 2, 4, 8, 15),
+    "plateau.icl_sequences": 512, "plateau.iwl_sequences": 256,
+    "plateau.context_probe_train": 1024, "plateau.weights_probe_train": 4096,
+    "plateau.weights_probe_test": 1024, "plateau.probe_lr": 3e-3,
+}
+
+SMOKE = {
+    "batch_size": 8, "steps_per_call": 10, "total_sequences": 8 * 40,
+    "eval_every": 8 * 20, "ckpt.every": 8 * 20,
+    "model.depth": 2, "model.d_model": 64, "model.n_heads": 2,
+    "model.mlp_ratio": 1, "model.max_len": 16, "model.encoder_channels": (4, 4),
+    "optim.lr": 1e-3, "optim.warmup_steps": 5,
+    "plateau.input": "onehot", "plateau.context_len": 8,
+    "plateau.factor_sizes": (4, 4, 4), "plateau.hidden_factors": (0, 1),
+    "plateau.label_vocab": 4,
+    "plateau.icl_min_position": 2, "plateau.report_positions": (0, 7),
+    "plateau.context_probe_position": 6, "plateau.icl_sequences": 32,
+    "plateau.iwl_sequences": 16, "plateau.context_probe_train": 64,
+    "plateau.weights_probe_train": 128, "plateau.weights_probe_test": 64,
+    "plateau.eval_batch_size": 16, "plateau.probe_method": "ridge",
+    "plateau.probe_layers": (0,), "plateau.weights_probe_layer": 0,
+}
+
+VARIANTS = {
+    "": {},
+    "warmup": {"hyper.weights_warmup": 5000.0},
+    "mixed": {"hyper.fixed_fraction": 0.25},
+    "weights_loss": {"hyper.weights_loss": 0.1},
+    "onehot": {"plateau.input": "onehot"},
+    "noisy": {"plateau.noise_std": 0.3},
+    "strategies": {"population": STRATEGIES},
+    "words": {"plateau.input": "words", "plateau.factor_sizes": (8, 8, 8),
+              "plateau.hidden_factors": (0, 1, 2), "plateau.label_vocab": 8},
+    "cpu": CPU,
+    "smoke": SMOKE,
+}
+
+
+def get_config(variant: str = ""):
+  if variant not in VARIANTS:
+    raise ValueError(f"unknown variant '{variant}' (choose from "
+                     f"{', '.join(v for v in VARIANTS if v)})")
+  return config.override(plateau_config(), VARIANTS[variant])

@@ -1,0 +1,284 @@
+"""GPT-2 regressor, LDS recall task, its configs and its report.
+
+Spec plateaus_lds.md 2.B (model and parameter counts), 2.C (loss), 2.D
+(evaluators), 2.G rows 4-5 (report checks).
+"""
+import json
+import os
+import sys
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from jax.sharding import NamedSharding, PartitionSpec
+
+from icl_transience import config as config_lib
+from icl_transience import metrics_table
+from icl_transience.analysis import lds_report
+from icl_transience.data import lds
+from icl_transience.errors import UserError
+from icl_transience.models import gpt2
+from icl_transience.tasks import lds as lds_task
+from icl_transience.train import loop
+
+import helpers  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__))), "configs"))
+import lds_recall  # pylint: disable=g-import-not-at-top,wrong-import-position
+
+# Spec 2.B table, computed exactly: blocks (12 d^2 + 13 d each), final LN,
+# read-in, read-out and 250 used position rows | HF: 2048 rows + 50257 x d.
+COUNTS = {"tiny": (212_117, 3_960_077), "small": (701_285, 5_698_565),
+          "medium": (2_419_589, 9_082_629), "big": (10_737_221, 20_731_781),
+          "40m": (24_068_453, 39_060_293)}
+TABLE = {"tiny": ("212K", "4.0M"), "small": ("701K", "5.7M"),
+         "medium": ("2.42M", "9.1M"), "big": ("10.7M", "20.7M"),
+         "40m": ("24.1M", "39.1M")}
+KEY = jax.random.PRNGKey(0)
+
+
+def rounded(n: int) -> str:
+  if n < 1e6:
+    return f"{n / 1e3:.0f}K"
+  return f"{n / 1e6:.2f}M" if n < 3e6 else f"{n / 1e6:.1f}M"
+
+
+def abstract_params(model, length=250, token_dim=57):
+  return jax.eval_shape(model.init, KEY, jnp.zeros((1, length, token_dim)))[
+      "params"]
+
+
+@pytest.mark.parametrize("size", list(gpt2.SIZES))
+def test_parameter_counts_and_layout_match_the_spec(size):
+  d, depth, _ = gpt2.SIZES[size]
+  params = abstract_params(gpt2.preset(size))
+  counts = gpt2.parameter_counts(params, used_positions=250)
+  assert (counts["non_embedding"], counts["hf"]) == COUNTS[size]
+  assert (rounded(counts["non_embedding"]), rounded(counts["hf"])) == TABLE[size]
+  shapes = jax.tree.map(lambda w: w.shape, params)
+  assert sorted(shapes) == sorted(["read_in", "positions", "ln_final",
+                                   "read_out"] + [f"block_{i}" for i in
+                                                  range(depth)])
+  assert shapes["read_in"] == {"kernel": (57, d), "bias": (d,)}
+  assert shapes["read_out"] == {"kernel": (d, 5), "bias": (5,)}
+  assert shapes["positions"] == (2048, d)
+  assert shapes[f"block_{depth - 1}"] == {
+      "ln_attn": {"scale": (d,), "bias": (d,)},
+      "attn": {"qkv": {"kernel": (d, 3 * d), "bias": (3 * d,)},
+               "out": {"kernel": (d, d), "bias": (d,)}},
+      "ln_mlp": {"scale": (d,), "bias": (d,)},
+      "mlp_in": {"kernel": (d, 4 * d), "bias": (4 * d,)},
+      "mlp_out": {"kernel": (4 * d, d), "bias": (d,)}}
+  block = sum(np.prod(w) for w in jax.tree.leaves(
+      shapes["block_0"], is_leaf=lambda x: isinstance(x, tuple)))
+  assert block == 12 * d * d + 13 * d
+
+
+def smoke_config(**overrides):
+  return config_lib.override(lds_recall.get_config("smoke"), overrides)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+  """A smoke training run: (config, workdir, rows, task, {step: params})."""
+  c = smoke_config()
+  workdir = str(tmp_path_factory.mktemp("lds") / "run")
+  loop.train(c, workdir)
+  params = {step: jax.tree.map(lambda x: x[0], helpers.final_state(
+      c, workdir, step)["params"]) for step in (0, 100)}
+  return c, workdir, metrics_table.read(workdir), lds_task.LDSTask(c), params
+
+
+def eval_sets(task, method="eval_sets"):
+  """task.eval_sets (or constants) as the training loop places them (so the
+  compiled generators are reused)."""
+  mesh = loop.make_mesh(0)
+  with jax.set_mesh(mesh):
+    return getattr(task, method)(NamedSharding(mesh, PartitionSpec()))
+
+
+def test_initialisation_and_causal_predictions(run):
+  _, _, _, task, params = run
+  params = params[0]  # the smoke model: d 16, one block, 15-d tokens
+  block = params["block_0"]
+  for w, std in ((block["attn"]["qkv"]["kernel"], 0.02),
+                 (block["mlp_in"]["kernel"], 0.02),
+                 (params["positions"], 0.02),
+                 (block["mlp_out"]["kernel"], 0.02 / np.sqrt(2)),
+                 (block["attn"]["out"]["kernel"], 0.02 / np.sqrt(2))):
+    assert abs(float(np.std(w)) / std - 1) < 0.1
+  for name in ("qkv", "out"):
+    np.testing.assert_array_equal(block["attn"][name]["bias"], 0)
+  np.testing.assert_array_equal(block["mlp_out"]["bias"], 0)
+  for name, fan_in in (("read_in", 15), ("read_out", 16)):
+    for w in params[name].values():  # torch Linear: U(+-1/sqrt(fan_in))
+      assert np.abs(w).max() <= 1 / np.sqrt(fan_in)
+      assert np.abs(w).max() > 0.7 / np.sqrt(fan_in)
+  tokens = jax.random.normal(KEY, (2, 12, 15))
+  apply = jax.jit(task.model.apply)
+  out = apply({"params": params}, tokens)
+  assert out.shape == (2, 12, 5)
+  changed = apply({"params": params}, tokens.at[:, 7].add(1.0))
+  np.testing.assert_array_equal(out[:, :7], changed[:, :7])
+  assert (np.abs(np.asarray(out - changed)[:, 7:]).sum(-1) > 1e-4).all()
+
+
+def test_loss_is_the_masked_mean_of_summed_squares(run):
+  _, _, _, task, params = run
+  batch = jax.tree.map(lambda x: x[1], eval_sets(task)["pretrain"])
+  assert batch.inputs.shape == (8, 40, 15) and batch.mask.shape == (8, 40)
+
+  @jax.jit
+  def loss_and_predictions(weights, batch):
+    return (task.loss(weights, batch, {}, 0),
+            task.model.apply(weights, batch.inputs))
+
+  weights = {"params": params[100]}
+  (loss, (metrics, state)), predictions = loss_and_predictions(weights, batch)
+  assert state is None
+  errors = ((np.asarray(predictions) - np.asarray(batch.targets)) ** 2).sum(-1)
+  mask = np.asarray(batch.mask)
+  np.testing.assert_allclose(loss, errors[mask].mean(), rtol=1e-5)
+  np.testing.assert_allclose(metrics["mse"], (errors * mask).mean(), rtol=1e-5)
+  # Targets behind the mask (label / padding rows) never enter the loss.
+  masked = batch._replace(targets=jnp.where(batch.mask[..., None],
+                                            batch.targets, 7.0))
+  np.testing.assert_allclose(loss_and_predictions(weights, masked)[0][0],
+                             loss, rtol=1e-6)
+
+
+def test_eval_sets_are_deterministic_per_seed(run):
+  _, _, _, task, _ = run
+  first, again = eval_sets(task), eval_sets(task)
+  other = eval_sets(lds_task.LDSTask(smoke_config(eval_seed=9)))
+  helpers.assert_trees_equal(first, again)
+  assert not np.array_equal(first["pretrain"].inputs, other["pretrain"].inputs)
+  assert not np.array_equal(first["needle"], other["needle"])
+  # pretrain_train shows the training trajectories (the smoke config's
+  # pretrain_systems is the whole pool), pretrain_test none of them.
+  trajectories = np.asarray(eval_sets(task, "constants").trajectories)
+  test, train = (x[m] for x, m in zip(np.asarray(first["pretrain"].targets),
+                                       np.asarray(first["pretrain"].mask)))
+  seen = lambda x, pool: (np.abs(pool - x).max(-1) < 1e-5).any()
+  assert all(seen(x, trajectories.reshape(-1, 5)) for x in train)
+  assert not any(seen(x, trajectories.reshape(-1, 5)) for x in test)
+
+
+def test_training_run_logs_every_evaluator(run):
+  c, _, rows, _, _ = run
+  final = {(r["evaluator"], r["metric"]): r["value"] for r in rows
+           if r["step"] == 100}
+  needle = [f"after_{kind}_{k}_{q}" for kind in ("final", "initial")
+            for k in c.lds[f"{kind}_steps"] for q in lds_task.QUARTILES]
+  expected = ([("needle_h2", m) for m in needle] +
+              [(e, m) for e in ("pretrain_test", "pretrain_train", "train_batch")
+               for m in ("mse", "loss")])
+  assert set(expected) <= set(final)
+  assert all(np.isfinite(v) for v in final.values())
+  for kind in ("final", "initial"):
+    k = c.lds[f"{kind}_steps"][0]
+    q25, median, q75 = (final[("needle_h2", f"after_{kind}_{k}_{q}")]
+                        for q in lds_task.QUARTILES)
+    assert q25 <= median <= q75
+  test_error = dict(lds_report._points(rows, "main", "pretrain_test", "mse"))
+  assert sorted(test_error) == [0, 400, 800]
+  assert test_error[800] < 0.8 * test_error[0]
+  assert final[("pretrain_test", "mse")] < final[("pretrain_test", "loss")]
+
+
+def test_report_of_the_training_run(run):
+  _, workdir, _, _, _ = run
+  summary = lds_report.report(workdir, workdir)
+  assert [m["member"] for m in summary["members"]] == ["main"]
+  saved = json.loads(open(os.path.join(workdir, "report.json")).read())
+  assert saved["evaluator"] == "needle_h2"
+  assert all(os.path.exists(p) for p in summary["members"][0]["figures"])
+
+
+def test_configs_follow_the_spec():
+  lrs = {"tiny": 1.268e-4, "small": 4.483e-5, "medium": 1.585e-5,
+         "big": 1.4766e-5, "40m": 4.77e-6}
+  for variant, lr in lrs.items():
+    c = lds_recall.get_config(variant)
+    np.testing.assert_allclose(c.optim.lr, lr, rtol=1e-3)
+    d, depth, heads = gpt2.SIZES[variant]
+    assert (c.model.d_model, c.model.depth, c.model.n_heads) == (d, depth, heads)
+    assert c.eval_every == c.ckpt.every == 1000 * c.batch_size
+    assert c.total_sequences % (c.batch_size * c.steps_per_call) == 0
+    lds_task.LDSTask(c).validate(1)
+  assert lds_recall.get_config().model.d_model == 192  # default: big
+  assert lds_task.lds_spec(lds_recall.get_config()) == lds.LDSSpec()
+  assert lds_recall.get_config("big").total_sequences == 86_400_000
+  assert lds_recall.get_config("big").model.remat  # fits one 80 GB device
+  for variant in ("cpu", "smoke"):
+    lds_task.LDSTask(lds_recall.get_config(variant)).validate(1)
+  with pytest.raises(UserError, match="unknown variant"):
+    lds_recall.get_config("huge")
+
+
+@pytest.mark.parametrize("field, value, match", [
+    ("lds.haystack_lens", (9,), "needle_h9"),
+    ("lds.needle_segment_len", 20, "prompt"),
+    ("lds.final_steps", (11,), "lds.final_steps"),
+    ("lds.ood_variants", ("bogus",), "lds.ood_variants"),
+    ("lds.context_len", 1, "lds.context_len"),
+    ("model.max_len", 20, "model.max_len"),
+    ("model.n_heads", 3, "model.n_heads"),
+    ("lds.needle_config", 2, "lds.needle_config"),
+])
+def test_bad_fields_raise_user_errors(field, value, match):
+  with pytest.raises(UserError, match=match):
+    lds_task.LDSTask(smoke_config(**{field: value})).validate(1)
+
+
+def synthetic_rows(first, second, sequences):
+  """Metrics rows of needle_h2 medians (and bands) at each sequences count."""
+  rows = []
+  for step, (s, a, b) in enumerate(zip(sequences, first, second)):
+    results = {"needle_h2": {}, "pretrain_test": {"mse": 1 / (1 + step)},
+               "train_batch": {"loss": 1 / (1 + step)}}
+    for k, value in ((1, a), (2, b)):
+      for q, shift in (("q25", -0.05), ("median", 0.0), ("q75", 0.05)):
+        results["needle_h2"][f"after_final_{k}_{q}"] = value + shift
+    rows += metrics_table.rows_from("main", step, s, results)
+  return rows
+
+
+def write_run(workdir, rows, **overrides):
+  os.makedirs(workdir, exist_ok=True)
+  metrics_table.atomic_write_text(metrics_table.path(workdir), "".join(
+      json.dumps(r) + "\n" for r in rows))
+  c = smoke_config(**overrides)
+  metrics_table.atomic_write_text(os.path.join(workdir, "config.json"),
+                                  c.to_json())
+
+
+def test_report_two_timescales_and_abruptness(tmp_path):
+  sequences = [0, 1000, 2000, 4000, 8000, 10_000, 12_000, 16_000]
+  first = [0.9, 0.88, 0.87, 0.86, 0.85, 0.5, 0.05, 0.01]
+  second = [0.9, 0.6, 0.4, 0.2, 0.1, 0.05, 0.02, 0.01]
+  workdir = str(tmp_path / "run")
+  write_run(workdir, synthetic_rows(first, second, sequences))
+  out = lds_report.report(workdir, str(tmp_path / "out"))
+  (member,) = out["members"]
+  assert member["two_timescales"] == {"t1": 12_000, "t2": 4000, "ratio": 3.0,
+                                      "pass": True}
+  assert member["abrupt_first_token"] == {"t_high": 8000, "t_low": 12_000,
+                                          "span": 1.5, "pass": True}
+  assert member["final"] == {"after_final_1": 0.01, "after_final_2": 0.01}
+  saved = json.loads((tmp_path / "out" / "report.json").read_text())
+  assert saved["members"][0]["two_timescales"]["t1"] == 12_000
+  for path in member["figures"]:
+    assert os.path.getsize(path) > 1000
+  # First token never recalls: t1 undefined, both checks fail.
+  workdir = str(tmp_path / "never")
+  write_run(workdir, synthetic_rows([0.9] * 8, second, sequences))
+  (member,) = lds_report.report(workdir, workdir)["members"]
+  assert member["two_timescales"]["t1"] is None
+  assert not member["two_timescales"]["pass"]
+  assert not member["abrupt_first_token"]["pass"]
+  with pytest.raises(UserError, match="no metrics"):
+    lds_report.report(str(tmp_path / "missing"), str(tmp_path))
+
