@@ -20,6 +20,9 @@ Variants:
   words         WordSelection stand-in: 512 word ids with 3 attributes of 8
   cpu           a 2-core CPU reproduction (a population of the four members of
                 `strategies`, ~25 min): see CPU below
+  cpu_onehot    the CPU problem on factor one-hots with one hidden factor (the
+                floor hue; context probe on the label), W = 500, 5k steps: a
+                baseline that leaves its plateau on 2 cores
   smoke         seconds; for tests
 Three seeds: --config.population='init_seed=1; init_seed=2; init_seed=3'.
 Real Shapes3D: --config.plateau.source=shapes3d --config.plateau.shapes3d_dir=DIR
@@ -92,6 +95,7 @@ def plateau_config() -> ml_collections.ConfigDict:
   p.context_probe_train = 8192             # D_rnd sequences the context probe fits
   p.context_probe_position = 40
   p.context_probe_layer = -1               # last block
+  p.context_probe_target = "factor"        # factor (which one is hidden) | label
   p.weights_probe_train = 20_000           # images
   p.weights_probe_test = 5000
   p.weights_probe_layer = -1               # the headline a / b scores
@@ -125,6 +129,15 @@ CPU = {
     "plateau.weights_probe_test": 1024, "plateau.probe_lr": 3e-3,
 }
 
+# The CPU problem with factor one-hots and one hidden factor (the floor hue):
+# the baseline leaves its plateau within the horizon on 2 cores.
+CPU_ONEHOT = dict(
+    CPU, population="weights_warmup=0; weights_warmup=500; fixed_fraction=0.25; "
+                    "weights_loss=0.1",
+    total_sequences=32 * 5000, **{
+        "plateau.input": "onehot", "plateau.hidden_factors": (0,),
+        "plateau.context_probe_target": "label"})
+
 SMOKE = {
     "batch_size": 8, "steps_per_call": 10, "total_sequences": 8 * 40,
     "eval_every": 8 * 20, "ckpt.every": 8 * 20,
@@ -153,6 +166,7 @@ VARIANTS = {
     "words": {"plateau.input": "words", "plateau.factor_sizes": (8, 8, 8),
               "plateau.hidden_factors": (0, 1, 2), "plateau.label_vocab": 8},
     "cpu": CPU,
+    "cpu_onehot": CPU_ONEHOT,
     "smoke": SMOKE,
 }
 

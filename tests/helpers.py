@@ -38,7 +38,7 @@ def assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
-def run_cli(args, env=None, timeout=300):
+def run_cli(args, env=None, timeout=600):
   """Runs a command-line entry point of the repo; returns CompletedProcess."""
   full_env = dict(os.environ, PYTHONPATH=REPO, **(env or {}))
   return subprocess.run([sys.executable] + args, cwd=REPO, env=full_env,

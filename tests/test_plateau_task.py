@@ -130,10 +130,38 @@ def test_patch_conv_is_a_padded_convolution():
     ("model.max_len", 12, "model.max_len"),
     ("population", "fixed_fraction=2", "hyper.fixed_fraction"),
     ("plateau.source", "shapes3d", "plateau.source"),
+    ("plateau.context_probe_target", "task", "plateau.context_probe_target"),
+    ("plateau.hidden_factors", (1,), "plateau.context_probe_target"),
 ])
 def test_bad_fields_are_user_errors(field, value, match):
   with pytest.raises(UserError, match=match):
     config_lib.validate(smoke_config(**{field: value}))
+
+
+@pytest.mark.parametrize("target", ["factor", "label"])
+def test_context_probe_target_is_the_hidden_factor_or_the_label(
+    smoke, monkeypatch, target):
+  task = task_lib.PlateauTask(smoke_config(**{
+      "plateau.context_probe_target": target}))
+  params = quick_jit(task.init_weights)(jax.random.PRNGKey(0))
+  sets = quick_jit(task._eval_sets)()
+  seen = {}
+
+  def capture(train_x, train_y, test_x, test_y):
+    seen["train"], seen["test"] = train_y, test_y
+    return 0.0
+
+  monkeypatch.setattr(task, "_context_probe", capture)
+  monkeypatch.setattr(task, "_weights_probe", lambda *args: {})
+  task.evaluate(params, None, sets)
+  p, seqs = task.p, sets["sequences"]
+  want = (seqs["hidden"] if target == "factor"
+          else seqs["labels"][:, p.context_probe_position])
+  np.testing.assert_array_equal(seen["test"], want[:p.icl_sequences])
+  np.testing.assert_array_equal(
+      seen["train"], want[p.icl_sequences:p.icl_sequences + p.context_probe_train])
+  # the label target varies within one hidden factor: it needs the mapping
+  assert target == "factor" or len(np.unique(seen["test"])) == p.label_vocab
 
 
 def test_missing_shapes3d_names_how_to_provide_it(tmp_path):
@@ -153,7 +181,7 @@ def test_every_variant_validates(variant):
     assert (c.model.depth, c.model.d_model, c.plateau.context_len) == (8, 256, 48)
     assert c.total_sequences // c.batch_size == 100_000
     assert (c.optim.lr, c.optim.warmup_steps, c.optim.clip_norm) == (1e-4, 1000, 1.0)
-  if variant in ("strategies", "cpu"):
+  if variant in ("strategies", "cpu", "cpu_onehot"):
     hypers = [m.hyper for m in config_lib.members(c)]
     assert len(hypers) == 4 and [h["weights_loss"] for h in hypers] == [0, 0, 0, 0.1]
 
@@ -162,8 +190,13 @@ def sigmoid(steps, midpoint, chance, final=0.95, width=300.0):
   return chance + (final - chance) / (1 + np.exp(-(steps - midpoint) / width))
 
 
-def test_report_reads_plateau_lengths_from_a_metrics_table(tmp_path):
-  c = plateau_configs.get_config("cpu")
+# the base member's context-probe rise: halfway from chance (1/2 for the
+# hidden factor of two, 1/4 for a label of four) to the final 1.0
+@pytest.mark.parametrize("variant, context_rise", [("cpu", 4250),
+                                                   ("cpu_onehot", 4000)])
+def test_report_reads_plateau_lengths_from_a_metrics_table(
+    tmp_path, variant, context_rise):
+  c = plateau_configs.get_config(variant)
   loop.save_config(c, str(tmp_path))
   steps = np.arange(0, 8001, 250)
   chance = 0.25                   # two hidden factors of 4 values
@@ -183,6 +216,7 @@ def test_report_reads_plateau_lengths_from_a_metrics_table(tmp_path):
   summary = plateau_report.report(str(tmp_path), str(tmp_path))
   base, fast = summary["members"]
   assert summary["chance"] == 0.25
+  assert base["context_probe_rise"] == context_rise
   # the midpoint of the rise, rounded up to the evaluation grid
   assert (base["plateau_length"], fast["plateau_length"]) == (4250, 2250)
   assert base["icl_above_half"] == 4000 and fast["plateau_vs_first"] == 2250 / 4250

@@ -114,6 +114,10 @@ def transience_figure(rows, member: str, curves, path: str):
   curves: (evaluator, metric, label, (peak_sequences, peak_value)) per curve.
   """
   colours = {evaluator: colour for evaluator, _, _, colour in STRATEGY_CURVES}
+  spare = iter(c for c in ("tab:green", "tab:brown", "tab:pink", "tab:olive",
+                           "tab:cyan", "tab:gray"))
+  colours.update({evaluator: next(spare, None) for evaluator, *_ in curves
+                  if evaluator not in colours})
   fig, (acc_ax, loss_ax) = plt.subplots(2, 1, figsize=(7, 6), sharex=True,
                                         height_ratios=(2, 1))
   for evaluator, metric, label, (peak_x, peak_y) in curves:

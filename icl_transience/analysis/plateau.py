@@ -13,6 +13,7 @@ value, or the hidden factor) from representations:
   fit_ridge_probe    closed-form ridge regression onto one-hot targets
   factor_probe_accuracies  one probe per factor, vmapped; the weights-probe
                      score is their mean
+  standardise        features scaled by the probe training set's statistics
 """
 from typing import NamedTuple
 
@@ -81,6 +82,13 @@ def probe_logits(probe: LinearProbe, features, class_mask=None) -> jax.Array:
   if class_mask is not None:
     logits = jnp.where(class_mask, logits, _MASKED_LOGIT)
   return logits
+
+
+def standardise(train, test):
+  """Both sets scaled by the training set's per-dimension mean and std."""
+  mean = train.mean(axis=-2, keepdims=True)
+  std = train.std(axis=-2, keepdims=True) + 1e-6
+  return (train - mean) / std, (test - mean) / std
 
 
 def probe_accuracy(probe: LinearProbe, features, labels,

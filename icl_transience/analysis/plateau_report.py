@@ -49,7 +49,7 @@ COLUMNS = {"plateau": "plateau_length", "icl>0.5": "icl_above_half",
 PANELS = (("icl", "acc", "ICL accuracy (D_rnd)"),
           ("iwl", "acc", "IWL accuracy (D_fix)"),
           ("weights_probe", "a", "weights probe (a: no attention; b dashed: alone)"),
-          ("context_probe", "acc", "context probe (hidden factor)"))
+          ("context_probe", "acc", "context probe ({target})"))
 
 
 def curve(rows, member: str, evaluator: str, metric: str):
@@ -97,7 +97,8 @@ def member_summary(rows, member: str, chance: float, probe_chance: float,
   return out
 
 
-def figure(rows, members, chance: float, path: str):
+def figure(rows, members, chance: float, path: str,
+           probe_target: str = "hidden factor"):
   fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
   colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
   for ax, (evaluator, metric, title) in zip(axes, PANELS):
@@ -108,7 +109,8 @@ def figure(rows, members, chance: float, path: str):
         ax.plot(*curve(rows, member, evaluator, "b"), color=colour, ls="--")
     if evaluator in ("icl", "iwl"):
       ax.axhline(chance, color="grey", lw=0.8, ls=":")
-    ax.set(title=title, xlabel="step", ylim=(0, 1.02))
+    ax.set(title=title.format(target=probe_target), xlabel="step",
+           ylim=(0, 1.02))
   axes[0].legend(fontsize=7)
   fig.tight_layout()
   metrics_table.atomic_write(path, lambda f: fig.savefig(
@@ -133,15 +135,18 @@ def report(workdir: str, out_dir: str) -> dict:
   chance = fseq.chance_accuracy(spec)
   probe_chance = float(np.mean([1 / n for n in p.factor_sizes if n > 1]))
   members = list(dict.fromkeys(r["member"] for r in rows))
-  summaries = [member_summary(rows, m, chance, probe_chance,
-                              1 / len(p.hidden_factors)) for m in members]
+  on_label = p.get("context_probe_target", "factor") == "label"
+  context_chance = 1 / (p.label_vocab if on_label else len(p.hidden_factors))
+  summaries = [member_summary(rows, m, chance, probe_chance, context_chance)
+               for m in members]
   first = summaries[0]["plateau_length"]
   for s in summaries:
     ok = first and s["plateau_length"] is not None
     s["plateau_vs_first"] = s["plateau_length"] / first if ok else None
   os.makedirs(os.path.join(out_dir, "figures"), exist_ok=True)
   path = os.path.join(out_dir, "figures", FIGURE)
-  figure(rows, members, chance, path)
+  figure(rows, members, chance, path,
+         "the item's label" if on_label else "hidden factor")
   summary = {"chance": chance, "probe_chance": probe_chance,
              "members": summaries, "figure": path}
   print(f"chance {chance:.4f}; steps = optimizer steps")

@@ -28,8 +28,10 @@ Evaluators (fixed sets from c.eval_seed):
                  a / b = mean over the factors that vary (more
                  than one value) at weights_probe_layer,
                  a_<factor>, b_<factor> there, a_L<k> / b_L<k> at probe layer k
-  context_probe  acc: a linear probe decoding the hidden factor from the
-                 stream at image position context_probe_position
+  context_probe  acc: a linear probe decoding, from the stream at image
+                 position context_probe_position, the hidden factor
+                 (context_probe_target 'factor') or that item's label
+                 under the sequence's mapping ('label')
 Probes are fitted inside evaluate (analysis/plateau.py) on standardised
 features. Layer k = the residual stream after block k (0 = the embedding);
 negative layers count from the last block.
@@ -48,6 +50,7 @@ from icl_transience.errors import UserError
 from icl_transience.models import image_sequence
 
 SOURCES = ("procedural", "shapes3d")
+PROBE_TARGETS = ("factor", "label")
 HYPER = ("weights_warmup", "fixed_fraction", "weights_loss")
 
 
@@ -102,6 +105,11 @@ class PlateauTask:
            f"{m.max_len} positions, but sequences have {2 * p.context_len} tokens")
     _check(m.encoder_readout in image_sequence.ENCODER_READOUTS,
            "model.encoder_readout", "choose flatten or mean")
+    _check(p.context_probe_target in PROBE_TARGETS, "plateau.context_probe_target",
+           f"unknown '{p.context_probe_target}' (choose from {', '.join(PROBE_TARGETS)})")
+    _check(p.context_probe_target != "factor" or len(p.hidden_factors) > 1,
+           "plateau.context_probe_target", "'factor' needs two or more "
+           "hidden factors (with one, use 'label')")
     for field in ("icl_min_position", "context_probe_position"):
       _check(0 <= p[field] < p.context_len, f"plateau.{field}",
              f"must be in [0, {p.context_len})")
@@ -322,17 +330,19 @@ class PlateauTask:
     icl = slice(0, p.icl_sequences)
     train = slice(p.icl_sequences, p.icl_sequences + p.context_probe_train)
     iwl = slice(p.icl_sequences + p.context_probe_train, None)
+    target = (seqs["hidden"] if p.context_probe_target == "factor"
+              else seqs["labels"][:, p.context_probe_position])
     return {
         "icl": self._sequence_metrics(correct[icl], ce[icl], seqs["seen"][icl]),
         "iwl": self._sequence_metrics(correct[iwl], ce[iwl], seqs["seen"][iwl]),
         "context_probe": {"acc": self._context_probe(
-            features[train], seqs["hidden"][train], features[icl],
-            seqs["hidden"][icl])},
+            features[train], target[train], features[icl], target[icl])},
         "weights_probe": self._weights_probe(params, consts, eval_sets["probe"])}
 
   def _context_probe(self, train_x, train_y, test_x, test_y):
-    train_x, test_x = standardise(train_x, test_x)
-    n_classes = len(self.seq_spec.hidden_factors)
+    train_x, test_x = plateau_lib.standardise(train_x, test_x)
+    n_classes = (len(self.seq_spec.hidden_factors)
+                 if self.p.context_probe_target == "factor" else self.p.label_vocab)
     kwargs = self._fit_kwargs()
     if kwargs.pop("method") == "ridge":
       probe = plateau_lib.fit_ridge_probe(train_x, train_y, n_classes, **kwargs)
@@ -345,7 +355,7 @@ class PlateauTask:
   def _weights_probe(self, params, consts, record: dict) -> dict:
     n_train = self.p.weights_probe_train
     features = self._probe_features(params, consts, record)
-    train, test = standardise(features[..., :n_train, :],
+    train, test = plateau_lib.standardise(features[..., :n_train, :],
                               features[..., n_train:, :])
     train_factors = record["factors"][:n_train, 0]
     test_factors = record["factors"][n_train:, 0]
@@ -367,13 +377,6 @@ class PlateauTask:
       for i, k in enumerate(layers):
         metrics[f"{variant}_L{k}"] = acc[v, i].mean()
     return metrics
-
-
-def standardise(train, test):
-  """Both sets scaled by the training set's per-dimension mean and std."""
-  mean = train.mean(axis=-2, keepdims=True)
-  std = train.std(axis=-2, keepdims=True) + 1e-6
-  return (train - mean) / std, (test - mean) / std
 
 
 def _check(ok: bool, field: str, message: str):
