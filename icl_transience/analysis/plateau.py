@@ -14,6 +14,7 @@ value, or the hidden factor) from representations:
   factor_probe_accuracies  one probe per factor, vmapped; the weights-probe
                      score is their mean
   standardise        features scaled by the probe training set's statistics
+  context_probe_classes  classes of the context probe's target
 """
 from typing import NamedTuple
 
@@ -89,6 +90,14 @@ def standardise(train, test):
   mean = train.mean(axis=-2, keepdims=True)
   std = train.std(axis=-2, keepdims=True) + 1e-6
   return (train - mean) / std, (test - mean) / std
+
+
+def context_probe_classes(plateau_config) -> int:
+  """The hidden factors, or the labels with context_probe_target 'label'
+  (runs written before that field existed decode the factor)."""
+  if plateau_config.get("context_probe_target", "factor") == "label":
+    return plateau_config.label_vocab
+  return len(plateau_config.hidden_factors)
 
 
 def probe_accuracy(probe: LinearProbe, features, labels,

@@ -135,8 +135,7 @@ def report(workdir: str, out_dir: str) -> dict:
   chance = fseq.chance_accuracy(spec)
   probe_chance = float(np.mean([1 / n for n in p.factor_sizes if n > 1]))
   members = list(dict.fromkeys(r["member"] for r in rows))
-  on_label = p.get("context_probe_target", "factor") == "label"
-  context_chance = 1 / (p.label_vocab if on_label else len(p.hidden_factors))
+  context_chance = 1 / plateau.context_probe_classes(p)
   summaries = [member_summary(rows, m, chance, probe_chance, context_chance)
                for m in members]
   first = summaries[0]["plateau_length"]
@@ -145,6 +144,7 @@ def report(workdir: str, out_dir: str) -> dict:
     s["plateau_vs_first"] = s["plateau_length"] / first if ok else None
   os.makedirs(os.path.join(out_dir, "figures"), exist_ok=True)
   path = os.path.join(out_dir, "figures", FIGURE)
+  on_label = p.get("context_probe_target", "factor") == "label"
   figure(rows, members, chance, path,
          "the item's label" if on_label else "hidden factor")
   summary = {"chance": chance, "probe_chance": probe_chance,

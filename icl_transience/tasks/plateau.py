@@ -341,8 +341,7 @@ class PlateauTask:
 
   def _context_probe(self, train_x, train_y, test_x, test_y):
     train_x, test_x = plateau_lib.standardise(train_x, test_x)
-    n_classes = (len(self.seq_spec.hidden_factors)
-                 if self.p.context_probe_target == "factor" else self.p.label_vocab)
+    n_classes = plateau_lib.context_probe_classes(self.p)
     kwargs = self._fit_kwargs()
     if kwargs.pop("method") == "ridge":
       probe = plateau_lib.fit_ridge_probe(train_x, train_y, n_classes, **kwargs)
@@ -356,7 +355,7 @@ class PlateauTask:
     n_train = self.p.weights_probe_train
     features = self._probe_features(params, consts, record)
     train, test = plateau_lib.standardise(features[..., :n_train, :],
-                              features[..., n_train:, :])
+                                          features[..., n_train:, :])
     train_factors = record["factors"][:n_train, 0]
     test_factors = record["factors"][n_train:, 0]
 
