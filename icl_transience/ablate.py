@@ -32,18 +32,7 @@ from icl_transience.models import transformer
 from icl_transience.train import loop
 from icl_transience.train import pretrained
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
-_SEQUENCES = flags.DEFINE_integer("sequences", -1, "Checkpoint (sequences seen); -1: newest.")
-_MEMBER = flags.DEFINE_string("member", "", "Population member ('' = first).")
-_EVALUATORS = flags.DEFINE_list("evaluators", ["train_eval", "iwl_copy_avail", "flip_icl"],
-                                "Evaluators to run under each intervention.")
-_ABLATE = flags.DEFINE_string("ablate", "", "Heads to ablate: 'block:h,h;block:all'.")
-_KEEP = flags.DEFINE_string("keep", "", "Activations kept clean: 'block:q,k,v,pattern'.")
-_DROP_EMBEDDING = flags.DEFINE_bool("drop_embedding", False,
-                                    "Remove the direct embedding path at the readout.")
-_RECORD = flags.DEFINE_string("record", "", "Save activations to this .npz file.")
-_RECORD_EVALUATOR = flags.DEFINE_string("record_evaluator", "flip_icl", "Evaluator to record.")
-_RECORD_N = flags.DEFINE_integer("record_n", 100, "Sequences to record.")
+DEFAULT_EVALUATORS = ("train_eval", "iwl_copy_avail", "flip_icl")
 
 
 def run_table(c, params, table, eval_sets, named: dict) -> dict:
@@ -73,52 +62,84 @@ def save_recording(path, c, params, table, seqs, n):
   metrics_table.atomic_write(path, lambda f: np.savez(f, **arrays), binary=True)
 
 
-@cli.exit_on_user_error
-def main(argv):
-  del argv
-  cli.quiet_library_logs()
-  c = config_lib.load_run_config(_WORKDIR.value)
+def ablate(workdir: str, sequences: int = -1, member: str = "",
+           evaluators=DEFAULT_EVALUATORS, ablate_heads: str = "",
+           keep: str = "", drop_embedding: bool = False, record: str = "",
+           record_evaluator: str = "flip_icl", record_n: int = 100):
+  """Runs the interventions (the table's, or the one the flags describe) at
+  one checkpoint; saves workdir/ablations/<sequences>.json and, with record,
+  the activations. Returns (sequences, {intervention: {evaluator: metrics}},
+  path of the JSON)."""
+  evaluators = list(evaluators)
+  c = config_lib.load_run_config(workdir)
   if c.graft.mode != "none":
     raise UserError("--workdir: ablating a grafted run is not supported")
   if tasks.task_name(c) != "classify":
     raise UserError(f"--workdir: ablations apply to classifier runs, not "
                     f"task '{tasks.task_name(c)}' (see icl_transience.prune)")
-  for name in _EVALUATORS.value + ([_RECORD_EVALUATOR.value] if _RECORD.value else []):
+  for name in evaluators + ([record_evaluator] if record else []):
     if name not in probes.EVALUATORS:
       raise UserError(f"--evaluators: unknown evaluator '{name}'")
-  custom = _ABLATE.value or _KEEP.value or _DROP_EMBEDDING.value
-  named = ({"custom": interventions.parse(_ABLATE.value, _KEEP.value,
-                                          _DROP_EMBEDDING.value)}
+  custom = ablate_heads or keep or drop_embedding
+  named = ({"custom": interventions.parse(ablate_heads, keep, drop_embedding)}
            if custom else interventions.TABLE)
   mesh = loop.make_mesh(c.num_devices)
-  ref = ml_collections.ConfigDict(dict(workdir=_WORKDIR.value,
-                                       sequences=_SEQUENCES.value, member=_MEMBER.value))
+  ref = ml_collections.ConfigDict(dict(workdir=workdir, sequences=sequences,
+                                       member=member))
   with jax.set_mesh(mesh):
     params, seen = pretrained.load_params(ref, "--workdir", mesh)
     table = sources.load_table(c.data)
     # The run's own evaluator sets (a set depends on its index in the list).
     c.evals.names = tuple(dict.fromkeys(
-        list(c.evals.names) + _EVALUATORS.value + [_RECORD_EVALUATOR.value]))
+        list(c.evals.names) + evaluators + [record_evaluator]))
     all_sets = probes.build_eval_sets(c)
-    eval_sets = {name: all_sets[name] for name in _EVALUATORS.value}
+    eval_sets = {name: all_sets[name] for name in evaluators}
     results = run_table(c, params, table, eval_sets, named)
-    if _RECORD.value:
-      save_recording(_RECORD.value, c, params, table,
-                     all_sets[_RECORD_EVALUATOR.value], _RECORD_N.value)
-      print(f"recorded {_RECORD_N.value} {_RECORD_EVALUATOR.value} sequences to "
-            f"{_RECORD.value}")
-  width = max(len(n) for n in named)
-  print(f"in-context accuracy at {seen:,} sequences ({_WORKDIR.value})")
-  print(f"{'intervention':<{width}}  " + "  ".join(f"{e:>14}" for e in _EVALUATORS.value))
-  for name, by_eval in results.items():
-    print(f"{name:<{width}}  " + "  ".join(
-        f"{by_eval[e]['in_context_acc']:>14.4f}" for e in _EVALUATORS.value))
-  out = os.path.join(_WORKDIR.value, "ablations", f"{seen}.json")
+    if record:
+      save_recording(record, c, params, table, all_sets[record_evaluator],
+                     record_n)
+  out = os.path.join(workdir, "ablations", f"{seen}.json")
   os.makedirs(os.path.dirname(out), exist_ok=True)
   metrics_table.atomic_write_text(out, json.dumps(
-      {"sequences": seen, "member": _MEMBER.value, "results": results}, indent=2) + "\n")
+      {"sequences": seen, "member": member, "results": results}, indent=2) + "\n")
+  return seen, results, out
+
+
+def define_flags():
+  """The command-line flags, defined only when run as a program."""
+  flags.DEFINE_string("workdir", None, "Run directory.", required=True)
+  flags.DEFINE_integer("sequences", -1, "Checkpoint (sequences seen); -1: newest.")
+  flags.DEFINE_string("member", "", "Population member ('' = first).")
+  flags.DEFINE_list("evaluators", list(DEFAULT_EVALUATORS),
+                    "Evaluators to run under each intervention.")
+  flags.DEFINE_string("ablate", "", "Heads to ablate: 'block:h,h;block:all'.")
+  flags.DEFINE_string("keep", "", "Activations kept clean: 'block:q,k,v,pattern'.")
+  flags.DEFINE_bool("drop_embedding", False,
+                    "Remove the direct embedding path at the readout.")
+  flags.DEFINE_string("record", "", "Save activations to this .npz file.")
+  flags.DEFINE_string("record_evaluator", "flip_icl", "Evaluator to record.")
+  flags.DEFINE_integer("record_n", 100, "Sequences to record.")
+
+
+@cli.exit_on_user_error
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  cli.quiet_library_logs()
+  seen, results, out = ablate(
+      f.workdir, f.sequences, f.member, f.evaluators, f.ablate, f.keep,
+      f.drop_embedding, f.record, f.record_evaluator, f.record_n)
+  if f.record:
+    print(f"recorded {f.record_n} {f.record_evaluator} sequences to {f.record}")
+  width = max(len(n) for n in results)
+  print(f"in-context accuracy at {seen:,} sequences ({f.workdir})")
+  print(f"{'intervention':<{width}}  " + "  ".join(f"{e:>14}" for e in f.evaluators))
+  for name, by_eval in results.items():
+    print(f"{name:<{width}}  " + "  ".join(
+        f"{by_eval[e]['in_context_acc']:>14.4f}" for e in f.evaluators))
   print(out)
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=cli.parse_flags)

@@ -22,15 +22,6 @@ from icl_transience.train import checkpoints
 from icl_transience.train import loop
 from icl_transience.train import step as step_lib
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "Run directory.", required=True)
-_SHARD = flags.DEFINE_string(
-    "shard", "0/1", "i/n: this job evaluates every n-th missing checkpoint, "
-    "from the i-th (run n jobs, e.g. one per host, on a shared filesystem).")
-_PARALLEL = flags.DEFINE_integer(
-    "parallel", 0, "Checkpoints evaluated together in one vmapped program "
-    "(0: 1 on CPU, 8 on an accelerator).")
-
-
 def _restore(mngr, step, abstract, name):
   try:
     return checkpoints.restore_member(mngr, step, abstract, name)
@@ -64,9 +55,11 @@ def evaluate_checkpoints(workdir: str, parallel: int = 0, shard: int = 0,
                           trainer.weights(abstract))
     evaluators = list(jax.eval_shape(trainer.task.evaluate, member, table,
                                      eval_sets))
-    todo = [(s, n) for s in mngr.all_steps() for n in names
+    # Shard the fixed list of (step, member) checkpoints, then drop what is
+    # done: shard jobs started at different times still split the work.
+    mine = [(s, n) for s in mngr.all_steps() for n in names][shard::num_shards]
+    todo = [(s, n) for s, n in mine
             if not all(table_rows.has(n, s, e) for e in evaluators)]
-    todo = todo[shard::num_shards]
     if not todo:
       logging.info("every checkpoint is already evaluated")
       return 0
@@ -93,19 +86,33 @@ def evaluate_checkpoints(workdir: str, parallel: int = 0, shard: int = 0,
   return done
 
 
+def define_flags():
+  """The command-line flags, defined only when run as a program (every entry
+  point defines --workdir; the modules import side by side)."""
+  flags.DEFINE_string("workdir", None, "Run directory.", required=True)
+  flags.DEFINE_string(
+      "shard", "0/1", "i/n: this job evaluates every n-th checkpoint, from the "
+      "i-th (run n jobs, e.g. one per host, on a shared filesystem).")
+  flags.DEFINE_integer(
+      "parallel", 0, "Checkpoints evaluated together in one vmapped program "
+      "(0: 1 on CPU, 8 on an accelerator).")
+
+
 @cli.exit_on_user_error
 def main(argv):
   del argv
+  f = flags.FLAGS
   logging.set_verbosity(logging.INFO)
   cli.quiet_library_logs()
-  if _PARALLEL.value < 0:
+  if f.parallel < 0:
     raise UserError("--parallel: must be >= 0")
-  shard, _, num_shards = _SHARD.value.partition("/")
+  shard, _, num_shards = f.shard.partition("/")
   if not (shard.isdigit() and num_shards.isdigit() and
           int(shard) < int(num_shards)):
-    raise UserError(f"--shard: '{_SHARD.value}' is not i/n with 0 <= i < n")
-  evaluate_checkpoints(_WORKDIR.value, _PARALLEL.value, int(shard), int(num_shards))
+    raise UserError(f"--shard: '{f.shard}' is not i/n with 0 <= i < n")
+  evaluate_checkpoints(f.workdir, f.parallel, int(shard), int(num_shards))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=cli.parse_flags)

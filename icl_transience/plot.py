@@ -21,10 +21,6 @@ from icl_transience import metrics_table
 from icl_transience.analysis import figures
 from icl_transience.errors import UserError
 
-_WORKDIR = flags.DEFINE_multi_string("workdir", None, "Run directory (repeatable).",
-                                     required=True)
-_COMPARE = flags.DEFINE_string("compare", "", "EVALUATOR:METRIC to overlay across runs.")
-_OUT = flags.DEFINE_string("out", "", "Comparison figure path.")
 # Chance levels drawn as a reference line on comparison figures.
 REFERENCE = {"in_context_acc": 0.5, "loss": math.log(2)}
 
@@ -49,27 +45,45 @@ def compare(workdirs, spec: str, out: str) -> str:
     if not figures.series(rows, member, evaluator, metric)[0]:
       raise UserError(f"--compare: {workdir} has no {evaluator} {metric} "
                       f"for member {member}")
-    runs[f"{os.path.basename(os.path.normpath(workdir))} ({member})"] = (rows, member)
+    label = f"{os.path.basename(os.path.normpath(workdir))} ({member})"
+    if label in runs:  # same folder name (or the same run) twice: the path
+      label = f"{os.path.normpath(workdir)} ({member}) #{len(runs) + 1}"
+    runs[label] = (rows, member)
   out = out or os.path.join(workdirs[0].partition("@")[0], "figures",
                             f"compare_{evaluator}_{metric}.png")
   figures.compare_figure(runs, evaluator, metric, out, REFERENCE.get(metric))
   return out
 
 
+def plot_runs(workdirs, spec: str = "", out: str = "") -> list[str]:
+  """What the command prints: the comparison figure's path (spec =
+  EVALUATOR:METRIC), or one run's figure paths and its curves' summary."""
+  if spec:
+    return [compare(workdirs, spec, out)]
+  if len(workdirs) > 1:
+    raise UserError("--workdir: several runs need --compare=EVALUATOR:METRIC")
+  rows = _rows(workdirs[0])
+  lines = figures.plot_run(rows, os.path.join(workdirs[0], "figures"))
+  for member in dict.fromkeys(r["member"] for r in rows):
+    lines += figures.summary(rows, member)
+  return lines
+
+
+def define_flags():
+  """The command-line flags, defined only when run as a program."""
+  flags.DEFINE_multi_string("workdir", None, "Run directory (repeatable).",
+                            required=True)
+  flags.DEFINE_string("compare", "", "EVALUATOR:METRIC to overlay across runs.")
+  flags.DEFINE_string("out", "", "Comparison figure path.")
+
+
 @cli.exit_on_user_error
 def main(argv):
   del argv
-  if _COMPARE.value:
-    print(compare(_WORKDIR.value, _COMPARE.value, _OUT.value))
-    return
-  if len(_WORKDIR.value) > 1:
-    raise UserError("--workdir: several runs need --compare=EVALUATOR:METRIC")
-  rows = _rows(_WORKDIR.value[0])
-  for path in figures.plot_run(rows, os.path.join(_WORKDIR.value[0], "figures")):
-    print(path)
-  for member in dict.fromkeys(r["member"] for r in rows):
-    print("\n".join(figures.summary(rows, member)))
+  f = flags.FLAGS
+  print("\n".join(plot_runs(f.workdir, f.compare, f.out)))
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=cli.parse_flags)

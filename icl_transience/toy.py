@@ -15,13 +15,6 @@ from icl_transience.analysis import figures
 from icl_transience.analysis import toy
 from icl_transience.errors import UserError
 
-_SEED = flags.DEFINE_integer("seed", 7, "Seed (used when --seeds is empty).")
-_SEEDS = flags.DEFINE_string("seeds", "", "Seeds: '0-11' or '2,7,9'.")
-_MU1 = flags.DEFINE_float("mu1", 0.1, "mu1; 0 gives the persistent-ICL variant.")
-_ALPHA = flags.DEFINE_float("alpha", 0.1, "Competition strength alpha.")
-_MAX_STEPS = flags.DEFINE_integer("max_steps", 16_000, "Step limit.")
-_OUT = flags.DEFINE_string("out", "toy_seed{seed}.png", "Figure path ({seed}).")
-
 MILESTONES = (0, 1000, 2000, 3000, 4600, 4800, 5658, 6500, 8000)
 
 
@@ -35,12 +28,22 @@ def parse_seeds(text: str) -> list[int]:
     raise UserError(f"--seeds: expected '0-11' or '2,7,9', got '{text}'") from e
 
 
+def define_flags():
+  """The command-line flags, defined only when run as a program."""
+  flags.DEFINE_integer("seed", 7, "Seed (used when --seeds is empty).")
+  flags.DEFINE_string("seeds", "", "Seeds: '0-11' or '2,7,9'.")
+  flags.DEFINE_float("mu1", 0.1, "mu1; 0 gives the persistent-ICL variant.")
+  flags.DEFINE_float("alpha", 0.1, "Competition strength alpha.")
+  flags.DEFINE_integer("max_steps", 16_000, "Step limit.")
+  flags.DEFINE_string("out", "toy_seed{seed}.png", "Figure path ({seed}).")
+
+
 @cli.exit_on_user_error
 def main(argv):
   del argv
-  seeds = parse_seeds(_SEEDS.value) if _SEEDS.value else [_SEED.value]
-  cfg = toy.ToyConfig.for_mu1(_MU1.value, alpha=_ALPHA.value,
-                              max_steps=_MAX_STEPS.value)
+  f = flags.FLAGS
+  seeds = parse_seeds(f.seeds) if f.seeds else [f.seed]
+  cfg = toy.ToyConfig.for_mu1(f.mu1, alpha=f.alpha, max_steps=f.max_steps)
   stops, history = toy.solve(seeds, cfg)
   for seed, stop in zip(seeds, stops):
     print(f"seed {seed}: " + (f"L < {cfg.threshold:g} at step {stop}" if stop >= 0
@@ -51,10 +54,11 @@ def main(argv):
   end = stop if stop >= 0 else cfg.max_steps
   for t in sorted({m for m in MILESTONES if m <= end} | {end}):
     print(f"{t:6d} " + " ".join(f"{v:10.4g}" for v in first[t]))
-  path = _OUT.value.format(seed=seeds[0])
+  path = f.out.format(seed=seeds[0])
   figures.toy_figure(first, stop, seeds[0], path)
   print(f"\nfigure: {path}")
 
 
 if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=cli.parse_flags)

@@ -1,5 +1,6 @@
 """Shared test helpers: the smoke config, runs, and checkpoint reading."""
 import os
+import shutil
 import subprocess
 import sys
 
@@ -7,6 +8,7 @@ import jax
 import numpy as np
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+OMNIGLOT = os.path.join(os.path.dirname(REPO), "shared", "data", "omniglot")
 sys.path.insert(0, os.path.join(REPO, "configs"))
 
 import smoke  # pylint: disable=wrong-import-position
@@ -19,6 +21,12 @@ from icl_transience.train import step as step_lib  # pylint: disable=wrong-impor
 
 def smoke_config(**overrides):
   return config_lib.override(smoke.get_config(), overrides)
+
+
+def copy_run(workdir, dst):
+  """A copy of a finished run, for a test that changes it."""
+  shutil.copytree(workdir, dst)
+  return str(dst)
 
 
 def final_state(c, workdir, step=None):
@@ -38,9 +46,29 @@ def assert_trees_equal(a, b):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+def fake_devices(n: int) -> dict:
+  """Environment for a subprocess whose JAX sees n CPU devices."""
+  flags = os.environ.get("XLA_FLAGS", "")
+  return {"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={n}".strip(),
+          "JAX_PLATFORMS": "cpu"}
+
+
 def run_cli(args, env=None, timeout=600):
   """Runs a command-line entry point of the repo; returns CompletedProcess."""
   full_env = dict(os.environ, PYTHONPATH=REPO, **(env or {}))
   return subprocess.run([sys.executable] + args, cwd=REPO, env=full_env,
                         capture_output=True, text=True, timeout=timeout,
                         check=False)
+
+
+def zipf_exponent_fit(ranks, n_ranks: int):
+  """Maximum-likelihood exponent s of P(k) ~ k^-s on {1..n_ranks} from
+  1-based ranks, and its standard error (from the Fisher information)."""
+  counts = np.bincount(np.asarray(ranks).ravel(), minlength=n_ranks + 1)[1:]
+  log_k = np.log(np.arange(1, n_ranks + 1))
+  grid = np.linspace(0.0, 3.0, 30_001)
+  log_z = np.log(np.exp(-np.outer(grid, log_k)).sum(1))
+  s = grid[np.argmax(-grid * (counts @ log_k) - counts.sum() * log_z)]
+  p = np.exp(-s * log_k)
+  p /= p.sum()
+  return s, 1 / np.sqrt(counts.sum() * (p @ log_k ** 2 - (p @ log_k) ** 2))

@@ -147,7 +147,16 @@ def test_end_to_end_training_and_report(tmp_path):
           if r["evaluator"] == "corpus" and r["metric"] == "loss"}
   assert loss[40] < loss[0] - 0.5
   summary = dictionary_report.report(str(tmp_path), str(tmp_path / "report"))
-  assert summary["members"][0]["steps"] == [0, 20, 40]
+  (member,) = summary["members"]
+  curve = lambda evaluator, metric: [r["value"] for r in sorted(
+      (r for r in rows if (r["evaluator"], r["metric"]) == (evaluator, metric)),
+      key=lambda r: r["step"])]
+  assert member["steps"] == [0, 20, 40]
+  assert member["first_acc"] == curve("first_token", "acc")
+  assert member["second_acc"] == curve("second_token", "acc")
+  assert member["first_final"] == curve("first_token", "acc")[-1]
+  assert member["misdirected_first_follows_label"] == curve(
+      "misdirected", "first_follows_label")[-1]
   saved = json.loads((tmp_path / "report" / "report.json").read_text())
-  assert saved["members"][0]["member"] == "main"
-  assert os.path.exists(tmp_path / "report" / "figures" / "dictionary_main.png")
+  assert saved == json.loads(json.dumps(summary))
+  assert os.path.getsize(tmp_path / "report" / "figures" / "dictionary_main.png") > 10_000

@@ -198,24 +198,32 @@ def test_unsupported_model_type_is_user_error(tmp_path):
 
 def test_checkpoint_table_and_prompt_file(tmp_path):
   root = tmp_path / "ckpts"
-  for step in (200, 1000):
-    gpt2_checkpoint(str(root / f"step{step}"), seed=step)
+  weights = {step: gpt2_checkpoint(str(root / f"step{step}"), seed=step)[1]
+             for step in (200, 1000)}
   rng = np.random.default_rng(0)
   prompts = [{"tokens": rng.integers(0, VOCAB, 8).tolist(), "first": 5,
               "set": s} for s in ("normal", "normal", "misdirected")]
+
+  def log_probs(tokens):
+    scores = numpy_gpt2(weights[1000], np.array(tokens))
+    return scores - np.log(np.exp(scores).sum(-1, keepdims=True))
+  # first tokens the step-1000 model predicts (prompts 0, 2) and one it does
+  # not (prompt 1); a later token does not change the logits before it
+  for i, prompt in enumerate(prompts):
+    ranked = np.argsort(log_probs(prompt["tokens"])[4])
+    prompt["tokens"][5] = int(ranked[-1] if i != 1 else ranked[0])
   (tmp_path / "prompts.json").write_text(json.dumps({"prompts": prompts}))
   result = hf.run(str(root), str(tmp_path / "prompts.json"), str(tmp_path / "out"))
   assert [r["step"] for r in result["checkpoints"]] == [200, 1000]
   saved = json.loads((tmp_path / "out" / "hf_checkpoints.json").read_text())
   assert saved["checkpoints"][1]["name"] == "step1000"
-  # the table's numbers are the logits' own: recompute one prompt's scores
-  _, w = gpt2_checkpoint(str(tmp_path / "again"), seed=1000)
-  log_probs = numpy_gpt2(w, np.array(prompts[2]["tokens"]))
-  log_probs = log_probs - np.log(np.exp(log_probs).sum(-1, keepdims=True))
-  metrics = saved["checkpoints"][1]["metrics"]["misdirected"]
-  assert metrics["first_acc"] == float(np.argmax(log_probs[4]) == prompts[2]["tokens"][5])
-  np.testing.assert_allclose(metrics["second_logprob"],
-                             log_probs[5, prompts[2]["tokens"][6]], rtol=1e-4)
+  # the table's numbers are the logits' own
+  metrics = saved["checkpoints"][1]["metrics"]
+  assert metrics["misdirected"]["first_acc"] == 1.0
+  assert metrics["normal"]["first_acc"] == 0.5
+  np.testing.assert_allclose(metrics["misdirected"]["second_logprob"],
+                             log_probs(prompts[2]["tokens"])[5, prompts[2]["tokens"][6]],
+                             rtol=1e-4)
   bad = tmp_path / "bad.json"
   bad.write_text(json.dumps({"prompts": [{"tokens": [1, 2], "first": 1}]}))
   with pytest.raises(UserError, match="'first' must be in"):

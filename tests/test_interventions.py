@@ -1,4 +1,4 @@
-"""Grafting, ablation and warm starts (spec III.7, III.8, III.10)."""
+"""Grafting, ablation and warm starts (Singh et al. 2025, Sec. 4-5)."""
 import json
 
 import jax
@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from icl_transience import ablate
 from icl_transience import metrics_table
 from icl_transience.analysis import interventions
 from icl_transience.errors import UserError
@@ -13,7 +14,7 @@ from icl_transience.models import graft
 from icl_transience.models import transformer
 from icl_transience.train import loop
 
-from helpers import assert_trees_equal, final_state, run_cli, smoke_config
+from helpers import assert_trees_equal, copy_run, final_state, smoke_config
 
 MODEL = transformer.SequenceClassifier(n_outputs=12, depth=3, d_model=16, n_heads=4)
 FEATS = jax.random.normal(jax.random.PRNGKey(1), (6, 3, 8))
@@ -66,29 +67,78 @@ def test_ablating_every_head_removes_the_layers_attention_output(block):
   assert not np.allclose(ablated, apply(params))
 
 
-def test_one_head_ablation_and_clean_activations():
+def test_one_head_ablation_zeroes_that_heads_output_rows():
   params = init(0)
   head = interventions.forward(MODEL, params, FEATS, LABELS,
                                interventions.parse(ablate="1:2"))
-  assert not np.allclose(head, apply(params))
+  removed = jax.tree.map(lambda x: x, params)
+  kernel = removed["block_1"]["attn"]["out"]["kernel"]  # rows: (head, head_dim)
+  removed["block_1"]["attn"]["out"]["kernel"] = kernel.at[8:12].set(0.0)
+  np.testing.assert_allclose(head, apply(removed), rtol=1e-5, atol=1e-6)
+  assert not np.allclose(head, apply(params), atol=1e-4)
   # keeping every activation of a block clean undoes nothing and changes nothing
   same = interventions.forward(MODEL, params, FEATS, LABELS,
                                interventions.parse(keep="0:q,k,v,pattern;2:pattern"))
   np.testing.assert_allclose(same, apply(params), rtol=1e-5, atol=1e-6)
-  # block 0 ablated but block 1 reading clean q, k, v: the difference reaches
-  # the readout only through the residual stream, not through block 1's heads
   rec = interventions.record(MODEL, params, FEATS, LABELS)
   assert rec["residual"].shape == (6, 4, 5, 16)
   assert rec["blocks"][1]["pattern"].shape == (6, 4, 5, 5)
   np.testing.assert_allclose(rec["logits"], apply(params), rtol=1e-6)
-  # the readout without the embedding stream sees only the blocks' outputs
-  dropped = interventions.forward(MODEL, params, FEATS, LABELS,
-                                  interventions.TABLE["direct_embedding_removed"])
-  stream = rec["residual"][:, -1, -1] - rec["residual"][:, 0, -1]
-  readout = lambda p: transformer.nn.Dense(12).apply(
-      {"params": p["unembed"]}, transformer.nn.LayerNorm(epsilon=1e-5).apply(
-          {"params": p["ln_final"]}, stream))
-  np.testing.assert_allclose(dropped, readout(params), rtol=1e-4, atol=1e-5)
+
+
+TWO_LAYER = transformer.SequenceClassifier(n_outputs=12, depth=2, d_model=16,
+                                           n_heads=4)
+
+
+def readout(params, stream):
+  """The query logits the readout gives for a final residual stream."""
+  ln = transformer.nn.LayerNorm(epsilon=1e-5).apply(
+      {"params": params["ln_final"]}, stream[:, -1])
+  return transformer.nn.Dense(12).apply({"params": params["unembed"]}, ln)
+
+
+def block_1_by_hand(params, stream, q, k, v):
+  """Block 1's causal attention from given q, k, v, added to the stream,
+  then read out."""
+  scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(q.shape[-1])
+  causal = np.tril(np.ones(scores.shape[-2:], bool))
+  pattern = jax.nn.softmax(jnp.where(causal, scores, -1e20), -1)
+  heads = jnp.einsum("bhqk,bkhd->bqhd", pattern, v).reshape(stream.shape)
+  return readout(params, stream + heads @ params["block_1"]["attn"]["out"]["kernel"])
+
+
+def test_every_row_of_the_ablation_table_by_hand():
+  """The seven interventions of the paper's Fig. 2 table, each against a
+  computation that edits weights or recombines recorded activations."""
+  params = TWO_LAYER.init(jax.random.PRNGKey(0), FEATS, LABELS)["params"]
+  without = lambda p, *blocks: jax.tree.map(lambda x: x, p) | {
+      f"block_{b}": dict(p[f"block_{b}"], attn=dict(
+          p[f"block_{b}"]["attn"], out={"kernel": jnp.zeros((16, 16))}))
+      for b in blocks}
+  clean = interventions.record(TWO_LAYER, params, FEATS, LABELS)
+  ablated = interventions.record(TWO_LAYER, without(params, 0), FEATS, LABELS)
+  stream = ablated["residual"][:, 1]  # the stream without block 0's heads
+  qkv = lambda rec: tuple(rec["blocks"][1][a] for a in ("q", "k", "v"))
+  (q, k, v), (q0, k0, v0) = qkv(clean), qkv(ablated)
+  expected = {
+      "none": clean["logits"],
+      "layer1_ablated_layer2_qkv_clean": block_1_by_hand(params, stream, q, k, v),
+      "layer1_ablated_recompute_queries": block_1_by_hand(params, stream, q0, k, v),
+      "layer1_ablated_recompute_keys": block_1_by_hand(params, stream, q, k0, v),
+      "layer1_ablated_recompute_values": block_1_by_hand(params, stream, q, k, v0),
+      "all_heads_ablated": TWO_LAYER.apply({"params": without(params, 0, 1)},
+                                           FEATS, LABELS),
+      # the blocks' outputs alone, without the embedding stream
+      "direct_embedding_removed": readout(
+          params, clean["residual"][:, -1] - clean["residual"][:, 0]),
+  }
+  assert list(expected) == list(interventions.TABLE)
+  for name, iv in interventions.TABLE.items():
+    got = interventions.forward(TWO_LAYER, params, FEATS, LABELS, iv)
+    np.testing.assert_allclose(got, expected[name], rtol=1e-4, atol=1e-5,
+                               err_msg=name)
+  distinct = {name: np.asarray(e) for name, e in expected.items()}
+  assert not np.allclose(distinct["none"], distinct["all_heads_ablated"], atol=1e-3)
 
 
 def test_intervention_flags_are_checked():
@@ -100,12 +150,10 @@ def test_intervention_flags_are_checked():
     interventions.check(interventions.parse(ablate="5:all"), 3, 4)
 
 
-@pytest.fixture(scope="module")
-def source(tmp_path_factory):
+@pytest.fixture(name="source")
+def source_run(smoke_run):
   """A finished smoke run (checkpoints at 0, 400 and 800 sequences)."""
-  workdir = str(tmp_path_factory.mktemp("source"))
-  loop.train(smoke_config(), workdir)
-  return workdir
+  return smoke_run
 
 
 def test_warm_start_keeps_the_counter_and_resets_adam(source, tmp_path):
@@ -145,23 +193,25 @@ def test_grafted_training_keeps_the_frozen_model(source, tmp_path):
   assert moved("input_proj") and not moved("unembed")
 
 
-def test_ablation_table_and_recording_cli(source, tmp_path):
+def test_ablation_table_and_recording(source, tmp_path):
+  workdir = copy_run(source, tmp_path / "run")
   record = str(tmp_path / "rec.npz")
-  result = run_cli(["-m", "icl_transience.ablate", f"--workdir={source}",
-                    "--sequences=800", f"--record={record}", "--record_n=16"])
-  assert result.returncode == 0, result.stderr[-2000:]
-  saved = json.loads(open(f"{source}/ablations/800.json").read())["results"]
-  assert list(saved) == list(interventions.TABLE)
+  seen, results, out = ablate.ablate(workdir, sequences=800, record=record,
+                                     record_n=16, evaluators=("flip_icl",))
+  assert seen == 800 and out == f"{workdir}/ablations/800.json"
+  saved = json.loads(open(out).read())["results"]
+  assert saved == results and list(saved) == list(interventions.TABLE)
   # no intervention = the training loop's own probes at that checkpoint
   logged = {(r["evaluator"], r["metric"]): r["value"]
-            for r in metrics_table.read(source) if r["sequences"] == 800}
-  for evaluator in ("train_eval", "iwl_copy_avail", "flip_icl"):
-    np.testing.assert_allclose(saved["none"][evaluator]["in_context_acc"],
-                               logged[(evaluator, "in_context_acc")], atol=1e-6)
+            for r in metrics_table.read(workdir) if r["sequences"] == 800}
+  for evaluator in ("flip_icl",):
+    for metric, value in saved["none"][evaluator].items():
+      np.testing.assert_allclose(value, logged[(evaluator, metric)], atol=1e-6)
+  assert saved["all_heads_ablated"] != saved["none"]
   with np.load(record, allow_pickle=False) as rec:
     assert rec["block1_pattern"].shape == (16, 2, 5, 5)
     assert rec["residual"].shape == (16, 3, 5, 16)
     np.testing.assert_allclose(rec["block0_pattern"].sum(-1), 1.0, rtol=1e-5)
-  bad = run_cli(["-m", "icl_transience.ablate", f"--workdir={source}",
-                 "--ablate=7:all"])
-  assert bad.returncode == 2 and "block 7" in bad.stderr
+    np.testing.assert_array_equal(rec["classes"].shape, (16, 3))
+  with pytest.raises(UserError, match="block 7"):
+    ablate.ablate(workdir, ablate_heads="7:all")

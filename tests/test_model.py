@@ -1,4 +1,5 @@
-"""The transformer of spec II.B: parameter counts, variants, causality."""
+"""The coopetition transformer (Singh et al. 2025, Sec. 2): parameter counts,
+variants, causality."""
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -6,6 +7,7 @@ import numpy as np
 import pytest
 
 from icl_transience import config as config_lib
+from icl_transience.analysis import interventions
 from icl_transience.models import transformer
 
 
@@ -53,3 +55,24 @@ def test_sinusoids_interleave_sin_and_cos():
   np.testing.assert_allclose(table[:, 0], np.sin(np.arange(5)), rtol=1e-6)
   np.testing.assert_allclose(table[:, 1], np.cos(np.arange(5)), rtol=1e-6)
   np.testing.assert_allclose(table[3, 2], np.sin(3 / 30 ** 0.25), rtol=1e-6)
+
+
+@pytest.mark.parametrize("positions", transformer.POSITIONS)
+def test_a_token_changes_no_earlier_position(positions):
+  """Causal attention: the residual streams of every block before token t
+  are those of a sequence whose token t (and later ones) differ."""
+  cfg = ml_collections.ConfigDict(dict(depth=2, d_model=16, n_heads=2, mlp_ratio=4,
+                                       positions=positions, max_len=32,
+                                       pos_timescale=30.0))
+  model = transformer.build_model(cfg, 10)
+  feats = jax.random.normal(jax.random.PRNGKey(1), (4, 3, 8))
+  labels = jnp.array([[1, 2]] * 4)
+  params = model.init(jax.random.PRNGKey(0), feats, labels)["params"]
+  stream = lambda f, l: np.asarray(interventions.record(model, params, f, l)["residual"])
+  clean = stream(feats, labels)  # (B, depth + 1, tokens, D); tokens x1 y1 x2 y2 xq
+  for t, (f, l) in {1: (feats, labels.at[:, 0].set(7)),
+                    2: (feats.at[:, 1].add(1.0), labels),
+                    4: (feats.at[:, 2].add(1.0), labels)}.items():
+    changed = stream(f, l)
+    np.testing.assert_array_equal(changed[:, :, :t], clean[:, :, :t])
+    assert (np.abs(changed[:, -1, t] - clean[:, -1, t]).sum(-1) > 1e-4).all()

@@ -260,4 +260,8 @@ def test_report_of_the_training_run(run):
   workdir, _ = run
   summary = plateau_report.report(workdir, workdir)
   assert tuple(m["member"] for m in summary["members"]) == MEMBERS
-  assert all(0 <= m["final_icl"] <= 1 for m in summary["members"])
+  _, rows = run
+  for m in summary["members"]:  # the last logged ICL accuracy of each member
+    icl = sorted((r["step"], r["value"]) for r in rows if r["member"] == m["member"]
+                 and (r["evaluator"], r["metric"]) == ("icl", "acc"))
+    assert m["final_icl"] == icl[-1][1]

@@ -8,6 +8,7 @@ import pytest
 from helpers import run_cli
 from icl_transience import metrics_table
 from icl_transience import report
+from icl_transience.analysis import figures
 from icl_transience.errors import UserError
 
 BATCH = 32
@@ -37,8 +38,17 @@ def by_member(rows, evaluator):
   return {r["member"]: r for r in rows if r["evaluator"] == evaluator}
 
 
-def test_verdicts_numbers_json_and_figures(tmp_path, capsys):
+def test_verdicts_numbers_json_and_figures(tmp_path, capsys, monkeypatch):
   write_metrics(tmp_path)
+  drawn = {}
+  save = figures._save  # pylint: disable=protected-access
+
+  def capture(fig, path):
+    drawn[os.path.basename(path)] = {
+        line.get_label(): list(line.get_ydata()) for ax in fig.axes
+        for line in ax.get_lines() if not line.get_label().startswith("_")}
+    save(fig, path)
+  monkeypatch.setattr(figures, "_save", capture)
   result = report.write_report(str(tmp_path), report.Settings())
   printed = capsys.readouterr().out
   icl = by_member(result["transience"], "icl")
@@ -64,6 +74,11 @@ def test_verdicts_numbers_json_and_figures(tmp_path, capsys):
   for member in ICL_CURVES:
     figure = tmp_path / "figures" / f"transience_{member}.png"
     assert figure.stat().st_size > 10_000 and str(figure) in printed
+  # each figure draws the member's curves as logged, labelled with verdicts
+  lines = drawn["transience_transient.png"]
+  assert lines["icl: transient"] == ICL_CURVES["transient"]
+  assert lines["pure_iwl: persistent"] == PURE_IWL_ACC
+  assert lines["train (batch)"] == [3.0 / (1 + i) for i in range(7)]
   assert "never emerged" in printed and "decay" in printed
   assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
 

@@ -8,6 +8,8 @@ import pytest
 from icl_transience.data import sequences as seq
 from icl_transience.data.sequences import BURSTY, DISTRACTOR, OTHER, QUERY
 
+from helpers import zipf_exponent_fit
+
 N = 2000
 TRAIN = seq.SequenceSpec(context_len=2, burstiness=1, distractor=True,
                          n_classes=50, exemplars=(0, 20))
@@ -112,19 +114,71 @@ def test_match_exemplars():
   assert len(set(others)) > 1  # "other" items stay independent
 
 
-def test_zipf_prefers_low_ranks():
+def test_zipf_query_classes_have_the_exponent():
   spec = dataclasses.replace(TRAIN, zipf_exponent=1.0, n_classes=100)
-  q = draw(spec).classes[:, -1]
-  expected = 1 / np.arange(1, 101)
-  expected /= expected.sum()
-  assert abs((q == 0).mean() - expected[0]) < 0.03
-  assert (q < 10).mean() > 0.45
+  q = draw(spec, n=20_000).classes[:, -1]
+  exponent, se = zipf_exponent_fit(q + 1, 100)  # se ~ 0.006
+  assert abs(exponent - 1.0) < 4 * se, (exponent, se)
+
+
+# The transience paper's training sequences: K = 8 with 3 query-class items,
+# 3 of one distractor class and 2 others (Zipf 1 here over 100 classes).
+TRANSIENCE = seq.SequenceSpec(context_len=8, burstiness=3, distractor=True,
+                              zipf_exponent=1.0, n_classes=100)
+
+
+def test_transience_sequences_placement_labels_and_zipf_frequencies():
+  n = 20_000
+  s = draw(TRANSIENCE, n=n)
+  types, ctx, q = s.item_types[:, :-1], s.classes[:, :-1], s.classes[:, -1]
+  for kind, count in ((BURSTY, 3), (DISTRACTOR, 3), (OTHER, 2)):
+    assert ((types == kind).sum(1) == count).all()
+    share = count / 8  # each slot holds each type equally often
+    se = np.sqrt(share * (1 - share) / n)
+    assert np.abs((types == kind).mean(0) - share).max() < 5 * se
+  assert (np.where(types == BURSTY, ctx, q[:, None]) == q[:, None]).all()
+  distractor = np.where(types == DISTRACTOR, ctx, -1).max(1)
+  assert (np.where(types == DISTRACTOR, ctx, distractor[:, None]) ==
+          distractor[:, None]).all() and (distractor != q).all()
+  np.testing.assert_array_equal(s.labels, ctx)  # no relabelling
+  np.testing.assert_array_equal(s.target, q)
+  # query and "other" classes: Zipf(1); the distractor: Zipf(1) without the
+  # query's class, i.e. P(d = j) = p_j sum_{q != j} p_q / (1 - p_q)
+  for classes in (q, ctx[types == OTHER]):
+    exponent, se = zipf_exponent_fit(classes + 1, 100)
+    assert abs(exponent - 1.0) < 4 * se, (exponent, se)
+  p = 1 / np.arange(1, 101)
+  p /= p.sum()
+  expected = p * ((p / (1 - p)).sum() - p / (1 - p))
+  observed = np.bincount(distractor, minlength=100) / n
+  assert np.abs(observed - expected).max() < 5 * np.sqrt(expected.max() / n)
+
+
+@pytest.mark.parametrize("relabel", ["flip", "01"])
+def test_transience_flip_and_01_evaluation_sequences(relabel):
+  """Burstiness 4 with a distractor fills K = 8 with two classes."""
+  spec = dataclasses.replace(TRANSIENCE, burstiness=4, relabel=relabel,
+                             zipf_exponent=0.0)
+  s = draw(spec)
+  types, q = s.item_types[:, :-1], s.classes[:, -1]
+  assert ((types == BURSTY).sum(1) == 4).all() and ((types == DISTRACTOR).sum(1) == 4).all()
+  distractor = np.where(types == DISTRACTOR, s.classes[:, :-1], -1).max(1)
+  bursty_label = np.where(types == BURSTY, s.labels, -1).max(1)
+  other_label = np.where(types == DISTRACTOR, s.labels, -1).max(1)
+  assert (np.where(types == BURSTY, s.labels, bursty_label[:, None]) ==
+          bursty_label[:, None]).all()
+  if relabel == "flip":  # the query-class items carry the distractor's label
+    np.testing.assert_array_equal(bursty_label, distractor)
+    np.testing.assert_array_equal(other_label, q)
+  else:
+    assert ((bursty_label + other_label) == 1).all()
+    assert 0.45 < bursty_label.mean() < 0.55
+  np.testing.assert_array_equal(s.target, bursty_label)
 
 
 @pytest.mark.parametrize("zipf", [0.0, 1.0])
-def test_iid_rest_and_determinism(zipf):
+def test_iid_rest_and_another_seed(zipf):
   spec = dataclasses.replace(TRAIN, context_len=6, burstiness=2, zipf_exponent=zipf)
-  a, b, c = draw(spec, seed=3), draw(spec, seed=3), draw(spec, seed=4)
-  np.testing.assert_array_equal(a.classes, b.classes)
+  a, c = draw(spec, seed=3), draw(spec, seed=4)
   assert (a.classes != c.classes).any()
   assert ((a.item_types[:, :-1] == OTHER).sum(1) == 2).all()

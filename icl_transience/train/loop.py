@@ -25,9 +25,9 @@ from icl_transience.train import pretrained
 from icl_transience.train import step as step_lib
 
 # Fields a resumed run may change: horizons, schedules, eval batching.
-RESUMABLE_CHANGES = ("total_sequences", "eval_every", "ckpt", "evals.batch_size",
-                     "num_devices", "population_sharding", "lds.eval_batch",
-                     "omniglot.eval_batch_size")
+RESUMABLE_CHANGES = ("total_sequences", "eval_every", "ckpt", "steps_per_call",
+                     "evals.batch_size", "num_devices", "population_sharding",
+                     "lds.eval_batch", "omniglot.eval_batch_size")
 
 
 def make_mesh(num_devices: int = 0):
@@ -164,15 +164,19 @@ def _run(c, trainer, evaluate, state, table, eval_sets, table_rows, mngr, stop,
                   smoothing=0.1)
   last_time, last_step = time.time(), step
   while step < total:
-    state, metrics = trainer.train_chunk(state, table)
-    step += k
+    # A run resumed with another steps_per_call first steps onto its grid.
+    length = k - step % k
+    state, metrics = trainer.train_chunk(state, table, length=length)
+    step += length
     if in_flight is not None:  # keep one call in flight, no more
-      jax.block_until_ready(in_flight)
-      bar.update(k)
-    in_flight = metrics
-    pending.append(metrics)
+      jax.block_until_ready(in_flight[0])
+      bar.update(in_flight[1])
+    in_flight = (metrics, length)
+    pending.append(in_flight)
     if step % eval_period == 0 or step == total:
-      train_metrics = jax.tree.map(lambda *m: jnp.mean(jnp.stack(m), 0), *pending)
+      weights = jnp.array([n for _, n in pending], jnp.float32)
+      train_metrics = jax.tree.map(
+          lambda *m: jnp.average(jnp.stack(m), 0, weights), *(m for m, _ in pending))
       pending = []
       rows = _result_rows(names, step, bs,
                           evaluate(trainer.weights(state), table, eval_sets),

@@ -86,7 +86,8 @@ class Trainer:
     self.members_sharded = population_layout(c, mesh.devices.size) == "members"
     self.state_sharding = (NamedSharding(mesh, P("data")) if self.members_sharded
                            else self.replicated)
-    self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0)
+    self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0,
+                               static_argnames="length")
 
   @staticmethod
   def weights(state):
@@ -170,8 +171,9 @@ class Trainer:
     batch = self.task.sample_batch(key, consts, state["hyper"], state["step"])
     return self._update(state, jax.tree.map(self._shard_batch, batch))
 
-  def _train_chunk(self, state, consts):
-    """steps_per_call optimizer steps for every member; mean metrics out.
+  def _train_chunk(self, state, consts, length=None):
+    """`length` (default steps_per_call) optimizer steps for every member;
+    mean metrics out.
 
     A population of one runs unbatched: on XLA's CPU backend, matmuls with a
     batch dimension of size 1 cost ~60% more than plain ones.
@@ -181,7 +183,7 @@ class Trainer:
     if single:
       state = jax.tree.map(lambda x: x[0], state)
     state, metrics = jax.lax.scan(lambda s, _: step(s, consts), state, None,
-                                  length=self.c.steps_per_call)
+                                  length=length or self.c.steps_per_call)
     metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
     if single:
       state, metrics = jax.tree.map(lambda x: x[None], (state, metrics))

@@ -1,0 +1,82 @@
+"""The trainer's update is optax's: Adam, AdamW, clipping, the warm-up and
+inverse-sqrt schedules, and Adam on the loss plus the L2 penalty."""
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from icl_transience import config as config_lib
+from icl_transience.train import loop
+from icl_transience.train import step as step_lib
+
+from helpers import smoke_config
+
+LR, WARMUP = 1e-3, 2
+
+
+def warmup_inverse_sqrt():
+  """Linear warm-up over WARMUP steps, then lr sqrt(WARMUP / t), t = step + 1."""
+  return optax.join_schedules(
+      [optax.linear_schedule(LR / WARMUP, LR, WARMUP - 1),
+       lambda count: LR * jnp.sqrt(WARMUP / (count + WARMUP))], [WARMUP - 1])
+
+
+CASES = {
+    "adam": ({}, lambda: optax.adam(LR), None),
+    "warmup_inverse_sqrt": ({"optim.warmup_steps": WARMUP,
+                             "optim.schedule": "inverse_sqrt"},
+                            lambda: optax.adam(warmup_inverse_sqrt()), None),
+    "adamw": ({"optim.weight_decay": 0.1},
+              lambda: optax.adamw(LR, weight_decay=0.1), None),
+    "clipping": ({"optim.clip_norm": 0.05},
+                 lambda: optax.chain(optax.clip_by_global_norm(0.05), optax.adam(LR)),
+                 None),
+    "l2_norm": ({"optim.l2": 0.05}, lambda: optax.adam(LR), ("norm", 0.05)),
+    "l2_squared_attention": ({"optim.l2": 0.05, "optim.l2_form": "squared",
+                              "optim.l2_on": "attention"},
+                             lambda: optax.adam(LR), ("squared", 0.05)),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_three_updates_equal_optax(case):
+  fields, reference, l2 = CASES[case]
+  c = smoke_config(**{"optim.lr": LR, **fields})
+  mesh = loop.make_mesh(1)
+  with jax.set_mesh(mesh):
+    trainer = step_lib.Trainer(c, mesh)
+    table = trainer.task.constants(trainer.replicated)
+    member = config_lib.members(c)[0]
+    hyper = {k: jnp.float32(v) for k, v in member.hyper.items()}
+    state = trainer._init_member(member.init_seed, member.data_seed, hyper)  # pylint: disable=protected-access
+    sample = jax.jit(trainer.task.sample_batch, static_argnums=3)
+    batches = [sample(jax.random.PRNGKey(i), table, hyper, i) for i in range(3)]
+    update = jax.jit(trainer._update)  # pylint: disable=protected-access
+    ours = state
+    for batch in batches:
+      ours, _ = update(ours, batch)
+
+    def loss(params, batch):
+      value = trainer.task.loss({"params": params}, batch, hyper, 0)[0]
+      if l2:
+        value += l2[1] * step_lib.l2_penalty(params, l2[0], c.optim.l2_on)
+      return value
+
+    tx = reference()
+
+    @jax.jit
+    def reference_update(params, opt, batch):
+      updates, opt = tx.update(jax.grad(loss)(params, batch), opt, params)
+      return optax.apply_updates(params, updates), opt
+
+    params, opt = state["params"], tx.init(state["params"])
+    for batch in batches:
+      params, opt = reference_update(params, opt, batch)
+  assert int(ours["step"]) == 3
+  moved = 0.0
+  for got, want, start in zip(jax.tree.leaves(ours["params"]), jax.tree.leaves(params),
+                              jax.tree.leaves(state["params"]), strict=True):
+    np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
+    moved = max(moved, float(np.abs(np.asarray(want) - np.asarray(start)).max()))
+  assert moved > 1e-3  # three steps of lr 1e-3 moved the parameters
