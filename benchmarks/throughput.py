@@ -23,6 +23,7 @@ import tempfile
 import time
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from icl_transience import config as config_lib
@@ -32,7 +33,7 @@ from icl_transience.train import step as step_lib
 
 
 def _timed(fn, repeats: int) -> float:
-  fn()  # warm-up (compiles)
+  jax.block_until_ready(fn())  # warm-up (compiles), finished before timing
   start = time.perf_counter()
   for _ in range(repeats):
     out = fn()
@@ -53,32 +54,41 @@ def measure(population: int, fused_steps: int, per_step_iters: int,
     # (a) per-step loop: one compiled step per Python iteration.
     state = jax.tree.map(lambda x: x[0], trainer.init(one))
     step = jax.jit(trainer._step, donate_argnums=0)  # pylint: disable=protected-access
-    holder = {"state": state}
+    holder = {"carry": (state, jnp.bool_(True))}
 
     def per_step():
       for _ in range(per_step_iters):
-        holder["state"], metrics = step(holder["state"], table)
+        holder["carry"], metrics = step(holder["carry"], table)
       return metrics
 
     seconds = _timed(per_step, 1)
     per_step_rate = per_step_iters / seconds
 
     # (b) fused: fused_steps steps per call.
-    holder["state"] = trainer.init(one)
+    fused_rate = fused_calls * fused_steps / _timed(
+        _fused_calls(trainer, one, table), fused_calls)
 
-    def fused():
-      holder["state"], metrics = trainer.train_chunk(holder["state"], table)
-      return metrics
-
-    fused_rate = fused_calls * fused_steps / _timed(fused, fused_calls)
-
-    # (c) a population of P models in one program.
-    members = [config_lib.Member(f"m{i}", i, i, c.optim.lr, 0.0)
-               for i in range(population)]
-    holder["state"] = trainer.init(members)
-    pop_rate = population_calls * fused_steps / _timed(fused, population_calls)
+    # (c) a population of P models in one program, with its own trainer.
+    c.population = "; ".join(f"init_seed={i},data_seed={i}"
+                             for i in range(population))
+    pop_trainer = step_lib.Trainer(c, mesh)
+    pop_rate = population_calls * fused_steps / _timed(
+        _fused_calls(pop_trainer, config_lib.members(c), table), population_calls)
   return dict(per_step=per_step_rate, fused=fused_rate, population_steps=pop_rate,
               population_model_steps=pop_rate * population)
+
+
+def _fused_calls(trainer, members, table):
+  """One fused training call per invocation, on a fresh population state."""
+  holder = {"state": trainer.init(members),
+            "alive": trainer.place(jnp.ones(len(members), bool))}
+
+  def call():
+    holder["state"], holder["alive"], metrics = trainer.train_chunk(
+        holder["state"], table, holder["alive"])
+    return metrics
+  call.holder = holder
+  return call
 
 
 def fused_on_devices(n_devices: int, fused_steps: int, fused_calls: int) -> dict:
@@ -89,14 +99,9 @@ def fused_on_devices(n_devices: int, fused_steps: int, fused_calls: int) -> dict
   with jax.set_mesh(mesh):
     trainer = step_lib.Trainer(c, mesh)
     table = sources.load_table(c.data, trainer.replicated)
-    holder = {"state": trainer.init(config_lib.members(c))}
-
-    def fused():
-      holder["state"], metrics = trainer.train_chunk(holder["state"], table)
-      return metrics
-
+    fused = _fused_calls(trainer, config_lib.members(c), table)
     rate = fused_calls * fused_steps / _timed(fused, fused_calls)
-  return dict(rate=rate, params=jax.device_get(holder["state"]["params"]))
+  return dict(rate=rate, params=jax.device_get(fused.holder["state"]["params"]))
 
 
 def device_table(counts, fused_steps: int, fused_calls: int, out_dir: str):

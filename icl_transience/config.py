@@ -38,6 +38,9 @@ def base_config() -> ml_collections.ConfigDict:
   # How members and batches share devices: auto | batch | members (see
   # train/step.py; auto = members when they divide evenly over the devices).
   c.population_sharding = "auto"
+  # A member whose loss or weights turn non-finite stops training (keeping
+  # its last finite state) while the others go on; False: no check.
+  c.divergence_guard = True
   # Per-member task hyperparameters (numbers; task configs add fields here),
   # settable per member in `population` like lr and l2.
   c.hyper = ml_collections.ConfigDict()
@@ -108,6 +111,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.ckpt.at = ()                  # explicit sequence counts
   c.ckpt.log_spaced = 0           # extra log-spaced points over the horizon
   c.ckpt.keep = 0                 # keep the newest N (0 = keep all)
+  # On resume, unreadable checkpoints move to checkpoints/corrupt/; with none
+  # readable left the run stops, unless this is set: then it starts afresh.
+  c.ckpt.restart_if_corrupt = False
 
   # Weights from another run's checkpoint (workdir; sequences: which
   # checkpoint, -1 = newest; member: '' = its first member).
@@ -259,6 +265,7 @@ def validate_classifier(c):
   """The classifier task's fields (data, train, evals, model)."""
   from icl_transience.evals import probes  # pylint: disable=g-import-not-at-top
   shape = sources.source_shape(c.data)
+  sources.check_finite(c.data)
   _check(c.data.layout in ("intended", "released"), "data.layout",
          "choose intended or released")
   _check(c.data.layout == "intended" or (

@@ -16,6 +16,9 @@ from etils import epath
 
 FILENAME = "metrics.jsonl"
 KEY = ("member", "step", "evaluator", "metric")
+# The evaluator of the one row that marks a member whose training diverged
+# (metric "step", value = the optimizer steps it took); it has no rows after.
+DIVERGED = "diverged"
 
 
 def path(workdir: str) -> str:
@@ -113,6 +116,11 @@ def _locked(workdir: str):
       yield
     finally:
       fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def diverged(rows) -> dict[str, int]:
+  """{member: sequences seen when its training diverged}."""
+  return {r["member"]: r["sequences"] for r in rows if r["evaluator"] == DIVERGED}
 
 
 def rows_from(member: str, step: int, sequences: int,

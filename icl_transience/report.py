@@ -139,14 +139,18 @@ def section_for(evaluator: str) -> Section:
 def build_report(rows, settings: Settings) -> dict:
   """{"settings": ..., section name: [row per (member, evaluator)]}."""
   report = {"settings": dataclasses.asdict(settings)}
+  evaluators = dict.fromkeys(r["evaluator"] for r in rows
+                             if r["evaluator"] != metrics_table.DIVERGED)
   for member in dict.fromkeys(r["member"] for r in rows):
-    for evaluator in dict.fromkeys(r["evaluator"] for r in rows):
+    for evaluator in evaluators:
       section = section_for(evaluator)
       row = section.analyse(rows, member, evaluator, settings)
       if row is not None:
         report.setdefault(section.name, []).append(row)
   if len(report) == 1:
     raise UserError(f"--metric: no evaluator logs {settings.metric!r}")
+  if metrics_table.diverged(rows):
+    report["diverged"] = metrics_table.diverged(rows)  # member: sequences
   return report
 
 
@@ -186,6 +190,8 @@ def write_report(workdir: str, settings: Settings) -> dict:
   for section in dict.fromkeys(SECTIONS.values()):
     if section.name in report:
       print(f"[{section.name}]\n{format_table(report[section.name], section.columns)}")
+  for member, seen in report.get("diverged", {}).items():
+    print(f"member {member} diverged at {seen:,} sequences (no rows after)")
   metrics_table.atomic_write_text(os.path.join(workdir, REPORT_FILENAME),
                                   json.dumps(report, indent=2) + "\n")
   for path in transience_figures(rows, report.get(TRANSIENCE.name, []),

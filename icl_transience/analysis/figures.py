@@ -4,6 +4,9 @@ import os
 import tempfile
 
 import matplotlib
+
+from icl_transience import metrics_table
+
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
@@ -25,6 +28,13 @@ def series(rows, member: str, evaluator: str, metric: str):
   return [p[0] for p in points], [p[1] for p in points]
 
 
+def mark_divergence(ax, rows, member: str):
+  """A dashed line where the member's training diverged (if it did)."""
+  seen = metrics_table.diverged(rows).get(member)
+  if seen is not None:
+    ax.axvline(seen, color="tab:red", ls="--", lw=1, label="diverged")
+
+
 def _save(fig, path: str):
   """Saves atomically: a crash never leaves a truncated PNG."""
   directory = os.path.dirname(os.path.abspath(path))
@@ -44,6 +54,7 @@ def strategy_figure(rows, member: str, path: str):
     if x:
       ax.plot(x, y, label=label, color=colour, lw=1.5)
   ax.axhline(0.5, color="grey", lw=0.5, ls=":")
+  mark_divergence(ax, rows, member)
   ax.set(xlabel="sequences seen", ylabel="accuracy (in-context unless noted)",
          ylim=(-0.02, 1.02), title=f"Strategy evaluators: {member}")
   ax.legend(fontsize=8, loc="center right")
@@ -60,6 +71,7 @@ def loss_figure(rows, member: str, path: str):
     x, y = series(rows, member, evaluator, "loss")
     ax.plot(x, y, label="train (batch)" if evaluator == "train_batch"
             else evaluator, lw=1.5)
+  mark_divergence(ax, rows, member)
   ax.set(xlabel="sequences seen", ylabel="cross-entropy", yscale="log",
          title=f"Losses: {member}")
   ax.legend(fontsize=8)
@@ -69,7 +81,8 @@ def loss_figure(rows, member: str, path: str):
 
 def summary(rows, member: str) -> list[str]:
   """One line per strategy curve: peak (and where) and final value."""
-  lines = []
+  seen = metrics_table.diverged(rows).get(member)
+  lines = [] if seen is None else [f"{member:>12s} diverged at {seen / 1e6:.2f}M"]
   for evaluator, metric, label, _ in STRATEGY_CURVES:
     x, y = series(rows, member, evaluator, metric)
     if x:

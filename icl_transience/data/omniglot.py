@@ -89,7 +89,8 @@ def _slots(labels, where: str):
     count[c] += 1
   for label, c in position.items():
     if count[c] != N_DRAWINGS:
-      raise UserError(f"{where}: character {label} has {count[c]} drawings, "
+      raise UserError(f"data.omniglot_dir: {where}: character {label} has "
+                      f"{count[c]} drawings, "
                       f"expected {N_DRAWINGS}")
   return np.array(list(position), np.int32), slots
 

@@ -72,9 +72,28 @@ def source_shape(data_cfg) -> SourceShape:
     if len(array.shape) != 3:
       raise UserError(f"data.path: expected an array of classes x exemplars x "
                       f"dim, got shape {tuple(array.shape)}")
+    if not np.issubdtype(array.dtype, np.floating):
+      raise UserError(f"data.path: {data_cfg.path} holds {array.dtype} values; "
+                      "features must be floating point")
     return SourceShape(*(int(s) for s in array.shape))
   raise UserError(f"data.source: unknown source '{data_cfg.source}' "
                   f"(choose from {', '.join(SOURCES)})")
+
+
+def check_finite(data_cfg, chunk_bytes: int = 1 << 26):
+  """Refuses a features file holding NaN or Inf (read class by class, in
+  chunks of about chunk_bytes); other sources are finite by construction."""
+  if data_cfg.source != "features":
+    return
+  array = _file_array(data_cfg)
+  row_bytes = int(np.prod(array.shape[1:])) * array.dtype.itemsize
+  step = max(1, chunk_bytes // max(1, row_bytes))
+  for start in range(0, array.shape[0], step):
+    chunk = np.asarray(array[start:start + step])
+    if not np.isfinite(chunk).all():
+      bad = start + int(np.argwhere(~np.isfinite(chunk))[0][0])
+      raise UserError(f"data.path: {data_cfg.path} holds non-finite values "
+                      f"(NaN or Inf), first in class {bad}")
 
 
 def synthetic_table(seed: int, n_classes: int, n_exemplars: int, dim: int,

@@ -7,6 +7,7 @@ Orbax writes each step to a temporary directory and renames it when
 complete, so a crash never leaves a half-written checkpoint behind.
 """
 import os
+import shutil
 
 import jax
 import numpy as np
@@ -81,8 +82,33 @@ def restore_meta(mngr, step: int) -> dict:
       meta=ocp.args.JsonRestore()))["meta"]
 
 
-def latest_step(mngr):
-  step = mngr.latest_step()
-  if step is not None:
-    logging.info("latest checkpoint: step %d", step)
-  return step
+def restore_newest(mngr, workdir: str, abstract_state, member_names):
+  """(step, population state, meta) of the newest readable checkpoint, or
+  None; and the steps found unreadable (partial, damaged, wrong shapes),
+  which are moved to checkpoints/corrupt/<step> with a warning."""
+  unreadable = []
+  for step in sorted(mngr.all_steps(), reverse=True):
+    try:
+      state = restore_population(mngr, step, abstract_state, member_names)
+      meta = restore_meta(mngr, step)
+    except Exception as e:  # pylint: disable=broad-except
+      unreadable.append(step)
+      moved = _quarantine(mngr, workdir, step)
+      logging.warning("checkpoint %d is unreadable (%s): moved to %s", step,
+                      str(e).splitlines()[0] if str(e) else type(e).__name__, moved)
+      continue
+    return (step, state, meta), unreadable
+  return None, unreadable
+
+
+def _quarantine(mngr, workdir: str, step: int) -> str:
+  """Moves a step's directory to checkpoints/corrupt/<step> (process 0)."""
+  root = os.path.join(workdir, "checkpoints")
+  target = os.path.join(root, "corrupt", str(step))
+  if jax.process_index() == 0 and "://" not in workdir:
+    if os.path.exists(target):
+      shutil.rmtree(target)
+    os.makedirs(os.path.dirname(target), exist_ok=True)
+    os.replace(os.path.join(root, f"{step:0{STEP_DIGITS}d}"), target)
+  mngr.reload()
+  return target

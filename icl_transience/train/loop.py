@@ -8,12 +8,12 @@ checkpoint.
 """
 import contextlib
 import json
+import math
 import signal
 import time
 
 import jax
 import jax.numpy as jnp
-import tqdm
 from absl import logging
 from etils import epath
 
@@ -22,12 +22,16 @@ from icl_transience import metrics_table
 from icl_transience.errors import UserError
 from icl_transience.train import checkpoints
 from icl_transience.train import pretrained
+from icl_transience.train import progress
 from icl_transience.train import step as step_lib
+from icl_transience.train import workdir_lock
 
 # Fields a resumed run may change: horizons, schedules, eval batching.
 RESUMABLE_CHANGES = ("total_sequences", "eval_every", "ckpt", "steps_per_call",
                      "evals.batch_size", "num_devices", "population_sharding",
-                     "lds.eval_batch", "omniglot.eval_batch_size")
+                     "divergence_guard", "lds.eval_batch",
+                     "omniglot.eval_batch_size")
+
 
 
 def make_mesh(num_devices: int = 0):
@@ -119,84 +123,175 @@ def train(c, workdir: str):
   """Trains (or resumes) the population of `c` in `workdir`."""
   mesh = make_mesh(c.num_devices)
   config_lib.validate(c, n_devices=mesh.devices.size)
+  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
+  lock = (workdir_lock.hold(workdir) if jax.process_index() == 0
+          else contextlib.nullcontext())
+  with lock:
+    save_config(c, workdir)
+    with jax.set_mesh(mesh):
+      _train(c, workdir, mesh)
+
+
+def _train(c, workdir, mesh):
   members = config_lib.members(c)
   names = [m.name for m in members]
-  epath.Path(workdir).mkdir(parents=True, exist_ok=True)
-  save_config(c, workdir)
-  bs, k = c.batch_size, c.steps_per_call
+  bs = c.batch_size
   total = c.total_sequences // bs
-  eval_period = c.eval_every // bs
-  ckpt_steps = set(checkpoints.schedule(c.ckpt, bs, k, total))
   logging.info("%d member(s) %s on %d device(s); %d steps = %d sequences",
                len(names), names, mesh.devices.size, total, c.total_sequences)
+  trainer = step_lib.Trainer(c, mesh)
+  table = trainer.task.constants(trainer.replicated)
+  evaluate = trainer.population_eval()
+  eval_sets = trainer.task.eval_sets(trainer.replicated)
+  # Every process computes the rows; process 0 writes them.
+  table_rows = metrics_table.MetricsTable(workdir, write=jax.process_index() == 0)
+  run = Run(c, workdir, trainer, table, eval_sets, evaluate, table_rows, names)
+  with checkpoints.manager(workdir, c.ckpt.keep) as mngr, \
+       StopRequest().installed() as stop:
+    run.mngr = mngr
+    found, unreadable = checkpoints.restore_newest(
+        mngr, workdir, trainer.abstract_state(members), names)
+    if found is None and unreadable and not c.ckpt.restart_if_corrupt:
+      raise UserError(
+          f"--workdir: no readable checkpoint in {workdir} (unreadable steps "
+          f"{unreadable} moved to checkpoints/corrupt); set "
+          "--config.ckpt.restart_if_corrupt=True to start the run afresh")
+    if found is None:
+      state, start = pretrained.prepare(c, trainer, trainer.init(members))
+      run.diverged = {}
+      run.append(_result_rows(names, start, bs, evaluate(
+          trainer.weights(state), table, eval_sets)))
+      run.save(state, start)
+    else:
+      start, state, meta = found
+      state = trainer.place(state)
+      run.diverged = dict(meta.get("diverged", {}))
+      logging.info("resumed from step %d (%d sequences)", start, start * bs)
+      if len(run.diverged) == len(names):
+        raise UserError(f"every member diverged; see {metrics_table.path(workdir)}")
+    run.loop(state, start, total, stop)
+    run.wait()
 
-  with jax.set_mesh(mesh):
-    trainer = step_lib.Trainer(c, mesh)
-    table = trainer.task.constants(trainer.replicated)
-    evaluate = trainer.population_eval()
-    eval_sets = trainer.task.eval_sets(trainer.replicated)
-    # Every process computes the rows; process 0 writes them.
-    table_rows = metrics_table.MetricsTable(workdir, write=jax.process_index() == 0)
-    with checkpoints.manager(workdir, c.ckpt.keep) as mngr, \
-         StopRequest().installed() as stop:
-      start = checkpoints.latest_step(mngr)
-      if start is None:
-        state, start = pretrained.prepare(c, trainer, trainer.init(members))
-        table_rows.append(_result_rows(
-            names, start, bs, evaluate(trainer.weights(state), table, eval_sets)))
-        checkpoints.save(mngr, state, names,
-                         dict(step=start, sequences=start * bs, members=names))
-      else:
-        state = trainer.place(checkpoints.restore_population(
-            mngr, start, trainer.abstract_state(members), names))
-        logging.info("resumed from step %d (%d sequences)", start, start * bs)
-      _run(c, trainer, evaluate, state, table, eval_sets, table_rows, mngr,
-           stop, names, start, total, eval_period, ckpt_steps)
-      mngr.wait_until_finished()
 
+class Run:
+  """The host side of one training run: calls, evaluations, rows, saves."""
 
-def _run(c, trainer, evaluate, state, table, eval_sets, table_rows, mngr, stop,
-         names, step, total, eval_period, ckpt_steps):
-  bs, k = c.batch_size, c.steps_per_call
-  pending, in_flight = [], None
-  bar = tqdm.tqdm(total=total, initial=step, unit="step", dynamic_ncols=True,
-                  disable=None if jax.process_index() == 0 else True,
-                  smoothing=0.1)
-  last_time, last_step = time.time(), step
-  while step < total:
-    # A run resumed with another steps_per_call first steps onto its grid.
-    length = k - step % k
-    state, metrics = trainer.train_chunk(state, table, length=length)
-    step += length
-    if in_flight is not None:  # keep one call in flight, no more
-      jax.block_until_ready(in_flight[0])
-      bar.update(in_flight[1])
-    in_flight = (metrics, length)
-    pending.append(in_flight)
-    if step % eval_period == 0 or step == total:
-      weights = jnp.array([n for _, n in pending], jnp.float32)
-      train_metrics = jax.tree.map(
-          lambda *m: jnp.average(jnp.stack(m), 0, weights), *(m for m, _ in pending))
-      pending = []
-      rows = _result_rows(names, step, bs,
-                          evaluate(trainer.weights(state), table, eval_sets),
-                          train_metrics)
-      table_rows.append(rows)
-      shown = _postfix(rows, names, step, bs, trainer.task.shown)
-      bar.set_postfix(shown, refresh=False)
-      now = time.time()  # rate since the previous log (the first includes compiling)
-      rate = (step - last_step) / max(now - last_time, 1e-9)
-      last_time, last_step = now, step
-      logging.info("step %d (%d sequences, %.0f steps/s): %s", step, step * bs,
-                   rate, " ".join(f"{a}={b}" for a, b in shown.items()))
-    if step in ckpt_steps or stop.requested:
-      checkpoints.save(mngr, state, names,
-                       dict(step=step, sequences=step * bs, members=names))
-    if stop.requested:
-      logging.warning("stopped at step %d; run again to resume", step)
-      break
-  bar.update(step - bar.n)
-  bar.close()
-  jax.block_until_ready(state)
-  if step >= total:
-    logging.info("done: %d steps (%d sequences)", step, step * bs)
+  def __init__(self, c, workdir, trainer, table, eval_sets, evaluate,
+               table_rows, names):
+    self.c, self.workdir, self.trainer, self.names = c, workdir, trainer, names
+    self.table, self.eval_sets, self.evaluate = table, eval_sets, evaluate
+    self.table_rows = table_rows
+    self.mngr = None
+    self.diverged = {}  # member -> optimizer steps it took before diverging
+
+  def append(self, rows):
+    try:
+      self.table_rows.append(rows)
+    except OSError as e:
+      raise UserError(
+          f"{metrics_table.path(self.workdir)}: cannot write ({e.strerror or e}); "
+          "the table and the newest checkpoint on disk are whole: free space "
+          "or fix the folder's permissions, then run again to resume") from e
+
+  def save(self, state, step):
+    meta = dict(step=step, sequences=step * self.c.batch_size,
+                members=self.names, diverged=self.diverged)
+    try:
+      checkpoints.save(self.mngr, state, self.names, meta)
+    except OSError as e:
+      raise self._save_error(step, e) from e
+
+  def wait(self):
+    try:
+      self.mngr.wait_until_finished()
+    except OSError as e:
+      raise self._save_error(None, e) from e
+
+  def _save_error(self, step, e):
+    which = "a checkpoint" if step is None else f"the step-{step} checkpoint"
+    return UserError(
+        f"{self.workdir}/checkpoints: cannot write {which} ({e.strerror or e}); "
+        "the newest complete checkpoint and the table are whole: free space "
+        "or fix the folder's permissions, then run again to resume")
+
+  def loop(self, state, step, total, stop):
+    c, trainer = self.c, self.trainer
+    bs, k = c.batch_size, c.steps_per_call
+    eval_period = c.eval_every // bs
+    ckpt_steps = set(checkpoints.schedule(c.ckpt, bs, k, total))
+    alive = trainer.place(jnp.array([n not in self.diverged for n in self.names]))
+    pending, in_flight = [], None
+    last_time, last_step = time.time(), step
+    with progress.bar(total, step, jax.process_index() == 0) as bar:
+      while step < total:
+        # A run resumed with another steps_per_call first steps onto its grid.
+        length = k - step % k
+        state, alive, metrics = trainer.train_chunk(state, self.table, alive,
+                                                    length=length)
+        step += length
+        if in_flight is not None:  # keep one call in flight, no more
+          jax.block_until_ready(in_flight[0])
+          bar.update(in_flight[1])
+        in_flight = (metrics, length)
+        pending.append(in_flight)
+        if step % eval_period == 0 or step == total:
+          weights = jnp.array([n for _, n in pending], jnp.float32)
+          train_metrics = jax.tree.map(
+              lambda *m: jnp.average(jnp.stack(m), 0, weights),
+              *(m for m, _ in pending))
+          pending = []
+          rows = _result_rows(self.names, step, bs, self.evaluate(
+              trainer.weights(state), self.table, self.eval_sets), train_metrics)
+          rows, alive = self._guard(rows, state, alive, step)
+          self.append(rows)
+          shown = _postfix(rows, self.names, step, bs, trainer.task.shown)
+          bar.set_postfix(shown, refresh=False)
+          now = time.time()  # rate since the previous log (the first includes compiling)
+          rate = (step - last_step) / max(now - last_time, 1e-9)
+          last_time, last_step = now, step
+          logging.info("step %d (%d sequences, %.0f steps/s): %s", step, step * bs,
+                       rate, " ".join(f"{a}={b}" for a, b in shown.items()))
+          if len(self.diverged) == len(self.names):
+            self.save(state, step)
+            raise UserError(f"every member diverged (the last at step {step}); "
+                            f"the run stopped; see {metrics_table.path(self.workdir)}")
+        if step in ckpt_steps or stop.requested:
+          self.save(state, step)
+        if stop.requested:
+          logging.warning("stopped at step %d; run again to resume", step)
+          break
+      bar.update(step - bar.n)
+    jax.block_until_ready(state)
+    if step >= total:
+      logging.info("done: %d steps (%d sequences)", step, step * bs)
+
+  def _guard(self, rows, state, alive, step):
+    """Members that diverged since the last evaluation (non-finite training
+    step, or non-finite evaluation loss): one warning and one `diverged`
+    marker row each; no further rows. Returns the rows and alive."""
+    if not self.c.divergence_guard:
+      return rows, alive
+    flags = [bool(a) for a in jax.device_get(alive)]
+    steps = jax.device_get(state["step"])
+    bad_eval = {r["member"]: f"{r['evaluator']} loss {r['value']}" for r in rows
+                if r["metric"] == "loss" and not math.isfinite(r["value"])}
+    train_loss = {r["member"]: r["value"] for r in rows
+                  if (r["evaluator"], r["metric"]) == ("train_batch", "loss")}
+    for i, name in enumerate(self.names):
+      if name in self.diverged or (flags[i] and name not in bad_eval):
+        continue
+      loss = train_loss.get(name, math.nan)
+      reason = (bad_eval[name] if flags[i] else f"loss {loss}"
+                if not math.isfinite(loss) else "non-finite weights")
+      at = int(steps[i])
+      self.diverged[name] = at
+      flags[i] = False
+      logging.warning("member %s diverged at step %d (%d sequences): %s", name,
+                      at, at * self.c.batch_size, reason)
+      rows = rows + [dict(member=name, step=at, sequences=at * self.c.batch_size,
+                          evaluator=metrics_table.DIVERGED, metric="step", value=float(at))]
+    rows = [r for r in rows if r["member"] not in self.diverged or
+            r["evaluator"] == metrics_table.DIVERGED]
+    if flags != [bool(a) for a in jax.device_get(alive)]:
+      alive = self.trainer.place(jnp.array(flags))
+    return rows, alive

@@ -37,8 +37,13 @@ def load_params(ref, field: str, mesh):
       saved = ", ".join(f"{s * src.batch_size:,}" for s in sorted(steps))
       raise UserError(f"{field}.sequences: no checkpoint at {ref.sequences:,} "
                       f"sequences in {ref.workdir} (saved: {saved})")
-    state = checkpoints.restore_member(
-        mngr, step, trainer.abstract_state(members), name)
+    try:
+      state = checkpoints.restore_member(
+          mngr, step, trainer.abstract_state(members), name)
+    except Exception as e:  # pylint: disable=broad-except
+      path = f"{ref.workdir}/checkpoints/{step:0{checkpoints.STEP_DIGITS}d}/{name}"
+      reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+      raise UserError(f"{field}.workdir: cannot restore {path} ({reason})") from e
   logging.info("%s: %s member %s at %d sequences", field, ref.workdir, name,
                step * src.batch_size)
   return state["params"], step * src.batch_size

@@ -86,7 +86,7 @@ class Trainer:
     self.members_sharded = population_layout(c, mesh.devices.size) == "members"
     self.state_sharding = (NamedSharding(mesh, P("data")) if self.members_sharded
                            else self.replicated)
-    self.train_chunk = jax.jit(self._train_chunk, donate_argnums=0,
+    self.train_chunk = jax.jit(self._train_chunk, donate_argnums=(0, 2),
                                static_argnames="length")
 
   @staticmethod
@@ -165,29 +165,40 @@ class Trainer:
     spec = P("data", *([None] * (x.ndim - 1)))
     return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
 
-  def _step(self, state, consts):
-    """One optimizer step of one member (unbatched)."""
+  def _step(self, carry, consts):
+    """One optimizer step of one member (unbatched). With the divergence
+    guard, a step whose loss or new weights are not finite is not taken and
+    the member stops (alive = False): it keeps its last finite state."""
+    state, alive = carry
     key = jax.random.fold_in(state["data_key"], state["step"])
     batch = self.task.sample_batch(key, consts, state["hyper"], state["step"])
-    return self._update(state, jax.tree.map(self._shard_batch, batch))
+    new, metrics = self._update(state, jax.tree.map(self._shard_batch, batch))
+    if self.c.divergence_guard:
+      weights = [new["params"], new.get("model_state", {})]
+      total = sum(jnp.sum(x) for x in jax.tree.leaves(weights))
+      alive = alive & jnp.isfinite(metrics["loss"]) & jnp.isfinite(total)
+      new = jax.tree.map(lambda n, o: jnp.where(alive, n, o), new, state)
+    return (new, alive), metrics
 
-  def _train_chunk(self, state, consts, length=None):
+  def _train_chunk(self, state, consts, alive, length=None):
     """`length` (default steps_per_call) optimizer steps for every member;
-    mean metrics out.
+    alive (P,) bool marks the members still training. Returns the state,
+    alive and the chunk's mean metrics.
 
     A population of one runs unbatched: on XLA's CPU backend, matmuls with a
     batch dimension of size 1 cost ~60% more than plain ones.
     """
     single = state["step"].shape[0] == 1
     step = self._step if single else jax.vmap(self._step, in_axes=(0, None))
+    carry = (state, alive)
     if single:
-      state = jax.tree.map(lambda x: x[0], state)
-    state, metrics = jax.lax.scan(lambda s, _: step(s, consts), state, None,
+      carry = jax.tree.map(lambda x: x[0], carry)
+    carry, metrics = jax.lax.scan(lambda s, _: step(s, consts), carry, None,
                                   length=length or self.c.steps_per_call)
     metrics = jax.tree.map(lambda m: jnp.mean(m, axis=0), metrics)
     if single:
-      state, metrics = jax.tree.map(lambda x: x[None], (state, metrics))
-    return state, metrics
+      carry, metrics = jax.tree.map(lambda x: x[None], (carry, metrics))
+    return carry[0], carry[1], metrics
 
   # --- evaluation -----------------------------------------------------------
   def population_eval(self):
