@@ -34,6 +34,10 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0 (multi-host).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Process count (multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process (multi-host).")
+_PROFILE = flags.DEFINE_string(
+    "profile", "", "Write a jax.profiler trace of 3 fused training calls "
+    "(after the first, which compiles) to this folder (TensorBoard: "
+    "tensorboard --logdir=FOLDER, Profile tab).")
 
 
 def initialize_distributed():
@@ -57,7 +61,7 @@ def main(argv):
   cli.quiet_library_logs()
   if _MULTIHOST.value:
     initialize_distributed()
-  loop.train(_CONFIG.value, _WORKDIR.value)
+  loop.train(_CONFIG.value, _WORKDIR.value, _PROFILE.value)
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ from icl_transience.models import graft
 from icl_transience.models import transformer
 
 MEMBER_FIELDS = {"init_seed": int, "data_seed": int, "lr": float, "l2": float}
+MATMUL_PRECISIONS = ("highest", "high", "default")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -38,6 +39,11 @@ def base_config() -> ml_collections.ConfigDict:
   # How members and batches share devices: auto | batch | members (see
   # train/step.py; auto = members when they divide evenly over the devices).
   c.population_sharding = "auto"
+  # float32 matmul precision of training and evaluation: highest (full
+  # float32 on every backend), high (bf16_3x / TF32-like), default (the
+  # backend's: TF32 on A100/H100, one bf16 pass on TPU). Data generation
+  # always uses highest.
+  c.matmul_precision = "highest"
   # A member whose loss or weights turn non-finite stops training (keeping
   # its last finite state) while the others go on; False: no check.
   c.divergence_guard = True
@@ -298,6 +304,8 @@ def validate(c, n_devices: int = 1):
   for field in c.get("hyper", {}):
     _check(isinstance(c.hyper[field], (int, float)), f"hyper.{field}",
            "per-member fields must be numbers")
+  _check(c.matmul_precision in MATMUL_PRECISIONS,
+         "matmul_precision", f"choose {', '.join(MATMUL_PRECISIONS)}")
   _check(c.optim.l2_on in ("all", "mlp", "attention", "embedder"), "optim.l2_on",
          "choose all, mlp, attention or embedder")
   _check(c.optim.l2_form in ("norm", "squared"), "optim.l2_form",

@@ -2,9 +2,15 @@
 
 One JSON object per line: member, step, sequences, evaluator, metric, value.
 Rows are unique on (member, step, evaluator, metric): the training loop and
-the checkpoint-sweep job both append, and duplicates are dropped. Every
-write replaces the file atomically (temporary file + rename), so a crash
-never leaves a half-written table.
+the checkpoint-sweep job both append, and duplicates are dropped.
+
+Appends are O(new rows): under an exclusive lock (other sweep jobs may
+append concurrently) a writer reads only what others appended since its last
+read, then appends its new lines in one write and fsyncs. A write that fails
+(disk full) is cut back, and a line left partial by a crash is ignored by
+readers and cut before the next append, so the table is always whole lines.
+On object stores (gs://), which cannot append, the one writer replaces the
+whole object.
 """
 import contextlib
 import fcntl
@@ -29,11 +35,16 @@ def is_remote(filename: str) -> bool:
   return "://" in str(filename)  # gs://... and other etils paths
 
 
+def _parse(text: str) -> list[dict]:
+  """The complete lines' rows (text after the last newline is partial)."""
+  return [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
+
+
 def read(workdir: str) -> list[dict]:
   p = epath.Path(path(workdir))
   if not p.exists():
     return []
-  return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+  return _parse(p.read_text())
 
 
 def atomic_write(filename: str, write, binary: bool = False):
@@ -68,15 +79,32 @@ class MetricsTable:
   def __init__(self, workdir: str, write: bool = True):
     self.workdir = workdir
     self.write = write  # False: keep rows in memory only (non-lead processes)
-    self.rows = read(workdir)
-    self._keys = {tuple(r[k] for k in KEY) for r in self.rows}
-    self._evaluated = {k[:3] for k in self._keys}
+    self.rows, self._keys, self._evaluated = [], set(), set()
+    self._file = (None, 0)  # (inode, bytes of whole lines) read so far
+    self._take(self._read_new())
 
   def has(self, member: str, step: int, evaluator: str) -> bool:
     return (member, step, evaluator) in self._evaluated
 
   def append(self, rows: list[dict]) -> int:
     """Adds the rows not already present; returns how many were added."""
+    if not self.write:
+      return len(self._take(rows))
+    if is_remote(self.workdir):
+      fresh = self._take(rows)
+      if fresh:
+        atomic_write_text(path(self.workdir), "".join(
+            json.dumps(r) + "\n" for r in self.rows))
+      return len(fresh)
+    with _locked(self.workdir):
+      self._take(self._read_new())  # what other jobs appended meanwhile
+      fresh = self._take(rows)
+      if fresh:
+        self._append_lines("".join(json.dumps(r) + "\n" for r in fresh))
+    return len(fresh)
+
+  def _take(self, rows) -> list[dict]:
+    """Keeps the rows whose key is new; returns them."""
     fresh = []
     for row in rows:
       key = tuple(row[k] for k in KEY)
@@ -84,23 +112,53 @@ class MetricsTable:
         self._keys.add(key)
         self._evaluated.add(key[:3])
         fresh.append(row)
-    if fresh:
-      self.rows.extend(fresh)
-    if fresh and self.write:
-      with _locked(self.workdir):  # other sweep jobs may append concurrently
-        self._merge_from_disk()
-        atomic_write_text(path(self.workdir), "".join(
-            json.dumps(r) + "\n" for r in self.rows))
-    return len(fresh)
+    self.rows.extend(fresh)
+    return fresh
 
-  def _merge_from_disk(self):
-    """Takes in rows that another process wrote since this table was read."""
-    for row in read(self.workdir):
-      key = tuple(row[k] for k in KEY)
-      if key not in self._keys:
-        self._keys.add(key)
-        self._evaluated.add(key[:3])
-        self.rows.append(row)
+  def _read_new(self) -> list[dict]:
+    """Rows of the whole lines written since the last read (all of them if
+    the file was replaced)."""
+    p = path(self.workdir)
+    if is_remote(p):
+      return read(self.workdir)
+    try:
+      f = open(p, "rb")
+    except FileNotFoundError:
+      return []
+    with f:
+      inode, done = self._file
+      if os.fstat(f.fileno()).st_ino != inode:
+        done = 0
+      f.seek(done)
+      data = f.read()
+      whole = data[:data.rfind(b"\n") + 1]
+      self._file = (os.fstat(f.fileno()).st_ino, done + len(whole))
+    return _parse(whole.decode())
+
+  def _append_lines(self, text: str):
+    """Appends whole lines after the last whole line read (a partial line
+    left by a crash is cut); a failed write is cut back."""
+    fd = os.open(path(self.workdir), os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+      inode, done = self._file
+      if os.fstat(fd).st_ino != inode:
+        done = 0  # a new file
+      os.ftruncate(fd, done)
+      os.lseek(fd, done, os.SEEK_SET)
+      try:
+        _write_all(fd, text.encode())
+        os.fsync(fd)
+      except OSError:
+        os.ftruncate(fd, done)
+        raise
+      self._file = (os.fstat(fd).st_ino, done + len(text.encode()))
+    finally:
+      os.close(fd)
+
+
+def _write_all(fd: int, data: bytes):
+  while data:
+    data = data[os.write(fd, data):]
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ from helpers import run_cli, smoke_config
     ({"warm_start.workdir": "/nonexistent"}, "^warm_start.workdir: no run in /nonexistent"),
     ({"optim.schedule": "cosine"}, "^optim.schedule: "),
     ({"batch_size": 0}, "^batch_size: "),
+    ({"matmul_precision": "fp8"}, "^matmul_precision: choose highest, high, default"),
 ])
 def test_bad_config_fields_are_named(fields, match):
   with pytest.raises(UserError, match=match):

@@ -240,22 +240,18 @@ def test_log_lines_go_above_the_bar_on_a_terminal(tmp_path):
   assert "%|" not in piped.stderr
 
 
-ORIGINAL_WRITE = metrics_table.atomic_write_text
+def full_disk_on_second_append(first):
+  """metrics_table._write_all whose second call writes half, then fails as
+  on a full disk; `first` receives the bytes of the first."""
+  write_all = metrics_table._write_all  # pylint: disable=protected-access
 
-
-def failing_second_table_write(first):
-  """atomic_write_text whose second write of a metrics table fails half-way
-  (a full disk); `first` receives the text of the first."""
-  def atomic_write_text(filename, text):
-    if not filename.endswith(metrics_table.FILENAME) or not first:
-      first.extend([text] if filename.endswith(metrics_table.FILENAME) else [])
-      return ORIGINAL_WRITE(filename, text)
-
-    def half_then_full_disk(f):
-      f.write(text[:len(text) // 2])
-      raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-    return metrics_table.atomic_write(filename, half_then_full_disk)
-  return atomic_write_text
+  def half_then_full_disk(fd, data):
+    if not first:
+      first.append(data)
+      return write_all(fd, data)
+    write_all(fd, data[:len(data) // 2])
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+  return half_then_full_disk
 
 
 def test_failing_writes_stop_the_run_and_leave_table_and_checkpoints_whole(
@@ -263,13 +259,11 @@ def test_failing_writes_stop_the_run_and_leave_table_and_checkpoints_whole(
   c = smoke_config()
   workdir = str(tmp_path / "run")
   first = []
-  monkeypatch.setattr(metrics_table, "atomic_write_text",
-                      failing_second_table_write(first))
+  monkeypatch.setattr(metrics_table, "_write_all", full_disk_on_second_append(first))
   with pytest.raises(UserError, match="metrics.jsonl: cannot write \\(No space left"):
     loop.train(c, workdir)
-  on_disk = open(metrics_table.path(workdir)).read()
-  assert on_disk == first[0]  # the step-0 rows, whole
-  assert not [f for f in os.listdir(workdir) if f.startswith(".tmp-")]
+  with open(metrics_table.path(workdir), "rb") as f:
+    assert f.read() == first[0]  # the step-0 rows, whole
   monkeypatch.undo()
   save = checkpoints.save
 

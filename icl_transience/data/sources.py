@@ -110,7 +110,10 @@ def synthetic_table(seed: int, n_classes: int, n_exemplars: int, dim: int,
     eps = jax.random.normal(k_eps, (n_classes, n_exemplars, rank))
     a = jax.random.normal(k_a, (rank, dim)) / np.sqrt(rank)
     noise = jax.random.normal(k_noise, (n_classes, n_exemplars, dim))
-    return (z + spread * eps) @ a + isotropic_noise * noise
+    # Full float32 precision whatever the backend's default (TF32 on recent
+    # GPUs, one bf16 pass on TPUs): one seed, one table, on every machine.
+    points = jnp.matmul(z + spread * eps, a, precision=jax.lax.Precision.HIGHEST)
+    return points + isotropic_noise * noise
 
   return make(jax.random.PRNGKey(seed))
 

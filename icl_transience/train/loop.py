@@ -26,6 +26,7 @@ from icl_transience.train import progress
 from icl_transience.train import step as step_lib
 from icl_transience.train import workdir_lock
 
+PROFILED_CALLS = 3  # fused calls traced by --profile
 # Fields a resumed run may change: horizons, schedules, eval batching.
 RESUMABLE_CHANGES = ("total_sequences", "eval_every", "ckpt", "steps_per_call",
                      "evals.batch_size", "num_devices", "population_sharding",
@@ -119,8 +120,9 @@ def _postfix(rows, names, step, batch_size, shown_probes):
   return shown
 
 
-def train(c, workdir: str):
-  """Trains (or resumes) the population of `c` in `workdir`."""
+def train(c, workdir: str, profile_dir: str = ""):
+  """Trains (or resumes) the population of `c` in `workdir`; with
+  profile_dir, writes a profiler trace of PROFILED_CALLS fused calls there."""
   mesh = make_mesh(c.num_devices)
   config_lib.validate(c, n_devices=mesh.devices.size)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
@@ -129,10 +131,10 @@ def train(c, workdir: str):
   with lock:
     save_config(c, workdir)
     with jax.set_mesh(mesh):
-      _train(c, workdir, mesh)
+      _train(c, workdir, mesh, profile_dir)
 
 
-def _train(c, workdir, mesh):
+def _train(c, workdir, mesh, profile_dir):
   members = config_lib.members(c)
   names = [m.name for m in members]
   bs = c.batch_size
@@ -146,6 +148,7 @@ def _train(c, workdir, mesh):
   # Every process computes the rows; process 0 writes them.
   table_rows = metrics_table.MetricsTable(workdir, write=jax.process_index() == 0)
   run = Run(c, workdir, trainer, table, eval_sets, evaluate, table_rows, names)
+  run.profile_dir = profile_dir
   with checkpoints.manager(workdir, c.ckpt.keep) as mngr, \
        StopRequest().installed() as stop:
     run.mngr = mngr
@@ -183,6 +186,7 @@ class Run:
     self.table_rows = table_rows
     self.mngr = None
     self.diverged = {}  # member -> optimizer steps it took before diverging
+    self.profile_dir, self.tracing = "", False
 
   def append(self, rows):
     try:
@@ -222,8 +226,11 @@ class Run:
     alive = trainer.place(jnp.array([n not in self.diverged for n in self.names]))
     pending, in_flight = [], None
     last_time, last_step = time.time(), step
+    calls = 0
     with progress.bar(total, step, jax.process_index() == 0) as bar:
       while step < total:
+        self._profile(calls, state)
+        calls += 1
         # A run resumed with another steps_per_call first steps onto its grid.
         length = k - step % k
         state, alive, metrics = trainer.train_chunk(state, self.table, alive,
@@ -262,8 +269,26 @@ class Run:
           break
       bar.update(step - bar.n)
     jax.block_until_ready(state)
+    self._profile(-1, state)
     if step >= total:
       logging.info("done: %d steps (%d sequences)", step, step * bs)
+
+  def _profile(self, calls: int, state):
+    """Traces calls 1..PROFILED_CALLS (the first compiles) into
+    profile_dir/plugins/profile/, where TensorBoard's profile tab looks;
+    calls = -1 at the end stops a trace still running."""
+    if not self.profile_dir or jax.process_index() != 0:
+      return
+    if calls == 1:
+      jax.block_until_ready(state)
+      jax.profiler.start_trace(self.profile_dir)
+      self.tracing = True
+    elif self.tracing and calls in (1 + PROFILED_CALLS, -1):
+      jax.block_until_ready(state)
+      jax.profiler.stop_trace()
+      self.tracing = False
+      logging.info("profile of %d fused calls written to %s", PROFILED_CALLS,
+                   self.profile_dir)
 
   def _guard(self, rows, state, alive, step):
     """Members that diverged since the last evaluation (non-finite training

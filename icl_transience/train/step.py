@@ -24,6 +24,7 @@ Layouts over the 'data' mesh axis (config population_sharding):
   auto     members when the population divides evenly over more than one
            device, else batch.
 """
+import functools
 
 import jax
 import jax.numpy as jnp
@@ -86,8 +87,16 @@ class Trainer:
     self.members_sharded = population_layout(c, mesh.devices.size) == "members"
     self.state_sharding = (NamedSharding(mesh, P("data")) if self.members_sharded
                            else self.replicated)
-    self.train_chunk = jax.jit(self._train_chunk, donate_argnums=(0, 2),
-                               static_argnames="length")
+    self.train_chunk = jax.jit(self._precise(self._train_chunk),
+                               donate_argnums=(0, 2), static_argnames="length")
+
+  def _precise(self, fn):
+    """fn traced under the config's matmul precision (see config.py)."""
+    @functools.wraps(fn)
+    def traced(*args, **kwargs):
+      with jax.default_matmul_precision(self.c.matmul_precision):
+        return fn(*args, **kwargs)
+    return traced
 
   @staticmethod
   def weights(state):
@@ -121,7 +130,8 @@ class Trainer:
 
   def init(self, members):
     """The population's initial state, laid out over the mesh."""
-    init = jax.jit(jax.vmap(self._init_member), out_shardings=self.state_sharding)
+    init = jax.jit(self._precise(jax.vmap(self._init_member)),
+                   out_shardings=self.state_sharding)
     return init(*self._member_arrays(members))
 
   def place(self, state):
@@ -203,4 +213,5 @@ class Trainer:
   # --- evaluation -----------------------------------------------------------
   def population_eval(self):
     """jit(vmap(task.evaluate)) over a stacked population (or checkpoints)."""
-    return jax.jit(jax.vmap(self.task.evaluate, in_axes=(0, None, None)))
+    return jax.jit(self._precise(jax.vmap(self.task.evaluate,
+                                          in_axes=(0, None, None))))

@@ -1,0 +1,67 @@
+"""Right on every backend: full-precision matmuls where configured, and
+deterministic GPU kernels requested before JAX starts."""
+import os
+import re
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from icl_transience import config as config_lib
+from icl_transience.data import sources
+from icl_transience.train import loop
+from icl_transience.train import step as step_lib
+
+from helpers import run_cli, smoke_config
+
+
+def dot_precisions(lowered) -> set[str]:
+  """The precision of every dot_general of a lowered program."""
+  return set(re.findall(r"dot_general.*precision = \[(\w+), \w+\]", lowered.as_text()))
+
+
+def test_the_synthetic_table_is_full_precision_whatever_the_default():
+  make = lambda: sources.synthetic_table(0, 30, 10, 64, 4, 0.7, 0.1)
+  with jax.default_matmul_precision("bfloat16"):
+    lowered = jax.jit(make).lower()
+    table = np.asarray(make())
+  assert dot_precisions(lowered) == {"HIGHEST"}
+  with jax.default_matmul_precision("highest"):
+    np.testing.assert_array_equal(table, np.asarray(make()))
+
+
+@pytest.mark.parametrize("precision,expected", [("highest", {"HIGHEST"}),
+                                                ("default", {"DEFAULT"})])
+def test_training_and_evaluation_use_the_configured_precision(precision, expected):
+  c = smoke_config(matmul_precision=precision)
+  mesh = loop.make_mesh(1)
+  with jax.set_mesh(mesh), jax.default_matmul_precision("bfloat16"):
+    trainer = step_lib.Trainer(c, mesh)
+    members = config_lib.members(c)
+    state = trainer.init(members)
+    table = trainer.task.constants(trainer.replicated)
+    alive = trainer.place(jnp.ones(1, bool))
+    train = trainer.train_chunk.lower(state, table, alive)
+    sets = trainer.task.eval_sets(trainer.replicated)
+    evaluate = trainer.population_eval().lower(trainer.weights(state), table, sets)
+  assert dot_precisions(train) == expected
+  assert dot_precisions(evaluate) == expected
+
+
+def test_the_package_asks_for_deterministic_gpu_kernels_unless_told_otherwise():
+  # this process imported the package before JAX started a backend
+  assert "--xla_gpu_deterministic_ops=true" in os.environ["XLA_FLAGS"]
+  opted_out = run_cli(["-c", "import os, icl_transience, jax; jax.devices(); "
+                             "print(os.environ['XLA_FLAGS'])"],
+                      env={"XLA_FLAGS": "--xla_gpu_deterministic_ops=false"})
+  assert opted_out.returncode == 0, opted_out.stderr
+  assert opted_out.stdout.split() == ["--xla_gpu_deterministic_ops=false"]
+
+
+def test_profile_traces_fused_calls_where_tensorboard_looks(tmp_path):
+  loop.train(smoke_config(), str(tmp_path / "run"), profile_dir=str(tmp_path / "prof"))
+  root = tmp_path / "prof" / "plugins" / "profile"
+  (run,) = os.listdir(root)
+  traces = os.listdir(root / run)
+  assert any(name.endswith(".xplane.pb") for name in traces), traces
