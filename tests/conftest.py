@@ -54,7 +54,7 @@ def omniglot_subsets(omniglot_dir):  # pylint: disable=redefined-outer-name
 
 # Files whose tests take longest start first, so that the two test workers
 # (pytest-xdist, one file each at a time) finish together.
-SLOW_FIRST = ("test_multidevice.py", "test_multihost.py", "test_omniglot_task.py",
+SLOW_FIRST = ("test_multidevice.py", "test_omniglot_task.py",
               "test_reliability.py", "test_resume.py", "test_train.py",
               "test_interventions.py", "test_plateau_task.py", "test_lds_task.py",
               "test_toy.py", "test_sweep.py", "test_optimizer.py")

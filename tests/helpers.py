@@ -3,6 +3,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 
 import jax
 import numpy as np
@@ -51,6 +52,23 @@ def fake_devices(n: int) -> dict:
   flags = os.environ.get("XLA_FLAGS", "")
   return {"XLA_FLAGS": f"{flags} --xla_force_host_platform_device_count={n}".strip(),
           "JAX_PLATFORMS": "cpu"}
+
+
+def start_smoke_trainer(workdir, fields: dict):
+  """main.py on the smoke config in the background, returned once it has
+  saved its step-0 checkpoint (its signal handlers and lock are in place)."""
+  proc = subprocess.Popen(
+      [sys.executable, "main.py", "--config=configs/smoke.py", f"--workdir={workdir}"]
+      + [f"--config.{k}={v}" for k, v in fields.items()], cwd=REPO,
+      env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.DEVNULL,
+      stderr=subprocess.PIPE, text=True)
+  deadline = time.time() + 240
+  while not os.path.isdir(os.path.join(workdir, "checkpoints", "00000000")):
+    if time.time() > deadline or proc.poll() is not None:
+      proc.kill()
+      raise AssertionError(f"the trainer did not start: {proc.communicate()[1]}")
+    time.sleep(0.05)
+  return proc
 
 
 def run_cli(args, env=None, timeout=600):

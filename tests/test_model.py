@@ -31,15 +31,20 @@ def test_variant_parameter_counts():
   assert n_params(depth=1) == 1_719_232 - 16_512
 
 
-@pytest.mark.parametrize("positions", transformer.POSITIONS)
-def test_query_logits_ignore_nothing_before_and_positions_matter(positions):
-  cfg = ml_collections.ConfigDict(dict(depth=2, d_model=16, n_heads=2, mlp_ratio=0,
-                                       positions=positions, max_len=32,
-                                       pos_timescale=30.0))
+def tiny_model(positions, mlp_ratio=0):
+  """A 2-block model, 4 two-pair sequences and its initial variables."""
+  cfg = ml_collections.ConfigDict(dict(depth=2, d_model=16, n_heads=2,
+                                       mlp_ratio=mlp_ratio, positions=positions,
+                                       max_len=32, pos_timescale=30.0))
   model = transformer.build_model(cfg, 10)
   feats = jax.random.normal(jax.random.PRNGKey(1), (4, 3, 8))
   labels = jnp.array([[1, 2]] * 4)
-  params = model.init(jax.random.PRNGKey(0), feats, labels)
+  return model, feats, labels, model.init(jax.random.PRNGKey(0), feats, labels)
+
+
+@pytest.mark.parametrize("positions", transformer.POSITIONS)
+def test_query_logits_ignore_nothing_before_and_positions_matter(positions):
+  model, feats, labels, params = tiny_model(positions)
   out = model.apply(params, feats, labels)
   assert out.shape == (4, 10) and np.isfinite(out).all()
   # every input token influences the query logits
@@ -61,13 +66,8 @@ def test_sinusoids_interleave_sin_and_cos():
 def test_a_token_changes_no_earlier_position(positions):
   """Causal attention: the residual streams of every block before token t
   are those of a sequence whose token t (and later ones) differ."""
-  cfg = ml_collections.ConfigDict(dict(depth=2, d_model=16, n_heads=2, mlp_ratio=4,
-                                       positions=positions, max_len=32,
-                                       pos_timescale=30.0))
-  model = transformer.build_model(cfg, 10)
-  feats = jax.random.normal(jax.random.PRNGKey(1), (4, 3, 8))
-  labels = jnp.array([[1, 2]] * 4)
-  params = model.init(jax.random.PRNGKey(0), feats, labels)["params"]
+  model, feats, labels, variables = tiny_model(positions, mlp_ratio=4)
+  params = variables["params"]
   stream = lambda f, l: np.asarray(interventions.record(model, params, f, l)["residual"])
   clean = stream(feats, labels)  # (B, depth + 1, tokens, D); tokens x1 y1 x2 y2 xq
   for t, (f, l) in {1: (feats, labels.at[:, 0].set(7)),

@@ -1,14 +1,27 @@
-"""Data parallelism on fake CPU devices: 8 devices train one member like 1
-device (same batch); on 2 devices a population split over the members trains
-like one split over the batch."""
+"""Data parallelism on fake CPU devices and local processes: 8 devices train
+one member like 1 device (same batch); on 2 devices a population split over
+the members trains like one split over the batch; two processes with 4
+devices each train like one device.
+
+One file, so that one test worker runs these device-hungry subprocesses one
+after another. Each process has more fake devices than the CI machine has
+cores (XLA's CPU client sizes its thread pool to the larger of the two):
+with 2 devices on 2 busy cores an all-reduce once waited 40 s for the other
+device's thread and XLA aborted the process.
+"""
+import os
+import socket
+import subprocess
+import sys
 import textwrap
 
 import jax
 import numpy as np
 
+from icl_transience import metrics_table
 from icl_transience.train import loop
 
-from helpers import fake_devices, final_state, run_cli, smoke_config
+from helpers import REPO, fake_devices, final_state, run_cli, smoke_config
 
 SHAPE = dict(batch_size=16, total_sequences=320, eval_every=320, **{"ckpt.every": 0})
 POPULATION = "init_seed=1; init_seed=2,lr=3e-3"
@@ -49,10 +62,53 @@ def test_eight_devices_train_one_member_like_one_device(tmp_path):
 
 
 def test_a_population_over_the_devices_trains_like_one_over_the_batch(tmp_path):
-  train_on(2, tmp_path, {
+  train_on(4, tmp_path, {  # 4 devices present, the mesh uses 2
       "members": {"num_devices": 2, "population": POPULATION},
       "batch": {"num_devices": 2, "population": POPULATION,
                 "population_sharding": "batch"}})
   c = smoke_config(population=POPULATION, **SHAPE)
   assert_close(final_state(c, str(tmp_path / "members")),
                final_state(c, str(tmp_path / "batch")))
+
+
+HOST_SHAPE = {"batch_size": 16, "total_sequences": 320, "eval_every": 160,
+              "ckpt.every": 160}
+
+
+def free_port():
+  with socket.socket() as s:
+    s.bind(("localhost", 0))
+    return s.getsockname()[1]
+
+
+def main_args(workdir):
+  return (["main.py", "--config=configs/smoke.py", f"--workdir={workdir}"] +
+          [f"--config.{k}={v}" for k, v in HOST_SHAPE.items()])
+
+
+def test_two_processes_of_four_devices_train_like_one_device(tmp_path):
+  two, one = str(tmp_path / "two"), str(tmp_path / "one")
+  address = f"localhost:{free_port()}"
+  env = dict(fake_devices(4), PYTHONPATH=REPO)
+  procs = [subprocess.Popen(
+      [sys.executable] + main_args(two) + [
+          "--multihost", f"--coordinator_address={address}", "--num_processes=2",
+          f"--process_id={i}"], cwd=REPO, env=dict(os.environ, **env),
+      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
+  outs = [p.communicate(timeout=400) for p in procs]
+  for p, (_, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+  assert "process 1 of 2; 4 local of 8 devices" in outs[1][1]
+  c = smoke_config(**HOST_SHAPE)
+  loop.train(c, one)  # here: one process, one device
+  a, b = final_state(c, two), final_state(c, one)
+  assert int(a["step"][0]) == 20
+  for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
+    np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+  # the metrics table holds the same rows, once each
+  rows = [{(r["step"], r["evaluator"], r["metric"]): r["value"]
+           for r in metrics_table.read(w)} for w in (two, one)]
+  assert rows[0].keys() == rows[1].keys()
+  assert len(metrics_table.read(two)) == len(rows[0])
+  for key, value in rows[0].items():
+    np.testing.assert_allclose(value, rows[1][key], rtol=1e-4, atol=1e-5, err_msg=str(key))

@@ -6,12 +6,10 @@ import logging
 import os
 import pty
 import re
-import signal
 import struct
 import subprocess
 import sys
 import termios
-import time
 import zipfile
 
 import h5py
@@ -30,7 +28,7 @@ from icl_transience.train import checkpoints
 from icl_transience.train import loop
 
 from helpers import (REPO, assert_trees_equal, copy_run, final_state, run_cli,
-                     smoke_config)
+                     smoke_config, start_smoke_trainer)
 
 
 def checkpoint_steps(workdir):
@@ -185,16 +183,8 @@ def test_damaged_checkpoints_are_quarantined_and_resume_is_exact(
 def test_a_second_trainer_is_refused_until_the_first_dies(tmp_path):
   workdir = str(tmp_path / "run")
   long = {"total_sequences": 4_000_000, "eval_every": 4_000_000, "ckpt.every": 0}
-  first = subprocess.Popen(
-      [sys.executable, "main.py", "--config=configs/smoke.py", f"--workdir={workdir}"]
-      + [f"--config.{k}={v}" for k, v in long.items()], cwd=REPO,
-      env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE, text=True)
+  first = start_smoke_trainer(workdir, long)
   try:
-    deadline = time.time() + 240
-    while not os.path.isdir(os.path.join(workdir, "checkpoints", "00000000")):
-      assert time.time() < deadline and first.poll() is None, first.stderr.read()
-      time.sleep(0.05)
     with pytest.raises(UserError, match=f"in use by a trainer \\(pid {first.pid} on "
                        f"{re.escape(os.uname().nodename)}, started "):
       loop.train(smoke_config(**long), workdir)

@@ -3,8 +3,6 @@ a SIGKILL in the middle of a checkpoint save, with another steps_per_call;
 and a workdir accepts only the changes a resumed run may make."""
 import os
 import signal
-import subprocess
-import sys
 import textwrap
 import time
 
@@ -17,7 +15,8 @@ from icl_transience import metrics_table
 from icl_transience.errors import UserError
 from icl_transience.train import loop
 
-from helpers import REPO, assert_trees_equal, copy_run, final_state, run_cli, smoke_config
+from helpers import (assert_trees_equal, copy_run, final_state, run_cli,
+                     smoke_config, start_smoke_trainer)
 
 
 def checkpoint_steps(workdir):
@@ -44,16 +43,7 @@ def test_sigterm_saves_and_resume_continues_bit_exact(tmp_path):
   past the stop matches a run that was never stopped."""
   workdir = str(tmp_path / "killed")
   horizon = {"total_sequences": 400_000, "eval_every": 400_000, "ckpt.every": 0}
-  proc = subprocess.Popen(
-      [sys.executable, "main.py", "--config=configs/smoke.py", f"--workdir={workdir}"]
-      + [f"--config.{k}={v}" for k, v in horizon.items()], cwd=REPO,
-      env=dict(os.environ, PYTHONPATH=REPO), stdout=subprocess.DEVNULL,
-      stderr=subprocess.PIPE, text=True)
-  deadline = time.time() + 240
-  # the step-0 checkpoint is written once the signal handlers are in place
-  while not os.path.isdir(os.path.join(workdir, "checkpoints", "00000000")):
-    assert time.time() < deadline and proc.poll() is None, proc.stderr.read()
-    time.sleep(0.05)
+  proc = start_smoke_trainer(workdir, horizon)
   time.sleep(0.5)
   proc.send_signal(signal.SIGTERM)
   _, err = proc.communicate(timeout=120)

@@ -7,7 +7,6 @@ task's constants); the model is transformer.SequenceClassifier, optionally
 grafted to a frozen model (weights["frozen"], spec III.7); the loss is the
 query's cross-entropy; evaluators are the plug-ins of evals/probes.py.
 """
-import jax
 import jax.numpy as jnp
 import optax
 
