@@ -44,7 +44,7 @@ def base_config() -> ml_collections.ConfigDict:
   # backend's: TF32 on A100/H100, one bf16 pass on TPU). Data generation
   # always uses highest.
   c.matmul_precision = "highest"
-  # A member whose loss or weights turn non-finite stops training (keeping
+  # A member whose loss or gradients turn non-finite stops training (keeping
   # its last finite state) while the others go on; False: no check.
   c.divergence_guard = True
   # Per-member task hyperparameters (numbers; task configs add fields here),

@@ -53,9 +53,9 @@ def test_three_updates_equal_optax(case):
     sample = jax.jit(trainer.task.sample_batch, static_argnums=3)
     batches = [sample(jax.random.PRNGKey(i), table, hyper, i) for i in range(3)]
     update = jax.jit(trainer._update)  # pylint: disable=protected-access
-    ours = state
+    ours, alive = state, jnp.bool_(True)
     for batch in batches:
-      ours, _ = update(ours, batch)
+      ours, alive, _ = update(ours, batch, alive)
 
     def loss(params, batch):
       value = trainer.task.loss({"params": params}, batch, hyper, 0)[0]
@@ -73,7 +73,7 @@ def test_three_updates_equal_optax(case):
     params, opt = state["params"], tx.init(state["params"])
     for batch in batches:
       params, opt = reference_update(params, opt, batch)
-  assert int(ours["step"]) == 3
+  assert int(ours["step"]) == 3 and bool(alive)
   moved = 0.0
   for got, want, start in zip(jax.tree.leaves(ours["params"]), jax.tree.leaves(params),
                               jax.tree.leaves(state["params"]), strict=True):

@@ -154,9 +154,16 @@ class Trainer:
           params, self.c.optim.l2_form, self.c.optim.l2_on)
     return loss, aux
 
-  def _update(self, state, batch):
+  def _update(self, state, batch, alive):
+    """One optimizer step. With the divergence guard, a step whose loss or
+    gradients are not finite is not taken and the member stops (alive =
+    False): it keeps its last finite state. The check needs only the loss and
+    one reduction over the gradients, so the update stays one fused pass."""
     grads, (metrics, model_state) = jax.grad(self._loss, has_aux=True)(
         state["params"], state, batch)
+    if self.c.divergence_guard:
+      squares = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
+      alive = alive & jnp.isfinite(metrics["loss"]) & jnp.isfinite(squares)
     updates, opt = self.adam.update(grads, state["opt"], state["params"])
     lr = state["hyper"]["lr"] * lr_factor(self.c.optim, state["step"])
     decay = self.c.optim.weight_decay
@@ -165,7 +172,9 @@ class Trainer:
     new = dict(state, params=params, opt=opt, step=state["step"] + 1)
     if model_state is not None:
       new["model_state"] = model_state
-    return new, metrics
+    if self.c.divergence_guard:
+      new = jax.tree.map(lambda n, o: jnp.where(alive, n, o), new, state)
+    return new, alive, metrics
 
   def _shard_batch(self, x):
     """Leading (batch) axis over the 'data' mesh axis; under vmap the member
@@ -176,18 +185,12 @@ class Trainer:
     return jax.lax.with_sharding_constraint(x, NamedSharding(self.mesh, spec))
 
   def _step(self, carry, consts):
-    """One optimizer step of one member (unbatched). With the divergence
-    guard, a step whose loss or new weights are not finite is not taken and
-    the member stops (alive = False): it keeps its last finite state."""
+    """One optimizer step of one member (unbatched); carry = (state, alive)."""
     state, alive = carry
     key = jax.random.fold_in(state["data_key"], state["step"])
     batch = self.task.sample_batch(key, consts, state["hyper"], state["step"])
-    new, metrics = self._update(state, jax.tree.map(self._shard_batch, batch))
-    if self.c.divergence_guard:
-      weights = [new["params"], new.get("model_state", {})]
-      total = sum(jnp.sum(x) for x in jax.tree.leaves(weights))
-      alive = alive & jnp.isfinite(metrics["loss"]) & jnp.isfinite(total)
-      new = jax.tree.map(lambda n, o: jnp.where(alive, n, o), new, state)
+    new, alive, metrics = self._update(
+        state, jax.tree.map(self._shard_batch, batch), alive)
     return (new, alive), metrics
 
   def _train_chunk(self, state, consts, alive, length=None):
