@@ -53,7 +53,7 @@ def measure(population: int, fused_steps: int, per_step_iters: int,
 
     # (a) per-step loop: one compiled step per Python iteration.
     state = jax.tree.map(lambda x: x[0], trainer.init(one))
-    step = jax.jit(trainer._step, donate_argnums=0)  # pylint: disable=protected-access
+    step = jax.jit(trainer._precise(trainer._step), donate_argnums=0)  # pylint: disable=protected-access
     holder = {"carry": (state, jnp.bool_(True))}
 
     def per_step():

@@ -7,6 +7,10 @@ class UserError(Exception):
   """A mistake in a config, a flag or a file the user handed us."""
 
 
+class Diverged(UserError):
+  """Every member of a run diverged: the run stopped (one line, exit 2)."""
+
+
 def exit_on_user_error(fn):
   """Runs fn; a UserError becomes one line on stderr and exit status 2."""
 

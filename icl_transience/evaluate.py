@@ -58,8 +58,11 @@ def evaluate_checkpoints(workdir: str, parallel: int = 0, shard: int = 0,
     # Shard the fixed list of (step, member) checkpoints, then drop what is
     # done: shard jobs started at different times still split the work.
     mine = [(s, n) for s in mngr.all_steps() for n in names][shard::num_shards]
+    # a member that diverged has no rows after its divergence marker
+    diverged = metrics_table.diverged(table_rows.rows)
     todo = [(s, n) for s, n in mine
-            if not all(table_rows.has(n, s, e) for e in evaluators)]
+            if s * c.batch_size <= diverged.get(n, s * c.batch_size)
+            and not all(table_rows.has(n, s, e) for e in evaluators)]
     if not todo:
       logging.info("every checkpoint is already evaluated")
       return 0
@@ -76,7 +79,7 @@ def evaluate_checkpoints(workdir: str, parallel: int = 0, shard: int = 0,
       weights = [trainer.weights(state) for _, _, state in batch]
       weights += weights[-1:] * (parallel - len(weights))  # one compiled shape
       stacked = jax.tree.map(lambda *xs: jax.numpy.stack(xs), *weights)
-      results = jax.device_get(evaluate(stacked, table, eval_sets))
+      results = trainer.fetch(evaluate(stacked, table, eval_sets))
       for i, (step, name, _) in enumerate(batch):
         table_rows.append(metrics_table.rows_from(
             name, step, step * c.batch_size, jax.tree.map(lambda v: v[i], results)))

@@ -91,6 +91,7 @@ class MetricsTable:
     if not self.write:
       return len(self._take(rows))
     if is_remote(self.workdir):
+      self._take(self._read_new())  # the sweep job's or the trainer's rows
       fresh = self._take(rows)
       if fresh:
         atomic_write_text(path(self.workdir), "".join(
@@ -127,7 +128,8 @@ class MetricsTable:
       return []
     with f:
       inode, done = self._file
-      if os.fstat(f.fileno()).st_ino != inode:
+      info = os.fstat(f.fileno())
+      if info.st_ino != inode or info.st_size < done:  # replaced, or cut
         done = 0
       f.seek(done)
       data = f.read()
@@ -141,8 +143,9 @@ class MetricsTable:
     fd = os.open(path(self.workdir), os.O_RDWR | os.O_CREAT, 0o644)
     try:
       inode, done = self._file
-      if os.fstat(fd).st_ino != inode:
-        done = 0  # a new file
+      info = os.fstat(fd)
+      if info.st_ino != inode or info.st_size < done:  # a new or cut file
+        done = 0
       os.ftruncate(fd, done)
       os.lseek(fd, done, os.SEEK_SET)
       try:

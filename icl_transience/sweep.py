@@ -30,7 +30,7 @@ from icl_transience import cli
 from icl_transience import config as config_lib
 from icl_transience import metrics_table
 from icl_transience.analysis import figures
-from icl_transience.errors import UserError
+from icl_transience.errors import Diverged, UserError
 from icl_transience.train import checkpoints
 from icl_transience.train import loop
 
@@ -141,7 +141,11 @@ def run(c, root: str, grid: str, only: int | None = None) -> list[str]:
       continue
     logging.info("group %d of %d: %s, members: %s", i, len(all_groups),
                  group.name, group.population or "one")
-    loop.train(g, workdir)
+    try:
+      loop.train(g, workdir)
+    except Diverged as e:  # the other groups still train
+      logging.warning("group %d (%s): %s", i, group.name, e)
+      continue
     trained.append(group.name)
   table = summary(root, all_groups)
   metrics_table.atomic_write_text(os.path.join(root, "summary.json"),

@@ -46,3 +46,13 @@ def test_a_replaced_file_is_read_again(tmp_path):
       json.dumps(r) + "\n" for r in rows(0) + rows(5)))
   assert table.append(rows(5) + rows(6)) == 2
   assert metrics_table.read(workdir) == rows(0) + rows(5) + rows(6)
+
+
+def test_a_table_cut_in_place_is_read_again(tmp_path):
+  workdir = str(tmp_path)
+  table = metrics_table.MetricsTable(workdir)
+  table.append(rows(0) + rows(1))
+  open(metrics_table.path(workdir), "w").close()  # same file, now empty
+  assert table.append(rows(2)) == 2
+  assert open(metrics_table.path(workdir)).read() == "".join(
+      json.dumps(r) + "\n" for r in rows(2))

@@ -9,6 +9,7 @@ cores (XLA's CPU client sizes its thread pool to the larger of the two):
 with 2 devices on 2 busy cores an all-reduce once waited 40 s for the other
 device's thread and XLA aborted the process.
 """
+import json
 import os
 import socket
 import subprocess
@@ -18,8 +19,10 @@ import textwrap
 import jax
 import numpy as np
 
+from icl_transience import evaluate
 from icl_transience import metrics_table
 from icl_transience.train import loop
+from icl_transience.train import step as step_lib
 
 from helpers import REPO, fake_devices, final_state, run_cli, smoke_config
 
@@ -87,6 +90,10 @@ def main_args(workdir):
 
 
 def test_two_processes_of_four_devices_train_like_one_device(tmp_path):
+  """One member, its batch split over the 8 devices of both processes; then
+  the checkpoint-sweep job on the checkpoints they saved. (A population in
+  the members layout across processes does not finish yet: the GPU/TPU
+  issue's multi-host item.)"""
   two, one = str(tmp_path / "two"), str(tmp_path / "one")
   address = f"localhost:{free_port()}"
   env = dict(fake_devices(4), PYTHONPATH=REPO)
@@ -100,15 +107,25 @@ def test_two_processes_of_four_devices_train_like_one_device(tmp_path):
     assert p.returncode == 0, err[-3000:]
   assert "process 1 of 2; 4 local of 8 devices" in outs[1][1]
   c = smoke_config(**HOST_SHAPE)
+  assert step_lib.population_layout(c, 8) == "batch"
   loop.train(c, one)  # here: one process, one device
   a, b = final_state(c, two), final_state(c, one)
   assert int(a["step"][0]) == 20
   for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"])):
     np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
   # the metrics table holds the same rows, once each
-  rows = [{(r["step"], r["evaluator"], r["metric"]): r["value"]
-           for r in metrics_table.read(w)} for w in (two, one)]
+  key = lambda r: (r["member"], r["step"], r["evaluator"], r["metric"])
+  rows = [{key(r): r["value"] for r in metrics_table.read(w)} for w in (two, one)]
   assert rows[0].keys() == rows[1].keys()
   assert len(metrics_table.read(two)) == len(rows[0])
-  for key, value in rows[0].items():
-    np.testing.assert_allclose(value, rows[1][key], rtol=1e-4, atol=1e-5, err_msg=str(key))
+  for k, value in rows[0].items():
+    np.testing.assert_allclose(value, rows[1][k], rtol=1e-4, atol=1e-5, err_msg=str(k))
+  # the sweep job re-evaluates the checkpoints the two processes saved
+  metrics_table.atomic_write_text(metrics_table.path(two), "".join(
+      json.dumps(r) + "\n" for r in metrics_table.read(two)
+      if r["evaluator"] == "train_batch"))
+  assert evaluate.evaluate_checkpoints(two) == 3
+  swept = {key(r): r["value"] for r in metrics_table.read(two)}
+  assert swept.keys() == rows[0].keys()
+  for k, value in swept.items():
+    np.testing.assert_allclose(value, rows[0][k], rtol=1e-4, atol=1e-5, err_msg=str(k))

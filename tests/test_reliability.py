@@ -1,6 +1,7 @@
 """Runs that go wrong: bad numbers in files, diverging members, damaged
 checkpoints, two trainers on one workdir, the terminal, failing writes."""
 import errno
+import json
 import fcntl
 import logging
 import os
@@ -124,6 +125,17 @@ def test_a_diverging_member_stops_and_the_others_are_unchanged(tmp_path, caplog)
   os.rename(checkpoint, checkpoint + ".moved")
   loop.train(three, str(tmp_path / "three"))
   assert metrics_table.read(str(tmp_path / "three")) == rows
+  # the checkpoint-sweep job evaluates it only up to its divergence
+  metrics_table.atomic_write_text(metrics_table.path(str(tmp_path / "three")), "".join(
+      json.dumps(r) + "\n" for r in rows if r["step"] > 0 or r not in bad))
+  assert evaluate.evaluate_checkpoints(str(tmp_path / "three")) == 1
+  swept = {(r["member"], r["step"], r["evaluator"], r["metric"]): r["value"]
+           for r in metrics_table.read(str(tmp_path / "three"))}
+  logged = {(r["member"], r["step"], r["evaluator"], r["metric"]): r["value"]
+            for r in rows}
+  assert swept.keys() == logged.keys()
+  np.testing.assert_allclose([swept[k] for k in logged], list(logged.values()),
+                             rtol=1e-5, atol=1e-6)
 
 
 def test_every_member_diverging_stops_the_run(tmp_path):

@@ -19,7 +19,7 @@ from etils import epath
 
 from icl_transience import config as config_lib
 from icl_transience import metrics_table
-from icl_transience.errors import UserError
+from icl_transience.errors import Diverged, UserError
 from icl_transience.train import checkpoints
 from icl_transience.train import pretrained
 from icl_transience.train import progress
@@ -30,7 +30,7 @@ PROFILED_CALLS = 3  # fused calls traced by --profile
 # Fields a resumed run may change: horizons, schedules, eval batching.
 RESUMABLE_CHANGES = ("total_sequences", "eval_every", "ckpt", "steps_per_call",
                      "evals.batch_size", "num_devices", "population_sharding",
-                     "divergence_guard", "lds.eval_batch",
+                     "lds.eval_batch",
                      "omniglot.eval_batch_size")
 
 
@@ -99,7 +99,7 @@ class StopRequest:
 
 
 def _result_rows(names, step, batch_size, results, train_metrics=None):
-  results = jax.device_get(results)
+  """Table rows from host copies of the population's results."""
   rows = []
   for i, name in enumerate(names):
     member = {ev: {m: v[i] for m, v in ms.items()} for ev, ms in results.items()}
@@ -162,8 +162,8 @@ def _train(c, workdir, mesh, profile_dir):
     if found is None:
       state, start = pretrained.prepare(c, trainer, trainer.init(members))
       run.diverged = {}
-      run.append(_result_rows(names, start, bs, evaluate(
-          trainer.weights(state), table, eval_sets)))
+      run.append(_result_rows(names, start, bs, trainer.fetch(evaluate(
+          trainer.weights(state), table, eval_sets))))
       run.save(state, start)
     else:
       start, state, meta = found
@@ -171,7 +171,7 @@ def _train(c, workdir, mesh, profile_dir):
       run.diverged = dict(meta.get("diverged", {}))
       logging.info("resumed from step %d (%d sequences)", start, start * bs)
       if len(run.diverged) == len(names):
-        raise UserError(f"every member diverged; see {metrics_table.path(workdir)}")
+        raise Diverged(f"every member diverged; see {metrics_table.path(workdir)}")
     run.loop(state, start, total, stop)
     run.wait()
 
@@ -199,7 +199,7 @@ class Run:
 
   def save(self, state, step):
     meta = dict(step=step, sequences=step * self.c.batch_size,
-                members=self.names, diverged=self.diverged)
+                members=self.names, diverged=dict(self.diverged))
     try:
       checkpoints.save(self.mngr, state, self.names, meta)
     except OSError as e:
@@ -247,8 +247,8 @@ class Run:
               lambda *m: jnp.average(jnp.stack(m), 0, weights),
               *(m for m, _ in pending))
           pending = []
-          rows = _result_rows(self.names, step, bs, self.evaluate(
-              trainer.weights(state), self.table, self.eval_sets), train_metrics)
+          rows = _result_rows(self.names, step, bs, *trainer.fetch((self.evaluate(
+              trainer.weights(state), self.table, self.eval_sets), train_metrics)))
           rows, alive = self._guard(rows, state, alive, step)
           self.append(rows)
           shown = _postfix(rows, self.names, step, bs, trainer.task.shown)
@@ -260,7 +260,7 @@ class Run:
                        rate, " ".join(f"{a}={b}" for a, b in shown.items()))
           if len(self.diverged) == len(self.names):
             self.save(state, step)
-            raise UserError(f"every member diverged (the last at step {step}); "
+            raise Diverged(f"every member diverged (the last at step {step}); "
                             f"the run stopped; see {metrics_table.path(self.workdir)}")
         if step in ckpt_steps or stop.requested:
           self.save(state, step)
@@ -296,8 +296,8 @@ class Run:
     marker row each; no further rows. Returns the rows and alive."""
     if not self.c.divergence_guard:
       return rows, alive
-    flags = [bool(a) for a in jax.device_get(alive)]
-    steps = jax.device_get(state["step"])
+    flags, steps = self.trainer.fetch((alive, state["step"]))
+    flags = [bool(a) for a in flags]
     bad_eval = {r["member"]: f"{r['evaluator']} loss {r['value']}" for r in rows
                 if r["metric"] == "loss" and not math.isfinite(r["value"])}
     train_loss = {r["member"]: r["value"] for r in rows
@@ -307,7 +307,7 @@ class Run:
         continue
       loss = train_loss.get(name, math.nan)
       reason = (bad_eval[name] if flags[i] else f"loss {loss}"
-                if not math.isfinite(loss) else "non-finite weights")
+                if not math.isfinite(loss) else "non-finite gradients")
       at = int(steps[i])
       self.diverged[name] = at
       flags[i] = False
@@ -317,6 +317,6 @@ class Run:
                           evaluator=metrics_table.DIVERGED, metric="step", value=float(at))]
     rows = [r for r in rows if r["member"] not in self.diverged or
             r["evaluator"] == metrics_table.DIVERGED]
-    if flags != [bool(a) for a in jax.device_get(alive)]:
+    if flags != [bool(a) for a in self.trainer.fetch(alive)]:
       alive = self.trainer.place(jnp.array(flags))
     return rows, alive

@@ -31,7 +31,8 @@ def bar(total: int, initial: int, enabled: bool):
                        dynamic_ncols=True, smoothing=0.1,
                        disable=None if enabled else True)
   handler = logging.get_absl_handler().python_handler
-  old = None if progress.disable else handler.setStream(_AboveBar())
+  to_terminal = not progress.disable and handler.stream is sys.stderr
+  old = handler.setStream(_AboveBar()) if to_terminal else None
   try:
     yield progress
   finally:

@@ -87,6 +87,7 @@ class Trainer:
     self.members_sharded = population_layout(c, mesh.devices.size) == "members"
     self.state_sharding = (NamedSharding(mesh, P("data")) if self.members_sharded
                            else self.replicated)
+    self._replicate = jax.jit(lambda tree: tree, out_shardings=self.replicated)
     self.train_chunk = jax.jit(self._precise(self._train_chunk),
                                donate_argnums=(0, 2), static_argnames="length")
 
@@ -134,6 +135,11 @@ class Trainer:
                    out_shardings=self.state_sharding)
     return init(*self._member_arrays(members))
 
+  def fetch(self, tree):
+    """Host (numpy) copies of device arrays in one transfer; arrays split
+    over the members of a multi-process run are gathered first."""
+    return jax.device_get(self._replicate(tree))
+
   def place(self, state):
     """The population state in this trainer's layout."""
     return jax.device_put(state, self.state_sharding)
@@ -158,12 +164,12 @@ class Trainer:
     """One optimizer step. With the divergence guard, a step whose loss or
     gradients are not finite is not taken and the member stops (alive =
     False): it keeps its last finite state. The check needs only the loss and
-    one reduction over the gradients, so the update stays one fused pass."""
+    the gradients, so the update stays one fused pass."""
     grads, (metrics, model_state) = jax.grad(self._loss, has_aux=True)(
         state["params"], state, batch)
     if self.c.divergence_guard:
-      squares = sum(jnp.sum(jnp.square(g)) for g in jax.tree.leaves(grads))
-      alive = alive & jnp.isfinite(metrics["loss"]) & jnp.isfinite(squares)
+      finite = [jnp.isfinite(g).all() for g in jax.tree.leaves(grads)]
+      alive = alive & jnp.isfinite(metrics["loss"]) & jnp.all(jnp.stack(finite))
     updates, opt = self.adam.update(grads, state["opt"], state["params"])
     lr = state["hyper"]["lr"] * lr_factor(self.c.optim, state["step"])
     decay = self.c.optim.weight_decay
