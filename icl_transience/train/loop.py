@@ -147,8 +147,8 @@ def _train(c, workdir, mesh, profile_dir):
   eval_sets = trainer.task.eval_sets(trainer.replicated)
   # Every process computes the rows; process 0 writes them.
   table_rows = metrics_table.MetricsTable(workdir, write=jax.process_index() == 0)
-  run = Run(c, workdir, trainer, table, eval_sets, evaluate, table_rows, names)
-  run.profile_dir = profile_dir
+  run = Run(c, workdir, trainer, table, eval_sets, evaluate, table_rows, names,
+            profile_dir)
   with checkpoints.manager(workdir, c.ckpt.keep) as mngr, \
        StopRequest().installed() as stop:
     run.mngr = mngr
@@ -161,7 +161,6 @@ def _train(c, workdir, mesh, profile_dir):
           "--config.ckpt.restart_if_corrupt=True to start the run afresh")
     if found is None:
       state, start = pretrained.prepare(c, trainer, trainer.init(members))
-      run.diverged = {}
       run.append(_result_rows(names, start, bs, trainer.fetch(evaluate(
           trainer.weights(state), table, eval_sets))))
       run.save(state, start)
@@ -180,13 +179,13 @@ class Run:
   """The host side of one training run: calls, evaluations, rows, saves."""
 
   def __init__(self, c, workdir, trainer, table, eval_sets, evaluate,
-               table_rows, names):
+               table_rows, names, profile_dir=""):
     self.c, self.workdir, self.trainer, self.names = c, workdir, trainer, names
     self.table, self.eval_sets, self.evaluate = table, eval_sets, evaluate
     self.table_rows = table_rows
-    self.mngr = None
+    self.mngr = None  # the checkpoint manager, once open
     self.diverged = {}  # member -> optimizer steps it took before diverging
-    self.profile_dir, self.tracing = "", False
+    self.profile_dir, self.tracing = profile_dir, False
 
   def append(self, rows):
     try:
