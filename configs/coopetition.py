@@ -8,7 +8,7 @@ evaluators every 100 k sequences.
   python main.py --config=configs/coopetition.py --workdir=runs/coop
   python main.py --config=configs/coopetition.py:mq --workdir=runs/mq
 
-Variants (spec II.A.3, II.D.2), with the paper's horizons:
+Variants (Singh et al. 2025, appendix), with the paper's horizons:
   icl_only    labels: a random pair of all 12,800 labels per sequence (64 M)
   icl_only_graft  icl_only with layer 2, final LN and unembedding frozen from
               the main run at 20 M (II.D.5; --config.graft.workdir=<main run>)

@@ -4,7 +4,7 @@
   python main.py --config=configs/dictionary_recall.py:cpu --workdir=runs/dict_cpu
   python -m icl_transience.report --workdir=runs/dict_cpu
 
-Variants: "" (spec 2.E.5: 6 layers, d 256, 8 heads, vocab 600, 40
+Variants: "" (Daniels et al. 2025's OLMo analysis: 6 layers, d 256, 8 heads, vocab 600, 40
 log-spaced checkpoints; run `python -m icl_transience.evaluate
 --workdir=runs/dict` to evaluate them all before the report), "cpu" (a
 3-layer model on a reduced corpus that shows the first- vs second-token

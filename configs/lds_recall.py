@@ -11,7 +11,7 @@ haystack 5 (50 examples x 1000 trials).
   python main.py --config=configs/lds_recall.py:cpu --workdir=runs/lds_cpu
   python -m icl_transience.report --workdir=runs/lds_cpu
 
-Variants (spec 2.B / 2.C sizes, batches, lr multipliers and horizons):
+Variants (Daniels et al. 2025 sizes, batches, lr multipliers and horizons):
   "" = big  d 192, 24 layers, 12 heads; batch 640, x0.8333; 135 k steps (the
             paper's main model; runs on CPU, but takes minutes per step)
   tiny      d 72, 3 layers;  batch 2048, x4;  50 k steps
@@ -30,7 +30,7 @@ from icl_transience.data import lds
 from icl_transience.errors import UserError
 from icl_transience.models import gpt2
 
-LR_UNIT = 1.5849e-5   # 10^-4.8 (spec 2.C)
+LR_UNIT = 1.5849e-5   # 10^-4.8 (Daniels et al. 2025)
 EVAL_STEPS = 1000     # optimizer steps between evaluations and checkpoints
 STEPS_PER_CALL = 100
 

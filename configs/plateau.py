@@ -1,6 +1,6 @@
 """Learning plateaus of Fu et al. (spec plateaus_lds.md 1): hidden-factor ICL on images.
 
-Baseline (spec 1.A-1.C defaults): L = 48 (image, label) pairs, 15 labels, all
+Baseline (Fu et al.'s defaults): L = 48 (image, label) pairs, 15 labels, all
 six factors hidden, 32 px procedural images; conv encoder + 8 pre-LN blocks,
 d 256, 8 heads, MLP 4d, learned positions; Adam 1e-4 after a 1k-step linear
 warm-up, clip 1.0, batch 128, 100k steps; evaluations and checkpoints every
@@ -47,7 +47,7 @@ STRATEGIES = ("weights_warmup=0; weights_warmup=5000; fixed_fraction=0.25; "
 
 
 def plateau_config() -> ml_collections.ConfigDict:
-  """The baseline D_rnd run of spec 1.A-1.D."""
+  """The baseline D_rnd run of Fu et al."""
   c = config.base_config()
   c.task = "plateau"
   c.batch_size = 128

@@ -15,7 +15,7 @@ horizon is 1.6 B sequences.
 Variants: c1600 (the "norotate" 1,600 classes, init seed 2023), mq (matched
 exemplars: persistent ICL), omniglot (below).
 
-The Chan et al. image pipeline (spec I.A.1-I.A.4, I.B.1, I.C.1: Omniglot
+The Chan et al. image pipeline (Chan et al. 2022, as run by Singh et al. 2023: Omniglot
 drawings through a jointly trained ResNet, 12,800 training classes, bursty
 2-way 3-shot sequences, holdout ICL and no-support IWL evaluators):
 
@@ -42,7 +42,7 @@ VARIANTS = {
     "c1600": {"train.n_classes": 1600, "evals.n_classes": 1600,
               "init_seed": 2023},
     "mq": {"train.match_query_and_distractors": True},
-    # lr(t) = 3e-4 min(t / 4000, sqrt(4000 / t)) (spec I.C.1)
+    # lr(t) = 3e-4 min(t / 4000, sqrt(4000 / t)) (Chan et al. 2022)
     "omniglot": {"data.source": "omniglot", "optim.warmup_steps": 4000,
                  "optim.schedule": "inverse_sqrt"},
 }

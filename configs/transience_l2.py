@@ -1,4 +1,4 @@
-"""L2 regularisation keeps ICL (Singh et al. 2023, spec I.C.1): the
+"""L2 regularisation keeps ICL (Singh et al. 2023): the
 fixed-feature transience run as one population over lambda.
 
   python main.py --config=configs/transience_l2.py --workdir=runs/l2

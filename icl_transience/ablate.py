@@ -1,4 +1,4 @@
-"""Ablations and recordings at one checkpoint (spec III.8, II.D.4).
+"""Ablations and recordings at one checkpoint (Singh et al. 2025, Fig. 2 and App. B).
 
   python -m icl_transience.ablate --workdir=runs/coop --sequences=20000000
   python -m icl_transience.ablate --workdir=runs/coop --ablate='0:1,4,7' \\

@@ -22,7 +22,7 @@ MATMUL_PRECISIONS = ("highest", "high", "default")
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """The coopetition main run (spec II.A-II.C) on the synthetic features."""
+  """The coopetition main run (Singh et al. 2025) on the synthetic features."""
   c = ml_collections.ConfigDict()
   c.task = "classify"      # classify | lds | plateau | dictionary (see tasks/)
   c.init_seed = 5          # model initialisation
@@ -62,8 +62,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.data.dataset_seed = 0
   c.data.path = ""                # features: .h5/.hdf5/.npy/.npz file
   c.data.key = "resnet18/224/feat"  # features: HDF5 dataset / npz array name
-  # (LLaMa embedding files, spec I.A.5: '{clustering_seed}/{n_exemplars}/feat').
-  # intended: class = 8 * character + transform (spec I.A.6); released: the
+  # (LLaMa embedding files, Singh et al. 2023, Sec. 4.3: '{clustering_seed}/{n_exemplars}/feat').
+  # intended: class = 8 * character + transform (Singh et al. 2023, appendix); released: the
   # authors' files' layout (bug-compatible; needs 20 exemplars, 8 | classes).
   c.data.layout = "intended"
   c.data.omniglot_dir = ""        # omniglot: folder of the release's zip archives
@@ -123,7 +123,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   # Weights from another run's checkpoint (workdir; sequences: which
   # checkpoint, -1 = newest; member: '' = its first member).
-  # Warm start (spec III.10): its params, a fresh Adam state, its sequence
+  # Warm start (Singh et al. 2025): its params, a fresh Adam state, its sequence
   # counter; the data stream restarts from this run's own seeds.
   c.warm_start = _checkpoint_ref()
   # Grafting (III.7): a frozen model joined at block `layer`; mode none | out

@@ -11,7 +11,7 @@ their peaks marked, over the training loss).
 Transience detector. One curve v is an evaluator's metric against sequences
 seen (default `in_context_acc`; `pure_iwl` uses the full-vocabulary `acc`,
 its in-context accuracy being 0 by construction, as in the figures). With
-chance level c (spec II.A.4: 0.5 for the in-context metrics of the K = 2
+chance level c (Singh et al. 2025: 0.5 for the in-context metrics of the K = 2
 evaluators, 0 for full-vocabulary ones; --chance overrides it, e.g. for K = 8
 evaluators) and headroom h = 1 - c:
 
@@ -51,7 +51,7 @@ from icl_transience.analysis import figures
 from icl_transience.errors import UserError
 
 REPORT_FILENAME = "report.json"
-# Chance level of each accuracy-like metric (spec II.A.4): a 2-way choice among
+# Chance level of each accuracy-like metric (Singh et al. 2025): a 2-way choice among
 # the context labels, or an argmax over the whole vocabulary.
 CHANCE = {"in_context_acc": 0.5, "in_context_prob": 0.5, "acc": 0.0, "prob": 0.0}
 # Evaluators whose in-context metric is 0 by construction: use the full one.

@@ -1,4 +1,4 @@
-"""Solves the minimal mathematical model of coopetition (spec II.E).
+"""Solves the minimal mathematical model of coopetition (Singh et al. 2025).
 
   python -m icl_transience.toy --seed 7              # stops at step 9,620
   python -m icl_transience.toy --seed 7 --mu1=0      # persistent ICL (stop 1e-3)

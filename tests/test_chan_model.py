@@ -1,4 +1,4 @@
-"""The Chan et al. model (spec I.A.3 ResNet embedder, I.B.1 transformer)."""
+"""The Chan et al. model (Chan et al. 2022: ResNet embedder and transformer)."""
 import functools
 
 import jax

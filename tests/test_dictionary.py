@@ -1,4 +1,4 @@
-"""The dictionary stand-in (spec 2.E.5): corpus invariants, prompts, the
+"""The dictionary stand-in (Daniels et al. 2025's OLMo analysis): corpus invariants, prompts, the
 evaluators, the report and one tiny end-to-end run."""
 import json
 import math

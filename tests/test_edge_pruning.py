@@ -1,4 +1,4 @@
-"""Edge pruning (spec 2.D.6): the disentangled forward pass, the edge graph,
+"""Edge pruning (our own method; the authors' code has none): the disentangled forward pass, the edge graph,
 hard-concrete masks and a short optimisation on a tiny random GPT-2."""
 import dataclasses
 

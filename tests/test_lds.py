@@ -371,7 +371,7 @@ def test_pseudo_inverse_on_training_traces_and_needles(traces):
   errors = np.asarray(
       jax.jit(lds_baseline.pseudo_inverse_errors)(traces.tokens))
   mask = traces.tokens[:, 1:, SPEC.observation_index] == 1
-  assert abs(errors[mask].mean() - 0.055) < 0.008  # spec 2.E.0 [S]
+  assert abs(errors[mask].mean() - 0.055) < 0.008  # Daniels et al. 2025's pseudo-inverse baseline
   assert abs(errors.mean() - 0.051) < 0.008
   spec = lds_prompts.NeedleSpec(**NEEDLE)
   stats = lds_prompts.needle_statistics(

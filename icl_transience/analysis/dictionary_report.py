@@ -23,7 +23,7 @@ from icl_transience.analysis import plateau  # pylint: disable=wrong-import-posi
 from icl_transience.errors import UserError  # pylint: disable=wrong-import-position
 
 REPORT_FILENAME = "report.json"
-REQUIRED_RATIO = 2.0   # spec 2.G row 12: second-token >= 2x earlier
+REQUIRED_RATIO = 2.0   # our dictionary acceptance check: second-token >= 2x earlier
 HALF = 0.5             # "reaches 50% of its final value"
 MISDIRECTED = ("first_follows_label", "first_follows_task",
                "second_follows_continuation", "second_follows_label")

@@ -1,4 +1,4 @@
-"""Ablation and recording at a checkpoint (spec III.8, II.D.4).
+"""Ablation and recording at a checkpoint (Singh et al. 2025, Fig. 2 and App. B).
 
 Ablating a head zeroes its value vectors. Other activations can be kept at
 their values from a first clean pass (queries, keys, values, attention

@@ -39,7 +39,7 @@ from icl_transience.errors import UserError  # pylint: disable=wrong-import-posi
 
 REPORT_FILENAME = "report.json"
 FIGURE = "plateau.png"
-NEAR_CHANCE = 0.05            # check 1 of spec 1.G: within chance + 0.05
+NEAR_CHANCE = 0.05            # our plateau acceptance check 1: within chance + 0.05
 COLUMNS = {"plateau": "plateau_length", "icl>0.5": "icl_above_half",
            "near_chance": "near_chance_fraction",
            "wprobe_a50%": "weights_probe_a_half",

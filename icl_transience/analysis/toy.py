@@ -1,4 +1,4 @@
-"""The minimal mathematical model of strategy coopetition (spec II.E).
+"""The minimal mathematical model of strategy coopetition (Singh et al. 2025).
 
 Four vectors a, b, c in R^20 and d in R^160 with targets a*, b*, c*, d*:
   L1 = 1/2 mean[(a*.b*.c* - a.b.c)^2]     mechanism 1 (ICL)

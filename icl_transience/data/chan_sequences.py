@@ -1,4 +1,4 @@
-"""The Chan et al. sequence generator (spec I.A.2, I.A.4), pure JAX.
+"""The Chan et al. sequence generator (Chan et al. 2022: bursty sequences and evaluators), pure JAX.
 
 A sequence is `context_len` (exemplar, label) pairs plus a query exemplar,
 returned as indices (the `Sequences` of data/sequences.py): `classes` are
@@ -60,7 +60,7 @@ class ChanSpec:
   bursty_shots: int = 3
   fs_shots: int = 4
   ways: int = 2
-  p_bursty: float = 1.0        # Chan's config default is 0.9 (spec I.A.2 [R])
+  p_bursty: float = 1.0        # Chan's config default is 0.9 (Chan et al. 2022)
   zipf_exponent: float = 0.0
 
   def __post_init__(self):
@@ -89,7 +89,7 @@ def chan_spec(n_characters: int, **fields) -> ChanSpec:
 
 
 def evaluator_kinds(spec: ChanSpec) -> tuple[str, ...]:
-  """Chan's evaluator list for the images_augmented config (spec I.A.4)."""
+  """Chan's evaluator list for the images_augmented config (Chan et al. 2022)."""
   if spec.zipf_exponent:
     return ("no_support_rare", "no_support_common", "fewshot_holdout")
   return ("no_support_zipfian", "fewshot_zipfian", "fewshot_holdout")

@@ -105,7 +105,7 @@ def sample_factor_sequences(key, spec: FactorSequenceSpec, n: int,
 
 
 def chance_accuracy(spec: FactorSequenceSpec) -> float:
-  """Mean over hidden factors of 1 / n_e: the ICL accuracy of guessing (spec 1.A)."""
+  """Mean over hidden factors of 1 / n_e: the ICL accuracy of guessing (Fu et al.)."""
   return sum(1 / spec.factor_sizes[f] for f in spec.hidden_factors) / len(
       spec.hidden_factors)
 

@@ -1,4 +1,4 @@
-"""Interleaved linear dynamical systems with symbolic labels (spec 2.A, 3).
+"""Interleaved linear dynamical systems with symbolic labels (Daniels et al. 2025).
 
 Systems are x_{t+1} = U x_t with U Haar-orthogonal, C = I, no noise and
 x_0 ~ N(0, I/n). A trace is `context_len + 1` tokens of size 2M + 2 + n
@@ -318,7 +318,7 @@ def position_errors(predictions, batch: LDSBatch) -> jax.Array:
   """|y_hat - y|^2 summed over the state at every position, 0 where masked.
 
   The loss averages these over unmasked positions; the pre-training error of
-  spec 2.D.1 averages them over all positions.
+  Daniels et al. 2025 averages them over all positions.
   """
   errors = jnp.sum(jnp.square(predictions - batch.targets), axis=-1)
   return jnp.where(batch.mask, errors, 0.0)

@@ -1,4 +1,4 @@
-"""Omniglot images for the Chan et al. pipeline (spec I.A.1).
+"""Omniglot images for the Chan et al. pipeline (Chan et al. 2022).
 
 `load_omniglot` gives every character's 20 drawings as float32 grayscale,
 shape (n_characters, 20, 105, 105), from one of two places:

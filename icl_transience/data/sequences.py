@@ -1,4 +1,4 @@
-"""The icl-dynamics sequence sampler (spec I.A.7, II.A.2-4), pure JAX.
+"""The icl-dynamics sequence sampler (the icl-dynamics code of Singh et al. 2025), pure JAX.
 
 A sequence is K context (exemplar, label) pairs plus a query exemplar. The
 sampler returns *indices* (class, exemplar, label); features are gathered

@@ -120,7 +120,7 @@ def synthetic_table(seed: int, n_classes: int, n_exemplars: int, dim: int,
 
 def released_layout_index(n_classes: int, n_exemplars: int):
   """(class, exemplar) of the intended layout behind each entry of the
-  released fixed-feature files (spec I.A.6 caveat).
+  released fixed-feature files (the caveat on the released files of Singh et al. 2023).
 
   Intended: class = 8 * character + transform, exemplar = drawing. The
   released extraction read image f = 20 * n + e of a dataset indexed

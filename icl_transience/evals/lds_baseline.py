@@ -1,4 +1,4 @@
-"""The pseudo-inverse (least-squares) baseline of spec 2.D.5 and 2.E.0 (JAX).
+"""The pseudo-inverse (least-squares) baseline of Daniels et al. 2025 (JAX).
 
 For the system the current segment's label names, U_hat = [x_1 .. x_t]
 [x_0 .. x_{t-1}]^+ from that system's own earlier observations and

@@ -1,7 +1,7 @@
 """Evaluators as plug-ins: name -> sequence spec; fixed sets; query metrics.
 
 Each evaluator is a fixed set of sequences built once from the eval seed on
-the eval classes and exemplars (spec II.A.4), stored as indices; features are
+the eval classes and exemplars (Singh et al. 2025), stored as indices; features are
 gathered at evaluation time.
 """
 import dataclasses

@@ -1,14 +1,14 @@
-"""The Chan et al. transformer of the main transience runs (spec I.B.1).
+"""The Chan et al. transformer of the main transience runs (Chan et al. 2022).
 
 Tokens: [e(x1), l(y1), ..., e(xK), l(yK), e(xq)] (2K + 1 = 17 for K = 8).
-e = the jointly trained ResNet embedder (models/resnet.py, spec I.A.3; its
+e = the jointly trained ResNet embedder (models/resnet.py, Chan et al. 2022; its
 last group has d_model channels, as in Chan's code); l = a learned label table
 (n_outputs x d_model, truncated normal std 0.02); the query's label is never
 embedded. Chan's fixed sinusoids (timescale 30, sin half then cos half) are
 added; dropout is 0 everywhere, so there is none.
 
 12 pre-LayerNorm blocks, d_model 64, 8 heads, causal: x += Attn(LN(x));
-x += MLP(LN(x)). Unlike transformer.Block (spec II.B), the q/k/v/output
+x += MLP(LN(x)). Unlike transformer.Block (Singh et al. 2025), the q/k/v/output
 projections have biases, and the MLP (ratio 4, tanh GELU) is always on, hence
 `ChanBlock` below; it keeps transformer.Block's parameter names (attn,
 mlp_in, mlp_out, ...) so path-based selective weight decay finds them.
@@ -41,7 +41,7 @@ from icl_transience.models.transformer import label_init, lecun_normal
 
 
 def chan_sinusoids(length: int, dim: int, timescale: float) -> jax.Array:
-  """Chan's positions (spec I.B.1): angle p / timescale^(2i/dim), i < dim/2;
+  """Chan's positions (Chan et al. 2022): angle p / timescale^(2i/dim), i < dim/2;
   sin of all angles in the first dim/2 dims, cos in the last dim/2 (not
   interleaved, unlike transformer.sinusoids)."""
   angle = np.arange(length)[:, None] / timescale ** (
@@ -85,7 +85,7 @@ class ChanBlock(nn.Module):
 
 
 class ChanTransformer(nn.Module):
-  """images (B, K+1, H, W, C), context labels (B, K) -> logits (spec I.B.1).
+  """images (B, K+1, H, W, C), context labels (B, K) -> logits (Chan et al. 2022).
 
   Returns (B, n_outputs) at the query, or (B, 2K+1, n_outputs) with
   all_positions. Images are Omniglot's (..., 105, 105, 1) float32; the
@@ -100,7 +100,7 @@ class ChanTransformer(nn.Module):
   resnet_channels: Sequence[int] = (16, 32, 32)  # + a last group of d_model
   resnet_blocks: Sequence[int] = (2, 2, 2, 2)
   resnet_strides: Sequence[int] = (1, 2, 2, 2)
-  bn_momentum: float = 0.9         # BatchNorm decay (spec I.A.3)
+  bn_momentum: float = 0.9         # BatchNorm decay (Chan et al. 2022)
   bn_epsilon: float = 1e-5
   bn_axis_name: str | None = None  # only under shard_map / pmap (resnet.py)
 

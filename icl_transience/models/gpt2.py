@@ -16,7 +16,7 @@ Parameter layout (an edge-pruning forward pass reads these names):
   ln_mlp, mlp_in, mlp_out}, ln_final, read_out; `qkv` is q | k | v along its
   output axis, heads contiguous inside each.
 
-Parameter counts (spec 2.B table, `parameter_counts`). The "non-emb." column
+Parameter counts (Daniels et al. 2025's table, `parameter_counts`). The "non-emb." column
 (212K / 701K / 2.42M / 10.7M / 24.1M) counts every parameter -- blocks
 (12 d^2 + 13 d each), final LayerNorm, read-in and read-out -- but only the
 position rows the model uses (context_len = 250 of the 2048); the "HF" column
@@ -30,7 +30,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-# Preset sizes of spec 2.B: name -> (d_model, layers, heads).
+# Preset sizes of Daniels et al. 2025: name -> (d_model, layers, heads).
 SIZES = {"tiny": (72, 3, 6), "small": (96, 6, 6), "medium": (128, 12, 8),
          "big": (192, 24, 12), "40m": (288, 24, 18)}
 GPT2_VOCAB = 50_257          # HF's token table, absent here (counts only)

@@ -1,4 +1,4 @@
-"""Grafting (spec III.7): a live model joined to a frozen one at a layer.
+"""Grafting (Singh et al. 2025, Fig. 4): a live model joined to a frozen one at a layer.
 
   out: the live model runs the embeddings and blocks 0..layer; the frozen
        model runs the rest (blocks layer+1.., final LayerNorm, unembedding).

@@ -8,7 +8,7 @@ embedding; learned absolute positions; `depth` pre-LN GPT-2-style blocks
 LayerNorm; label logits read at every IMAGE position (y_i is predicted from
 the prefix ending at x_i).
 
-For the probes of spec 1.D every call also returns the residual stream after
+For the probes of Fu et al. every call also returns the residual stream after
 the embedding (layer 0) and after each block (layer k), and:
   attention=False  zeroes every attention output (weights-probe variant a:
                    each token then depends only on itself and its position);
@@ -17,7 +17,7 @@ the embedding (layer 0) and after each block (layer k), and:
                    only to itself);
   factor_logits    a linear head per factor (one Dense, split) on the image
                    tokens of the stream after layer `heads_layer`: the extra
-                   weights loss of spec 1.D.
+                   weights loss of Fu et al.
 """
 import jax
 import jax.numpy as jnp

@@ -1,4 +1,4 @@
-"""The jointly trained image embedder of spec I.A.3, in Flax Linen.
+"""The jointly trained image embedder of Chan et al. 2022, in Flax Linen.
 
 Chan et al.'s small ResNet-v1 with bottleneck blocks: a 7x7 stride-2 stem
 (64 channels, no bias) -> BatchNorm -> ReLU -> 3x3 stride-2 max-pool, then 4
@@ -6,7 +6,7 @@ groups of 2 bottleneck blocks (output channels 16, 32, 32, 64; bottleneck
 width channels / 4; strides 1, 2, 2, 2; a 1x1 projection shortcut + BN in the
 first block of every group), then the mean over the spatial grid. At the
 spec's sizes a 105x105x1 image gives a 64-d vector from 22,176 parameters plus
-1,280 running statistics (spec I.A.3). The global mean makes the embedder
+1,280 running statistics (Chan et al. 2022). The global mean makes the embedder
 accept any image size (tests use small images; the spec's input is 105x105).
 
 BatchNorm (decay 0.9, eps 1e-5) keeps its running mean and variance in the
@@ -77,7 +77,7 @@ class BottleneckBlock(nn.Module):
 
 
 class ResNetEmbedder(nn.Module):
-  """images (..., H, W, C) -> embeddings (..., channels[-1]) (spec I.A.3)."""
+  """images (..., H, W, C) -> embeddings (..., channels[-1]) (Chan et al. 2022)."""
   channels: Sequence[int] = (16, 32, 32, 64)
   blocks_per_group: Sequence[int] = (2, 2, 2, 2)
   strides: Sequence[int] = (1, 2, 2, 2)

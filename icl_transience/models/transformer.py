@@ -1,10 +1,10 @@
-"""The sequence classifier of spec II.B (and its variants), in Flax Linen.
+"""The sequence classifier of Singh et al. 2025 (and its variants), in Flax Linen.
 
 Tokens: [e(x1), l(y1), ..., e(xK), l(yK), e(xq)]; e = linear input projection,
 l = learned label table. Pre-LN blocks, causal attention; logits are read at
 the query (last) position only.
 
-For grafting and ablation (spec III.7, III.8) a call can run a slice of the
+For grafting and ablation (Singh et al. 2025, Figs. 2 and 4) a call can run a slice of the
 blocks on a given residual stream, patch attention layers (zero heads' values,
 reuse clean queries / keys / values / patterns), and drop the embedding from
 the stream the readout sees. Every call sows q, k, v, the attention pattern
@@ -30,7 +30,7 @@ def learned_position_init(key, shape, dtype=jnp.float32):
 
 
 def sinusoids(length: int, dim: int, timescale: float) -> jax.Array:
-  """Absolute sinusoids, even dims sin / odd dims cos (spec I.B.2)."""
+  """Absolute sinusoids, even dims sin / odd dims cos (Singh et al. 2023)."""
   pos = np.arange(length)[:, None]
   pair = np.arange(dim) // 2
   angle = pos / timescale ** (2 * pair / dim)
@@ -52,7 +52,7 @@ def rotary(x: jax.Array, timescale: float) -> jax.Array:
 
 @flax.struct.dataclass
 class Patch:
-  """An intervention on one attention layer (spec III.8).
+  """An intervention on one attention layer (Singh et al. 2025, Fig. 2).
 
   head_mask (n_heads,) multiplies each head's value vectors (0 = ablated);
   clean maps any of "q", "k", "v", "pattern" to activations recorded in a

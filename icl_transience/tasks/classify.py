@@ -1,10 +1,10 @@
 """The sequence-classification task of the coopetition and fixed-feature
-transience runs (spec II.A-II.C, I.A.6-I.A.7, I.B.2).
+transience runs (Singh et al. 2025 and the fixed-feature runs of Singh et al. 2023).
 
 Batches are (exemplar, label) sequences sampled on device as indices
 (data/sequences.py) whose features are gathered from the source table (the
 task's constants); the model is transformer.SequenceClassifier, optionally
-grafted to a frozen model (weights["frozen"], spec III.7); the loss is the
+grafted to a frozen model (weights["frozen"], Singh et al. 2025, Fig. 4); the loss is the
 query's cross-entropy; evaluators are the plug-ins of evals/probes.py.
 """
 import jax.numpy as jnp

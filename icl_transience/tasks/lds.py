@@ -1,15 +1,15 @@
 """Interleaved-LDS associative recall (Daniels et al.; spec plateaus_lds.md 2).
 
-A GPT-2 regressor (models/gpt2.py, spec 2.B) predicts the next state at every
-position of interleaved traces (data/lds.py, spec 2.A) drawn on device from
+A GPT-2 regressor (models/gpt2.py, Daniels et al. 2025) predicts the next state at every
+position of interleaved traces (data/lds.py, Daniels et al. 2025) drawn on device from
 the fixed pool of training trajectories (the task's constants; None when
-`lds.resample_trajectories`). Loss (spec 2.C): the squared error summed over
+`lds.resample_trajectories`). Loss (Daniels et al. 2025): the squared error summed over
 the state, averaged over the positions whose next token is an observation.
 
-Evaluators (spec 2.D), from data fixed by `eval_seed`:
+Evaluators (Daniels et al. 2025), from data fixed by `eval_seed`:
   pretrain_test   traces of the training generator on `pretrain_systems`
                   unseen systems (one trajectory each): "mse" (over all
-                  positions, label rows counting 0; spec 2.D.1) and "loss"
+                  positions, label rows counting 0; Daniels et al. 2025) and "loss"
                   (over observation targets, as in training)
   pretrain_train  the same on the first `pretrain_systems` systems of the
                   training pool (memorisation, 2.E.2; with
@@ -17,7 +17,7 @@ Evaluators (spec 2.D), from data fixed by `eval_seed`:
   needle_h{H}     resume prompts of haystack length H (needle farthest back,
                   `needle_config`): after_final_{k}_{q25,median,q75} and
                   after_initial_{k}_* -- the 25/50/75th percentiles over
-                  examples of the median over trials (spec 2.A evaluation)
+                  examples of the median over trials (Daniels et al. 2025)
   {variant}_h{H}  the same for each OOD variant of lds_prompts.VARIANTS in
                   `ood_variants`, at every H of `ood_haystack_lens`
 The pre-training traces are built once in eval_sets; the needle prompts are
@@ -69,7 +69,7 @@ def _check(ok: bool, field: str, message: str):
 
 
 class LDSTask:
-  """The task of spec 2 as a plug-in of the shared trainer."""
+  """The LDS recall task of Daniels et al. 2025 as a plug-in of the shared trainer."""
 
   def __init__(self, c):
     self.c = c
@@ -186,7 +186,7 @@ class LDSTask:
     return jax.lax.map(one, tokens, batch_size=self.c.lds.eval_batch)
 
   def _pretrain(self, params, sets: lds.LDSBatch) -> tuple[dict, dict]:
-    """Pre-training error of each set of traces (spec 2.D.1)."""
+    """Pre-training error of each set of traces (Daniels et al. 2025)."""
     n_sets, n_traces, length = sets.mask.shape
     flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), sets)
     errors = lds.position_errors(self._predict(params, flat.inputs), flat)

@@ -1,4 +1,4 @@
-"""The Chan et al. Omniglot task of the main transience runs (spec I.A.1-I.A.4,
+"""The Chan et al. Omniglot task of the main transience runs (Chan et al. 2022,
 I.B.1, I.C.1).
 
 Batches are bursty sequences of 8x augmented Omniglot drawings

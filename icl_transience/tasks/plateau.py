@@ -8,7 +8,7 @@ perfect-weights control) or WordSelection word ids. The model is
 models/image_sequence.py; the loss is the label cross-entropy at every image
 position.
 
-Strategies (spec 1.D) are per-member hyperparameters (c.hyper), so one
+Strategies (Fu et al.) are per-member hyperparameters (c.hyper), so one
 population trains the baseline and every strategy in one program:
   weights_warmup  W: every batch is D_fix while step < W, then the mixture below
   fixed_fraction  p: the fraction of D_fix sequences in every batch

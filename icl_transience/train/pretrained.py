@@ -1,6 +1,6 @@
 """Weights from another run's checkpoint: warm starts and frozen graft models.
 
-Warm start (spec III.10): the new run starts from the checkpoint's params
+Warm start (Singh et al. 2025): the new run starts from the checkpoint's params
 with a fresh Adam state (moments 0, count 0) and keeps its sequence counter;
 the data and evaluator streams come from the new run's own seeds. Grafting
 (III.7): the checkpoint's params become every member's frozen model.

@@ -14,7 +14,7 @@ resumed run sees exactly the data an uninterrupted run would. The task
 Optimizer: optional global-norm clipping, Adam moments, the member's lr times
 the schedule (linear warm-up over optim.warmup_steps, then constant or
 inverse square root), decoupled weight decay (AdamW) and the L2 penalty of
-spec I.C.1.
+Singh et al. 2023 (the schedule is Chan et al. 2022's).
 
 Layouts over the 'data' mesh axis (config population_sharding):
   batch    every device holds every member; each step's batch is split over
@@ -35,7 +35,7 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from icl_transience import config as config_lib
 from icl_transience import tasks
 
-# Parameter groups for selective weight decay (spec I.C.1): name fragments.
+# Parameter groups for selective weight decay (Singh et al. 2023): name fragments.
 L2_GROUPS = {"all": ("",), "mlp": ("mlp_in", "mlp_out"), "attention": ("attn",),
              "embedder": ("input_proj", "embedder")}
 
