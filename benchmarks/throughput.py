@@ -1,13 +1,14 @@
 """Training throughput of the coopetition model, three ways, in one run.
 
   python benchmarks/throughput.py                 # default config, this machine
-  python benchmarks/throughput.py --population=64 --fused_steps=625
+  python benchmarks/throughput.py --population=64,256 --fused_steps=625
   python benchmarks/throughput.py --device_counts=1,2,4,8   # fake CPU devices
 
 (a) one jitted step per Python iteration (the authors' loop structure, with
     the sampler inside the step), (b) the fused path: `fused_steps` steps per
-    compiled call with lax.scan, (c) a population of P models in one program
-    (vmap inside the scan). Prints steps/s, model-steps/s and the ratios.
+    compiled call with lax.scan, (c) populations of P models in one program
+    (vmap inside the scan), one line per P. Prints steps/s, model-steps/s
+    and the ratios.
 --device_counts instead runs the fused path data parallel over n devices
 (on a CPU host: n fake devices sharing its cores, one subprocess each) and
 prints, per n, steps/s, the ratio to 1 device, and the largest parameter
@@ -41,7 +42,7 @@ def _timed(fn, repeats: int) -> float:
   return time.perf_counter() - start
 
 
-def measure(population: int, fused_steps: int, per_step_iters: int,
+def measure(populations, fused_steps: int, per_step_iters: int,
             fused_calls: int, population_calls: int) -> dict:
   c = config_lib.base_config()
   c.steps_per_call = fused_steps
@@ -68,24 +69,26 @@ def measure(population: int, fused_steps: int, per_step_iters: int,
     fused_rate = fused_calls * fused_steps / _timed(
         _fused_calls(trainer, one, table), fused_calls)
 
-    # (c) a population of P models in one program, with its own trainer.
-    c.population = "; ".join(f"init_seed={i},data_seed={i}"
-                             for i in range(population))
-    pop_trainer = step_lib.Trainer(c, mesh)
-    pop_rate = population_calls * fused_steps / _timed(
-        _fused_calls(pop_trainer, config_lib.members(c), table), population_calls)
-  return dict(per_step=per_step_rate, fused=fused_rate, population_steps=pop_rate,
-              population_model_steps=pop_rate * population)
+    # (c) populations of P models in one program, each with its own trainer.
+    population_rates = {}
+    for population in populations:
+      c.population = "; ".join(f"init_seed={i},data_seed={i}"
+                               for i in range(population))
+      pop_trainer = step_lib.Trainer(c, mesh)
+      population_rates[population] = population_calls * fused_steps / _timed(
+          _fused_calls(pop_trainer, config_lib.members(c), table), population_calls)
+  return dict(per_step=per_step_rate, fused=fused_rate,
+              population_steps=population_rates)
 
 
 def _fused_calls(trainer, members, table):
   """One fused training call per invocation, on a fresh population state."""
   holder = {"state": trainer.init(members),
-            "alive": trainer.place(jnp.ones(len(members), bool))}
+            "alive": trainer.alive([True] * len(members))}
 
   def call():
     holder["state"], holder["alive"], metrics = trainer.train_chunk(
-        holder["state"], table, holder["alive"])
+        holder["state"], table, holder["alive"], length=trainer.c.steps_per_call)
     return metrics
   call.holder = holder
   return call
@@ -136,13 +139,15 @@ def _child(n, fused_steps, fused_calls, out_dir):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument("--population", type=int, default=64)
+  parser.add_argument("--population", default="64",
+                      help="population sizes for (c), comma-separated")
   parser.add_argument("--fused_steps", type=int, default=625)
   parser.add_argument("--per_step_iters", type=int, default=1000)
   parser.add_argument("--fused_calls", type=int, default=4)
   parser.add_argument("--population_calls", type=int, default=1)
   parser.add_argument("--device_counts", default="",
                       help="e.g. 1,2,4,8: data-parallel scaling table instead")
+  parser.add_argument("--json", default="", help="also write the numbers here")
   parser.add_argument("--_child", type=int, default=0, help=argparse.SUPPRESS)
   parser.add_argument("--_out", default="", help=argparse.SUPPRESS)
   args = parser.parse_args()
@@ -152,16 +157,24 @@ def main():
     with tempfile.TemporaryDirectory() as out_dir:
       return device_table([int(n) for n in args.device_counts.split(",")],
                           args.fused_steps, args.fused_calls, out_dir)
-  r = measure(args.population, args.fused_steps, args.per_step_iters,
-              args.fused_calls, args.population_calls)
+  r = measure([int(p) for p in args.population.split(",")], args.fused_steps,
+              args.per_step_iters, args.fused_calls, args.population_calls)
+  print_table(r, args.fused_steps)
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(r, f)
+
+
+def print_table(r, fused_steps: int):
   device = jax.devices()[0]
   print(f"device: {device.platform} ({device.device_kind}) x {jax.device_count()}")
   print(f"(a) per-step jit loop : {r['per_step']:10.1f} steps/s")
-  print(f"(b) fused scan x{args.fused_steps:<5d}: {r['fused']:10.1f} steps/s"
+  print(f"(b) fused scan x{fused_steps:<5d}: {r['fused']:10.1f} steps/s"
         f"   ({r['fused'] / r['per_step']:.2f}x per-step)")
-  print(f"(c) population of {args.population:<3d} : {r['population_steps']:10.1f} steps/s"
-        f" = {r['population_model_steps']:.1f} model-steps/s"
-        f"   ({r['population_model_steps'] / r['fused']:.2f}x fused)")
+  for population, rate in r["population_steps"].items():
+    print(f"(c) population of {population:<3d} : {rate:10.1f} steps/s"
+          f" = {rate * population:.1f} model-steps/s"
+          f"   ({rate * population / r['fused']:.2f}x fused)")
 
 
 if __name__ == "__main__":

@@ -37,8 +37,12 @@ def base_config() -> ml_collections.ConfigDict:
   # data_seed, lr, l2). Empty: one member from the fields above.
   c.population = ""
   # How members and batches share devices: auto | batch | members (see
-  # train/step.py; auto = members when they divide evenly over the devices).
+  # population_layout below and train/step.py).
   c.population_sharding = "auto"
+  # Members evaluated together on one device: evaluation memory grows with
+  # this, not with the population (each member's pass holds its eval batch's
+  # logits).
+  c.eval_members_per_pass = 8
   # float32 matmul precision of training and evaluation: highest (full
   # float32 on every backend), high (bf16_3x / TF32-like), default (the
   # backend's: TF32 on A100/H100, one bf16 pass on TPU). Data generation
@@ -235,6 +239,15 @@ def members(c) -> list[Member]:
   return out
 
 
+def population_layout(c, n_devices: int) -> str:
+  """batch or members (train/step.py). auto: a population over more than one
+  device splits its members (padded to a multiple of the device count);
+  one member splits its batch."""
+  if c.population_sharding != "auto":
+    return c.population_sharding
+  return "members" if n_devices > 1 and len(members(c)) > 1 else "batch"
+
+
 def _check(ok: bool, field: str, message: str):
   if not ok:
     raise UserError(f"{field}: {message}")
@@ -314,14 +327,14 @@ def validate(c, n_devices: int = 1):
          "choose constant or inverse_sqrt")
   for field in ("weight_decay", "clip_norm", "warmup_steps"):
     _check(c.optim[field] >= 0, f"optim.{field}", "must be >= 0")
-  _check(c.batch_size > 0 and c.batch_size % n_devices == 0, "batch_size",
-         f"{c.batch_size} must be a positive multiple of the {n_devices} devices")
-  _check(c.steps_per_call > 0, "steps_per_call", "must be positive")
   _check(c.population_sharding in ("auto", "batch", "members"),
          "population_sharding", "choose auto, batch or members")
-  _check(c.population_sharding != "members" or
-         len(members(c)) % n_devices == 0, "population_sharding",
-         f"'members' needs the population to divide over the {n_devices} devices")
+  split = population_layout(c, n_devices) == "batch"
+  _check(c.batch_size > 0 and (not split or c.batch_size % n_devices == 0),
+         "batch_size", f"{c.batch_size} must be a positive multiple of the "
+         f"{n_devices} devices it is split over")
+  _check(c.steps_per_call > 0, "steps_per_call", "must be positive")
+  _check(c.eval_members_per_pass > 0, "eval_members_per_pass", "must be positive")
   grid = c.batch_size * c.steps_per_call
   for field in ("total_sequences", "eval_every", "ckpt.every"):
     value = c.get(field) if "." not in field else c.ckpt.every

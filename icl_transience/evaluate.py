@@ -68,6 +68,8 @@ def evaluate_checkpoints(workdir: str, parallel: int = 0, shard: int = 0,
       return 0
     evaluate = trainer.population_eval()
     parallel = parallel or (1 if jax.default_backend() == "cpu" else 8)
+    if trainer.members_sharded:  # whole checkpoints on each device
+      parallel = -(-parallel // mesh.devices.size) * mesh.devices.size
     bar = tqdm.tqdm(total=len(todo), unit="ckpt", disable=None)
     for start in range(0, len(todo), parallel):
       batch = [(step, name, _restore(mngr, step, abstract, name))

@@ -1,10 +1,10 @@
-"""Right on every backend: full-precision matmuls where configured, and
-deterministic GPU kernels requested before JAX starts."""
+"""Right on every backend: full-precision matmuls where configured,
+deterministic GPU kernels requested before JAX starts, and evaluation memory
+bounded whatever the population size."""
 import os
 import re
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -41,7 +41,7 @@ def test_training_and_evaluation_use_the_configured_precision(precision, expecte
     members = config_lib.members(c)
     state = trainer.init(members)
     table = trainer.task.constants(trainer.replicated)
-    alive = trainer.place(jnp.ones(1, bool))
+    alive = trainer.alive([True])
     train = trainer.train_chunk.lower(state, table, alive)
     sets = trainer.task.eval_sets(trainer.replicated)
     evaluate = trainer.population_eval().lower(trainer.weights(state), table, sets)
@@ -65,3 +65,26 @@ def test_profile_traces_fused_calls_where_tensorboard_looks(tmp_path):
   (run,) = os.listdir(root)
   traces = os.listdir(root / run)
   assert any(name.endswith(".xplane.pb") for name in traces), traces
+
+
+def test_evaluation_memory_is_bounded_by_the_members_per_pass():
+  """8 members evaluated 2 per pass need far less scratch memory than all 8
+  at once, and give the same numbers."""
+  population = "; ".join(f"init_seed={i}" for i in range(8))
+  mesh = loop.make_mesh(1)
+  results, scratch = [], []
+  with jax.set_mesh(mesh):
+    for per_pass in (2, 8):
+      c = smoke_config(population=population, eval_members_per_pass=per_pass)
+      trainer = step_lib.Trainer(c, mesh)
+      state = trainer.init(config_lib.members(c))
+      table = trainer.task.constants(trainer.replicated)
+      sets = trainer.task.eval_sets(trainer.replicated)
+      compiled = trainer.population_eval().lower(
+          trainer.weights(state), table, sets).compile()
+      scratch.append(compiled.memory_analysis().temp_size_in_bytes)
+      results.append(trainer.fetch(compiled(trainer.weights(state), table, sets)))
+  assert scratch[0] < scratch[1] / 2, scratch
+  for a, b in zip(jax.tree.leaves(results[0]), jax.tree.leaves(results[1]), strict=True):
+    assert a.shape[0] == 8
+    np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-7)

@@ -44,11 +44,12 @@ def manager(workdir: str, keep: int = 0, read_only: bool = False):
   return ocp.CheckpointManager(epath.Path(root) / "checkpoints", options=options)
 
 
-def save(mngr, state, member_names, meta: dict):
-  """Saves the population state, one item per member (async)."""
+def save(mngr, member_states, member_names, meta: dict):
+  """Saves one item per member (Trainer.snapshot's trees); Orbax copies them
+  to the host, then writes in the background."""
   items = {"meta": ocp.args.JsonSave(meta)}
-  for i, name in enumerate(member_names):
-    items[name] = ocp.args.StandardSave(jax.tree.map(lambda x: x[i], state))
+  for name, member in zip(member_names, member_states, strict=True):
+    items[name] = ocp.args.StandardSave(member)
   mngr.save(int(meta["step"]), args=ocp.args.Composite(**items), force=True)
 
 
@@ -65,8 +66,12 @@ def restore_population(mngr, step: int, abstract_state, member_names):
   target = _member_target(abstract_state)
   items = {name: ocp.args.StandardRestore(target) for name in member_names}
   restored = mngr.restore(step, args=ocp.args.Composite(**items))
-  return jax.tree.map(lambda *xs: jax.numpy.stack(xs),
-                      *(restored[name] for name in member_names))
+  return _stack([restored[name] for name in member_names])
+
+
+@jax.jit
+def _stack(members):  # jitted: every process of a multi-process run takes part
+  return jax.tree.map(lambda *xs: jax.numpy.stack(xs), *members)
 
 
 def restore_member(mngr, step: int, abstract_state, name: str):

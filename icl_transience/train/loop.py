@@ -13,7 +13,7 @@ import signal
 import time
 
 import jax
-import jax.numpy as jnp
+import numpy as np
 from absl import logging
 from etils import epath
 
@@ -30,9 +30,8 @@ PROFILED_CALLS = 3  # fused calls traced by --profile
 # Fields a resumed run may change: horizons, schedules, eval batching.
 RESUMABLE_CHANGES = ("total_sequences", "eval_every", "ckpt", "steps_per_call",
                      "evals.batch_size", "num_devices", "population_sharding",
-                     "lds.eval_batch",
+                     "eval_members_per_pass", "lds.eval_batch",
                      "omniglot.eval_batch_size")
-
 
 
 def make_mesh(num_devices: int = 0):
@@ -44,6 +43,15 @@ def make_mesh(num_devices: int = 0):
   devices = jax.devices()[:num_devices or None]
   return jax.make_mesh((len(devices),), ("data",), devices=devices,
                        axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def run_mesh(c):
+  """The mesh a run of `c` trains on: num_devices (0 = all), except that a
+  single member in the auto layout takes one device of a one-process run
+  (splitting its small batch over more only adds communication)."""
+  single = (c.population_sharding == "auto" and len(config_lib.members(c)) == 1
+            and jax.process_count() == 1)
+  return make_mesh(1 if single and c.num_devices == 0 else c.num_devices)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:
@@ -123,7 +131,7 @@ def _postfix(rows, names, step, batch_size, shown_probes):
 def train(c, workdir: str, profile_dir: str = ""):
   """Trains (or resumes) the population of `c` in `workdir`; with
   profile_dir, writes a profiler trace of PROFILED_CALLS fused calls there."""
-  mesh = make_mesh(c.num_devices)
+  mesh = run_mesh(c)
   config_lib.validate(c, n_devices=mesh.devices.size)
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   lock = (workdir_lock.hold(workdir) if jax.process_index() == 0
@@ -139,9 +147,12 @@ def _train(c, workdir, mesh, profile_dir):
   names = [m.name for m in members]
   bs = c.batch_size
   total = c.total_sequences // bs
-  logging.info("%d member(s) %s on %d device(s); %d steps = %d sequences",
-               len(names), names, mesh.devices.size, total, c.total_sequences)
   trainer = step_lib.Trainer(c, mesh)
+  layout = ("members" if trainer.members_sharded else "batch") + (
+      f", padded to {trainer.n_slots}" if trainer.n_slots > len(names) else "")
+  logging.info("%d member(s) %s on %d device(s) (%s layout); %d steps = %d "
+               "sequences", len(names), names, mesh.devices.size, layout, total,
+               c.total_sequences)
   table = trainer.task.constants(trainer.replicated)
   evaluate = trainer.population_eval()
   eval_sets = trainer.task.eval_sets(trainer.replicated)
@@ -197,10 +208,14 @@ class Run:
           "or fix the folder's permissions, then run again to resume") from e
 
   def save(self, state, step):
+    self.write(self.trainer.snapshot(state), step)
+
+  def write(self, snapshot, step):
+    """Saves a trainer.snapshot (asynchronously, after the copy to host)."""
     meta = dict(step=step, sequences=step * self.c.batch_size,
                 members=self.names, diverged=dict(self.diverged))
     try:
-      checkpoints.save(self.mngr, state, self.names, meta)
+      checkpoints.save(self.mngr, snapshot, self.names, meta)
     except OSError as e:
       raise self._save_error(step, e) from e
 
@@ -222,8 +237,8 @@ class Run:
     bs, k = c.batch_size, c.steps_per_call
     eval_period = c.eval_every // bs
     ckpt_steps = set(checkpoints.schedule(c.ckpt, bs, k, total))
-    alive = trainer.place(jnp.array([n not in self.diverged for n in self.names]))
-    pending, in_flight = [], None
+    alive = trainer.alive([n not in self.diverged for n in self.names])
+    pending, in_flight, snapshot = [], None, None
     last_time, last_step = time.time(), step
     calls = 0
     with progress.bar(total, step, jax.process_index() == 0) as bar:
@@ -234,6 +249,9 @@ class Run:
         length = k - step % k
         state, alive, metrics = trainer.train_chunk(state, self.table, alive,
                                                     length=length)
+        if snapshot is not None:  # copied while this call trains
+          self.write(*snapshot)
+          snapshot = None
         step += length
         if in_flight is not None:  # keep one call in flight, no more
           jax.block_until_ready(in_flight[0])
@@ -241,13 +259,14 @@ class Run:
         in_flight = (metrics, length)
         pending.append(in_flight)
         if step % eval_period == 0 or step == total:
-          weights = jnp.array([n for _, n in pending], jnp.float32)
-          train_metrics = jax.tree.map(
-              lambda *m: jnp.average(jnp.stack(m), 0, weights),
-              *(m for m, _ in pending))
+          results, chunks = trainer.fetch((self.evaluate(
+              trainer.weights(state), self.table, self.eval_sets),
+                                           [m for m, _ in pending]))
+          train_metrics = jax.tree.map(  # the calls' means, weighted by length
+              lambda *m: np.average(np.stack(m), 0, [n for _, n in pending]),
+              *chunks)
           pending = []
-          rows = _result_rows(self.names, step, bs, *trainer.fetch((self.evaluate(
-              trainer.weights(state), self.table, self.eval_sets), train_metrics)))
+          rows = _result_rows(self.names, step, bs, results, train_metrics)
           rows, alive = self._guard(rows, state, alive, step)
           self.append(rows)
           shown = _postfix(rows, self.names, step, bs, trainer.task.shown)
@@ -259,13 +278,16 @@ class Run:
                        rate, " ".join(f"{a}={b}" for a, b in shown.items()))
           if len(self.diverged) == len(self.names):
             self.save(state, step)
+            self.wait()
             raise Diverged(f"every member diverged (the last at step {step}); "
                             f"the run stopped; see {metrics_table.path(self.workdir)}")
-        if step in ckpt_steps or stop.requested:
-          self.save(state, step)
+        if step in ckpt_steps or stop.requested:  # written after the next call starts
+          snapshot = (trainer.snapshot(state), step)
         if stop.requested:
           logging.warning("stopped at step %d; run again to resume", step)
           break
+      if snapshot is not None:
+        self.write(*snapshot)
       bar.update(step - bar.n)
     jax.block_until_ready(state)
     self._profile(-1, state)
@@ -296,7 +318,7 @@ class Run:
     if not self.c.divergence_guard:
       return rows, alive
     flags, steps = self.trainer.fetch((alive, state["step"]))
-    flags = [bool(a) for a in flags]
+    flags = [bool(a) for a in flags[:len(self.names)]]
     bad_eval = {r["member"]: f"{r['evaluator']} loss {r['value']}" for r in rows
                 if r["metric"] == "loss" and not math.isfinite(r["value"])}
     train_loss = {r["member"]: r["value"] for r in rows
@@ -316,6 +338,6 @@ class Run:
                           evaluator=metrics_table.DIVERGED, metric="step", value=float(at))]
     rows = [r for r in rows if r["member"] not in self.diverged or
             r["evaluator"] == metrics_table.DIVERGED]
-    if flags != [bool(a) for a in self.trainer.fetch(alive)]:
-      alive = self.trainer.place(jnp.array(flags))
+    if flags != [bool(a) for a in self.trainer.fetch(alive)[:len(self.names)]]:
+      alive = self.trainer.alive(flags)
     return rows, alive

@@ -16,13 +16,17 @@ the schedule (linear warm-up over optim.warmup_steps, then constant or
 inverse square root), decoupled weight decay (AdamW) and the L2 penalty of
 Singh et al. 2023 (the schedule is Chan et al. 2022's).
 
-Layouts over the 'data' mesh axis (config population_sharding):
+Layouts over the 'data' mesh axis (config population_sharding, resolved by
+config.population_layout):
   batch    every device holds every member; each step's batch is split over
            the devices (XLA all-reduces the gradients).
   members  the population axis is split over the devices; each device trains
-           its own members on whole batches, with no communication.
-  auto     members when the population divides evenly over more than one
-           device, else batch.
+           its own members on whole batches, with no communication. The
+           population is padded to a multiple of the device count with copies
+           of its last member that never train (alive = False) and write no
+           checkpoints or rows.
+  auto     members for a population on more than one device, else batch; a
+           single member trains on one device unless num_devices says more.
 """
 import functools
 
@@ -62,14 +66,6 @@ def lr_factor(optim, step):
   return factor
 
 
-def population_layout(c, n_devices: int) -> str:
-  n_members = len(config_lib.members(c))
-  if c.population_sharding != "auto":
-    return c.population_sharding
-  even = n_devices > 1 and n_members % n_devices == 0
-  return "members" if even else "batch"
-
-
 class Trainer:
   """Compiled functions for one config: init, fused training, evaluation."""
 
@@ -84,10 +80,17 @@ class Trainer:
     self.use_l2 = any(m.l2 > 0 for m in config_lib.members(c))
     self.grafting = c.graft.mode != "none"
     self.replicated = NamedSharding(mesh, P())
-    self.members_sharded = population_layout(c, mesh.devices.size) == "members"
+    n_devices = mesh.devices.size
+    self.members_sharded = config_lib.population_layout(c, n_devices) == "members"
     self.state_sharding = (NamedSharding(mesh, P("data")) if self.members_sharded
                            else self.replicated)
+    self.n_members = len(config_lib.members(c))
+    # population slots: the members, padded in the members layout
+    self.n_slots = (-(-self.n_members // n_devices) * n_devices
+                    if self.members_sharded else self.n_members)
     self._replicate = jax.jit(lambda tree: tree, out_shardings=self.replicated)
+    self._pad = jax.jit(self._pad_slots, out_shardings=self.state_sharding)
+    self.snapshot = jax.jit(self._unstack, out_shardings=self.replicated)
     self.train_chunk = jax.jit(self._precise(self._train_chunk),
                                donate_argnums=(0, 2), static_argnames="length")
 
@@ -130,7 +133,9 @@ class Trainer:
     return seeds + [hyper]
 
   def init(self, members):
-    """The population's initial state, laid out over the mesh."""
+    """The population's initial state (n_slots members), laid out over the
+    mesh."""
+    members = members + members[-1:] * (self.n_slots - len(members))
     init = jax.jit(self._precise(jax.vmap(self._init_member)),
                    out_shardings=self.state_sharding)
     return init(*self._member_arrays(members))
@@ -140,9 +145,27 @@ class Trainer:
     over the members of a multi-process run are gathered first."""
     return jax.device_get(self._replicate(tree))
 
+  def _pad_slots(self, state):
+    pad = lambda x: jnp.concatenate(
+        [x] + [x[-1:]] * (self.n_slots - x.shape[0])) if x.shape[0] < self.n_slots else x
+    return jax.tree.map(pad, state)
+
   def place(self, state):
-    """The population state in this trainer's layout."""
-    return jax.device_put(state, self.state_sharding)
+    """A stacked state of the members (or of all slots) in this trainer's
+    layout, padded to n_slots."""
+    return self._pad(state)
+
+  def alive(self, flags):
+    """The members' alive flags as the (n_slots,) device array training
+    takes; padding slots never train."""
+    flags = list(flags) + [False] * (self.n_slots - len(flags))
+    return jax.device_put(np.array(flags, bool), self.state_sharding)
+
+  def _unstack(self, state):
+    """One tree per member (padding dropped): the checkpoint's items, copied
+    on device in one call so the next training call may reuse the state's
+    buffers while Orbax writes them."""
+    return [jax.tree.map(lambda x, i=i: x[i], state) for i in range(self.n_members)]
 
   def abstract_state(self, members):
     """Shapes and shardings of the state, for restoring checkpoints."""
@@ -221,6 +244,17 @@ class Trainer:
 
   # --- evaluation -----------------------------------------------------------
   def population_eval(self):
-    """jit(vmap(task.evaluate)) over a stacked population (or checkpoints)."""
-    return jax.jit(self._precise(jax.vmap(self.task.evaluate,
-                                          in_axes=(0, None, None))))
+    """task.evaluate over a stacked population (or checkpoints), jitted,
+    eval_members_per_pass members at a time on each device: evaluation
+    memory is bounded whatever the population size. In the members layout
+    each device evaluates its own members."""
+    per_pass = self.c.eval_members_per_pass
+
+    def evaluate(weights, table, eval_sets):
+      n = jax.tree.leaves(weights)[0].shape[0]
+      return jax.lax.map(lambda w: self.task.evaluate(w, table, eval_sets),
+                         weights, batch_size=min(per_pass, n))
+    if self.members_sharded:
+      evaluate = jax.shard_map(evaluate, mesh=self.mesh,
+                               in_specs=(P("data"), P(), P()), out_specs=P("data"))
+    return jax.jit(self._precise(evaluate))
