@@ -3,6 +3,8 @@ sized from its numbers to end within the time budget.
 
   bash benchmarks/gpu_check.sh OUT_DIR          # the usual entry point
   python benchmarks/gpu_check.py OUT_DIR [--budget_s=540]
+  python benchmarks/gpu_check.py OUT_DIR --populations=2 --runs=coop,seeds \
+      --budget_s=420                              # a quick try on a CPU
 
 1. The device, then benchmarks/throughput.py's (a) per-step loop, (b) fused
    scan and (c) populations of 64 and 256.
@@ -12,7 +14,7 @@ sized from its numbers to end within the time budget.
      seeds       the same, 6 members (init 5, 6, 7 x data 2, 3), to 20 M;
      transience  configs/transience.py (12 layers, K = 8), to 2 M.
    A plan that does not fit the budget left shortens the seed population's
-   horizon (on the evaluation grid) and says so.
+   horizon (on the evaluation grid), then the others', and says so.
 3. The runs (main.py), each stopped cleanly (SIGTERM: checkpoint, exit) if
    it overruns its share; then `plot` and `report` on each, and the checks of
    BUILD_NOTES's bands. OUT_DIR gets gpu_check.json (every number), and per
@@ -51,6 +53,7 @@ RUNS = {  # name: (config file, fields, sequences)
 }
 MODULES = {"configs/coopetition.py": coopetition, "configs/transience.py": transience}
 STARTUP_S = 60  # per run: start-up, compiling what the cache misses, the probes
+SHORTEN_FIRST = ("seeds", "coop", "transience")  # when the plan does not fit
 
 
 def run_config(name):
@@ -70,19 +73,21 @@ def fused_rate(c, calls: int = 2) -> float:
 
 
 def plan(rates, left_s: float):
-  """Sequences and expected seconds per run: the full horizons, the seed
-  population's shortened to fit the time left."""
-  seconds = lambda name, seqs: STARTUP_S + seqs / run_config(name).batch_size / rates[name]
-  horizons = {name: RUNS[name][2] for name in RUNS}
-  spare = left_s - sum(seconds(n, horizons[n]) for n in RUNS if n != "seeds") - STARTUP_S
-  c = run_config("seeds")
-  grid = c.eval_every
-  fits = int(max(spare, 0) * rates["seeds"] * c.batch_size) // grid * grid
-  if fits < horizons["seeds"]:
-    horizons["seeds"] = max(fits, grid)
-    print(f"PLAN: the seed population is shortened to {horizons['seeds']:,} "
-          f"sequences (not {RUNS['seeds'][2]:,}) to end within the budget")
-  return horizons, {n: seconds(n, horizons[n]) for n in RUNS}
+  """Sequences and expected seconds per run: the full horizons, cut (on the
+  evaluation grid) in the order of SHORTEN_FIRST until the plan fits the
+  time left; each cut is printed."""
+  seconds = lambda n, seqs: STARTUP_S + seqs / run_config(n).batch_size / rates[n]
+  horizons = {n: RUNS[n][2] for n in rates}
+  for name in (n for n in SHORTEN_FIRST if n in rates):
+    others = sum(seconds(n, horizons[n]) for n in rates if n != name)
+    c = run_config(name)
+    fits = int(max(left_s - others - STARTUP_S, 0) * rates[name] * c.batch_size)
+    fits = max(fits // c.eval_every * c.eval_every, c.eval_every)
+    if fits < horizons[name]:
+      horizons[name] = fits
+      print(f"PLAN: {name} is shortened to {fits:,} sequences (not "
+            f"{RUNS[name][2]:,}) to end within the budget", flush=True)
+  return horizons, {n: seconds(n, horizons[n]) for n in rates}
 
 
 def train(name, sequences, workdir, deadline_s):
@@ -131,6 +136,8 @@ def transience_checks(rows, member):
 
 def collect(workdir, out):
   os.makedirs(out, exist_ok=True)
+  if not os.path.exists(metrics_table.path(workdir)):
+    return
   for tool in ("plot", "report"):
     subprocess.run([sys.executable, "-m", f"icl_transience.{tool}",
                     f"--workdir={workdir}"], cwd=REPO, check=False)
@@ -142,12 +149,21 @@ def collect(workdir, out):
                     dirs_exist_ok=True)
 
 
+def _finite(tree):
+  """NaN (a curve with no point in its window) as null: strict JSON."""
+  if isinstance(tree, dict):
+    return {k: _finite(v) for k, v in tree.items()}
+  return None if isinstance(tree, float) and tree != tree else tree
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("out")
   parser.add_argument("--budget_s", type=float, default=540)
   parser.add_argument("--populations", default="64,256",
                       help="benchmark (c) population sizes")
+  parser.add_argument("--runs", default=",".join(RUNS),
+                      help="which runs, in order (e.g. coop,seeds for a quick try)")
   args = parser.parse_args()
   start = time.time()
   left = lambda: args.budget_s - (time.time() - start)
@@ -160,25 +176,32 @@ def main():
                              fused_calls=8, population_calls=2)
   throughput.print_table(bench, 625)
   result["benchmark"] = bench
-  rates = {name: fused_rate(run_config(name)) for name in RUNS}
+  names = args.runs.split(",")
+  unknown = set(names) - set(RUNS)
+  if unknown:
+    parser.error(f"--runs: unknown {sorted(unknown)} (choose from {', '.join(RUNS)})")
+  rates = {name: fused_rate(run_config(name)) for name in names}
   for name, rate in rates.items():
     print(f"sizing: {name} fused at {rate:,.0f} steps/s", flush=True)
   result["run_rates"] = rates
   horizons, expected = plan(rates, left())
   result["horizons"], result["expected_s"] = horizons, expected
-  for name in RUNS:
+  for name in names:
     print(f"plan: {name} to {horizons[name]:,} sequences, ~{expected[name]:.0f} s")
 
   checks = {"coop": coop_checks, "seeds": coop_checks, "transience": transience_checks}
   with tempfile.TemporaryDirectory() as runs:
-    names = list(RUNS)
     for i, name in enumerate(names):
-      later = sum(expected[n] for n in names[i + 1:])  # kept for the runs after
-      deadline = min(1.5 * expected[name], left() - later)
+      # an overrun is stopped in time to leave each later run its start-up
+      deadline = min(1.5 * expected[name], left() - STARTUP_S * (len(names) - i - 1))
+      if deadline < STARTUP_S / 2:
+        print(f"{name}: skipped, no time left in the budget", flush=True)
+        continue
       workdir = os.path.join(runs, name)
       result[name] = train(name, horizons[name], workdir, deadline)
       collect(workdir, os.path.join(args.out, name))
-      rows = metrics_table.read(workdir)
+      rows = metrics_table.read(workdir) if os.path.exists(
+          metrics_table.path(workdir)) else []
       members = [m.name for m in config_lib.members(run_config(name))]
       result[name]["checks"] = {m: checks[name](rows, m) for m in members}
       for m in members:
@@ -187,7 +210,7 @@ def main():
             for k, v in result[name]["checks"][m].items()), flush=True)
   result["seconds"] = time.time() - start
   metrics_table.atomic_write_text(os.path.join(args.out, "gpu_check.json"),
-                                  json.dumps(result, indent=2) + "\n")
+                                  json.dumps(_finite(result), indent=2) + "\n")
   print(f"done in {result['seconds']:.0f} s; numbers in {args.out}/gpu_check.json")
 
 

@@ -3,6 +3,7 @@
   python benchmarks/throughput.py                 # default config, this machine
   python benchmarks/throughput.py --population=64,256 --fused_steps=625
   python benchmarks/throughput.py --device_counts=1,2,4,8   # fake CPU devices
+  python benchmarks/throughput.py --cost       # XLA's bytes and flops per step
 
 (a) one jitted step per Python iteration (the authors' loop structure, with
     the sampler inside the step), (b) the fused path: `fused_steps` steps per
@@ -94,6 +95,31 @@ def _fused_calls(trainer, members, table):
   return call
 
 
+def step_cost() -> dict:
+  """XLA's cost analysis of one optimizer step of the default config: the
+  whole step, and its gradient alone (bytes accessed and flops)."""
+  c = config_lib.base_config()
+  mesh = loop.make_mesh(1)
+  with jax.set_mesh(mesh):
+    trainer = step_lib.Trainer(c, mesh)
+    table = sources.load_table(c.data)
+    state = jax.tree.map(lambda x: x[0], trainer.init(config_lib.members(c)))
+    carry = (state, jnp.bool_(True))
+    step = jax.jit(trainer._precise(trainer._step))  # pylint: disable=protected-access
+
+    def grad_only(state):
+      key = jax.random.fold_in(state["data_key"], state["step"])
+      batch = trainer.task.sample_batch(key, table, state["hyper"], state["step"])
+      return jax.grad(lambda p: trainer._loss(p, state, batch)[0])(state["params"])  # pylint: disable=protected-access
+    out = {}
+    for name, fn, args in (("step", step, (carry, table)),
+                           ("sample + grad", jax.jit(grad_only), (state,))):
+      cost = fn.lower(*args).compile().cost_analysis()
+      cost = cost[0] if isinstance(cost, list) else cost
+      out[name] = {k: float(cost.get(k, 0.0)) for k in ("flops", "bytes accessed")}
+  return out
+
+
 def fused_on_devices(n_devices: int, fused_steps: int, fused_calls: int) -> dict:
   """Fused steps/s with the batch over n devices, and the final params."""
   c = config_lib.base_config()
@@ -147,12 +173,19 @@ def main():
   parser.add_argument("--population_calls", type=int, default=1)
   parser.add_argument("--device_counts", default="",
                       help="e.g. 1,2,4,8: data-parallel scaling table instead")
+  parser.add_argument("--cost", action="store_true",
+                      help="XLA's bytes and flops per step instead")
   parser.add_argument("--json", default="", help="also write the numbers here")
   parser.add_argument("--_child", type=int, default=0, help=argparse.SUPPRESS)
   parser.add_argument("--_out", default="", help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args._child:  # pylint: disable=protected-access
     return _child(args._child, args.fused_steps, args.fused_calls, args._out)  # pylint: disable=protected-access
+  if args.cost:
+    for name, cost in step_cost().items():
+      print(f"{name:>14}: {cost['bytes accessed'] / 1e6:8.1f} MB accessed, "
+            f"{cost['flops'] / 1e6:8.1f} MFLOP per optimizer step")
+    return None
   if args.device_counts:
     with tempfile.TemporaryDirectory() as out_dir:
       return device_table([int(n) for n in args.device_counts.split(",")],

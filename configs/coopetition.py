@@ -11,7 +11,7 @@ evaluators every 100 k sequences.
 Variants (Singh et al. 2025, appendix), with the paper's horizons:
   icl_only    labels: a random pair of all 12,800 labels per sequence (64 M)
   icl_only_graft  icl_only with layer 2, final LN and unembedding frozen from
-              the main run at 20 M (II.D.5; --config.graft.workdir=<main run>)
+              the main run at 20 M (Fig. 4; --config.graft.workdir=<main run>)
   ciwl_only   no query-class items; the query label on one context item
   mq          matched exemplars (persistent ICL)
   sinpe, rope sinusoidal / rotary positions, timescale 30

@@ -1,4 +1,4 @@
-"""The OLMo stand-in of Daniels et al. (spec plateaus_lds.md 2.D.7, 2.E.5).
+"""The OLMo stand-in of Daniels et al. (after their OLMo analysis).
 
   python main.py --config=configs/dictionary_recall.py --workdir=runs/dict
   python main.py --config=configs/dictionary_recall.py:cpu --workdir=runs/dict_cpu
@@ -21,8 +21,8 @@ def _corpus() -> ml_collections.ConfigDict:
       n_words=200,           # per language (A and B)
       n_labels=20,           # symbolic label ids
       phrase_len=3,          # a1 a2 a3 <L> o1 o2 o3 ;
-      n_blocks=8,            # few-shot blocks per document [D]
-      plain_fraction=0.5,    # share of plain A/B word streams [D]
+      n_blocks=8,            # few-shot blocks per document (our choice)
+      plain_fraction=0.5,    # share of plain A/B word streams (our choice)
       vocab_size=600,
       dictionary_seed=0,     # the A -> B bijection
       eval_prompts=1024,     # held-out prompts per evaluator

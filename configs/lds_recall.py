@@ -1,6 +1,6 @@
 """In-context recall on interleaved linear dynamical systems (Daniels et al.).
 
-Spec plateaus_lds.md 2: a GPT-2 regressor on 57-d tokens (25 label pairs,
+Daniels et al. 2025: a GPT-2 regressor on 57-d tokens (25 label pairs,
 5-d states) of interleaved traces of 250 positions over 40,000 fixed training
 trajectories; AdamW (weight decay 0.01, torch betas/eps), global-norm clipping
 1.0, constant learning rate lr = sqrt(batch / 512) * multiplier * 1.5849e-5;
@@ -48,7 +48,7 @@ PRESETS = {
 
 # CPU: the Tiny width, 4 layers, on a smaller problem (64 positions, 4 label
 # ids so Zipf support {1..4}, 3 cuts per system: short segments and ~3
-# resumptions per trace), batch 32, lr 2e-3 (not the spec's rule, which gives
+# resumptions per trace), batch 32, lr 2e-3 (not the paper's rule, which gives
 # 1.6e-5 at batch 32); needle prompts with haystack 2 (37 tokens) on 20
 # examples x 50 trials; evaluation every 32 k sequences. 20 k steps (640 k
 # sequences) take about 40-60 min on two free cores (~5-8 steps/s). In our

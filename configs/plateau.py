@@ -1,4 +1,4 @@
-"""Learning plateaus of Fu et al. (spec plateaus_lds.md 1): hidden-factor ICL on images.
+"""Learning plateaus of Fu et al.: hidden-factor ICL on images.
 
 Baseline (Fu et al.'s defaults): L = 48 (image, label) pairs, 15 labels, all
 six factors hidden, 32 px procedural images; conv encoder + 8 pre-LN blocks,

@@ -1,6 +1,6 @@
 """Transience of emergent ICL (Singh et al. 2023), fixed-feature 12-layer run.
 
-Spec I.A.6, I.A.7, I.B.2, I.C.2: 12 layers, d 64, 8 heads, MLP x4,
+Singh et al. 2023, appendix: 12 layers, d 64, 8 heads, MLP x4,
 sinusoidal positions (timescale 30); K = 8 context pairs, burstiness 3 +
 distractor + 2 others; 12,800 classes x 20 exemplars of the embedded
 synthetic features (the "reordered" layout); Adam 3e-4 constant, batch 32;

@@ -6,8 +6,9 @@
   python -m icl_transience.ablate --workdir=runs/coop --record=flip.npz
 
 Without --ablate/--keep/--drop_embedding it runs every intervention of the
-II.D.4 table. Prints in-context accuracy per intervention and evaluator and
-saves every metric to workdir/ablations/<sequences>.json. --record saves the
+ablation table (Singh et al. 2025, App. B). Prints in-context accuracy per
+intervention and evaluator and saves every metric to
+workdir/ablations/<sequences>.json. --record saves the
 attention patterns, q/k/v and residual streams of the first --record_n
 sequences of --record_evaluator to an .npz file.
 """

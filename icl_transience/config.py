@@ -130,7 +130,7 @@ def base_config() -> ml_collections.ConfigDict:
   # Warm start (Singh et al. 2025): its params, a fresh Adam state, its sequence
   # counter; the data stream restarts from this run's own seeds.
   c.warm_start = _checkpoint_ref()
-  # Grafting (III.7): a frozen model joined at block `layer`; mode none | out
+  # Grafting (Singh et al. 2025): a frozen model joined at block `layer`; mode none | out
   # (frozen model runs the blocks after `layer`) | in (frozen model supplies
   # the stream after `layer`).
   c.graft = _checkpoint_ref()

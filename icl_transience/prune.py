@@ -1,4 +1,4 @@
-"""Edge pruning of an LDS run's checkpoint (spec plateaus_lds.md 2.D.6).
+"""Edge pruning of an LDS run's checkpoint (after Bhaskar et al. 2024).
 
   python -m icl_transience.prune --workdir=runs/lds_big [--sequences=N] \
       [--token=1|2|both] [--sparsity=0.95] [--haystack=5]

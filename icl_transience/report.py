@@ -1,4 +1,4 @@
-"""Run report: the transience detector (transience_coopetition.md I.D, IV.16).
+"""Run report: the transience detector (transience as in Singh et al. 2023).
 
   python -m icl_transience.report --workdir=runs/coop [--metric=in_context_acc]
       [--emerge=0.2] [--decay=0.2] [--chance=0.5]
@@ -22,7 +22,7 @@ evaluators) and headroom h = 1 - c:
   "persistent"     otherwise (still there at the last step; it may decay later).
 
 The defaults --emerge = --decay = 0.2 read, for in_context_acc, as "peak >= 0.6"
-and "at least 0.10 below the peak" (the band of synthetic_features.md);
+and "at least 0.10 below the peak" (the band in BUILD_NOTES);
 evaluation noise on 5,000 sequences is ~0.007, far below either.
 
 Evaluators go to the section of SECTIONS with the longest matching name

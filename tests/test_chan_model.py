@@ -11,7 +11,7 @@ from icl_transience.models import chan_transformer as chan
 from icl_transience.models import resnet
 from icl_transience.models.transformer import count_params
 
-# A small variant: the spec's architecture at reduced depth, width, number of
+# A small variant: Chan et al.'s architecture at reduced depth, width, number of
 # block groups and image size (the embedder pools globally, so any size works).
 TINY = chan.ChanTransformer(n_outputs=10, depth=2, d_model=16, n_heads=2,
                             resnet_channels=(4,), resnet_blocks=(1, 1),
@@ -97,7 +97,7 @@ def paths(tree):
           for k, x in jax.tree_util.tree_leaves_with_path(tree)}
 
 
-def test_parameter_counts_at_the_spec_sizes():
+def test_parameter_counts_at_the_paper_sizes():
   model = chan.ChanTransformer()
   images = jnp.zeros((1, 9, 105, 105, 1))
   labels = jnp.zeros((1, 8), jnp.int32)

@@ -1,11 +1,13 @@
 """The launch scripts: dry runs print the right commands, a real TPU run (with
 a fake gcloud) runs exactly those and deletes the VM even after a failure,
-bad usage exits 2, and every script passes shellcheck."""
+bad usage exits 2, and every script passes shellcheck; the accelerator
+check's plan fits its budget."""
 import glob
 import os
 import shlex
 import shutil
 import subprocess
+import sys
 import sysconfig
 import tarfile
 
@@ -139,8 +141,25 @@ def test_every_launch_script_passes_shellcheck():
                 or shutil.which("shellcheck", path=sysconfig.get_path("scripts")))
   if shellcheck is None:
     pytest.skip("shellcheck missing: pip install -e '.[test]' provides it")
-  scripts = sorted(glob.glob(os.path.join(REPO, "launch", "*.sh")))
-  assert len(scripts) >= 3
+  scripts = sorted(glob.glob(os.path.join(REPO, "launch", "*.sh")) +
+                   glob.glob(os.path.join(REPO, "benchmarks", "*.sh")))
+  assert len(scripts) >= 4
   result = subprocess.run([shellcheck, "--shell=bash", *scripts],
                           capture_output=True, text=True, check=False)
   assert result.returncode == 0, result.stdout
+
+
+def test_the_accelerator_check_shortens_the_seed_population_first_to_fit():
+  sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+  import gpu_check  # pylint: disable=g-import-not-at-top
+  full = {n: seqs for n, (_, _, seqs) in gpu_check.RUNS.items()}
+  fast = {"coop": 7000.0, "seeds": 3000.0, "transience": 1500.0}  # steps/s
+  horizons, expected = gpu_check.plan(fast, left_s=2000)
+  assert horizons == full
+  horizons, expected = gpu_check.plan(fast, left_s=400)
+  assert sum(expected.values()) <= 400
+  assert horizons["coop"] == full["coop"] and horizons["transience"] == full["transience"]
+  assert 0 < horizons["seeds"] < full["seeds"]
+  assert horizons["seeds"] % gpu_check.run_config("seeds").eval_every == 0
+  horizons, expected = gpu_check.plan({n: r / 10 for n, r in fast.items()}, left_s=400)
+  assert horizons["coop"] < full["coop"]  # then the others

@@ -1,6 +1,7 @@
 """Interleaved-LDS generator, resume prompts, pseudo-inverse baseline.
 
-Spec 2.A, 2.E.0 and acceptance checks 2.G rows 1-2.
+Daniels et al. 2025, our pseudo-inverse baseline table and our acceptance
+checks.
 """
 import math
 
@@ -23,7 +24,8 @@ KEY = jax.random.PRNGKey(0)
 SQRT2 = np.float32(math.sqrt(2))
 STATE = slice(SPEC.state_start, None)
 NEEDLE = dict(haystack_len=3, n_examples=4, n_trials=8)
-# Table 2.E.0: pseudo-inverse median error of the k-th observation, k = 1..8.
+# Our baseline table: pseudo-inverse median error of the k-th observation,
+# k = 1..8.
 PINV_MEDIANS = (0.863, 0.863, 0.673, 0.468, 0.288, 0.099, 0.0, 0.0)
 
 _traces = jax.jit(jax.vmap(lds.sample_trace, in_axes=(0, None, None)),

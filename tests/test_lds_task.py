@@ -1,7 +1,7 @@
 """GPT-2 regressor, LDS recall task, its configs and its report.
 
-Spec plateaus_lds.md 2.B (model and parameter counts), 2.C (loss), 2.D
-(evaluators), 2.G rows 4-5 (report checks).
+Daniels et al. 2025 (model and parameter counts, loss, evaluators) and our
+acceptance checks (report).
 """
 import json
 import os
@@ -29,8 +29,9 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__))), "configs"))
 import lds_recall  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# Spec 2.B table, computed exactly: blocks (12 d^2 + 13 d each), final LN,
-# read-in, read-out and 250 used position rows | HF: 2048 rows + 50257 x d.
+# Daniels et al. 2025's sizes, counted exactly: blocks (12 d^2 + 13 d each),
+# final LN, read-in, read-out and 250 used position rows | HF: 2048 rows +
+# 50257 x d.
 COUNTS = {"tiny": (212_117, 3_960_077), "small": (701_285, 5_698_565),
           "medium": (2_419_589, 9_082_629), "big": (10_737_221, 20_731_781),
           "40m": (24_068_453, 39_060_293)}
@@ -52,7 +53,7 @@ def abstract_params(model, length=250, token_dim=57):
 
 
 @pytest.mark.parametrize("size", list(gpt2.SIZES))
-def test_parameter_counts_and_layout_match_the_spec(size):
+def test_parameter_counts_and_layout_match_the_paper(size):
   d, depth, _ = gpt2.SIZES[size]
   params = abstract_params(gpt2.preset(size))
   counts = gpt2.parameter_counts(params, used_positions=250)
@@ -223,7 +224,7 @@ def test_report_of_the_training_run(run):
   assert all(os.path.getsize(p) > 10_000 for p in member["figures"])
 
 
-def test_configs_follow_the_spec():
+def test_configs_follow_the_paper():
   lrs = {"tiny": 1.268e-4, "small": 4.483e-5, "medium": 1.585e-5,
          "big": 1.4766e-5, "40m": 4.77e-6}
   for variant, lr in lrs.items():

@@ -155,7 +155,7 @@ def test_bad_fields_are_user_errors(setup, monkeypatch):
       ("data.omniglot_dir", str(SHARED / "nope"), "data.omniglot_dir: no such")]:
     with pytest.raises(UserError, match=message):
       config_lib.validate(tiny_config(**{field: value}))
-  # the spec's 12,700 rare classes need all 1,623 characters
+  # Chan et al.'s 12,700 rare classes need all 1,623 characters
   monkeypatch.setattr(omniglot, "load_omniglot", lambda *_: setup["data"])
   task = task_lib.OmniglotTask(tiny_config(**{"omniglot.n_rare": 12_700}))
   with pytest.raises(UserError, match="omniglot.n_rare: .*at most n_rare=1852"):

@@ -67,9 +67,10 @@ def test_onehot_source():
 
 
 def test_released_layout_reproduces_the_extraction_bug(tmp_path):
-  """Spec I.A.6: class n of the released files holds character n // 8 over
-  ~2.5 drawings x all 8 transforms; a character's 8 classes partition its
-  160 (drawing, transform) images; the first 1,600 classes span 200 characters."""
+  """Singh et al. 2023, appendix: class n of the released files holds
+  character n // 8 over ~2.5 drawings x all 8 transforms; a character's 8
+  classes partition its 160 (drawing, transform) images; the first 1,600
+  classes span 200 characters."""
   classes, drawings = sources.released_layout_index(12_984, 20)
   character, transform = classes // 8, classes % 8
   n = np.arange(12_984)

@@ -1,9 +1,9 @@
-"""Report of a dictionary stand-in run (spec plateaus_lds.md 2.E.5, 2.G row 12).
+"""Report of a dictionary stand-in run (our acceptance check).
 
 For every member: the first- and second-token accuracy curves over the
 evaluated steps, the step at which each first reaches half its final value
 (analysis/plateau.plateau_length with chance 0, fraction 0.5), their ratio
-and the row-12 verdict (first / second >= 2), plus the misdirected-label
+and the acceptance verdict (first / second >= 2), plus the misdirected-label
 scores at the last step. Printed, written to out_dir/report.json and drawn to
 out_dir/figures/dictionary_<member>.png.
 
@@ -39,7 +39,8 @@ def _step(x):
 
 def emergence(steps, first, second, ratio: float = REQUIRED_RATIO) -> dict:
   """Half-final steps of the first- and second-token accuracy curves and the
-  row-12 verdict. A step is None when the curve never rises (final < 0.05)."""
+  acceptance verdict. A step is None when the curve never rises
+  (final < 0.05)."""
   half = lambda values: plateau.plateau_length(steps, values, 0.0, HALF)
   t_first, t_second = half(first), half(second)
   if t_second > 0:
@@ -56,7 +57,7 @@ def format_emergence(e: dict) -> str:
   return (f"first token: final {e['first_final']:.3f}, half at step "
           f"{e['first_half_step']}; second token: final {e['second_final']:.3f}, "
           f"half at step {e['second_half_step']}; ratio {e['ratio']} -> "
-          f"{'PASS' if e['second_earlier_2x'] else 'FAIL'} (row 12: >= "
+          f"{'PASS' if e['second_earlier_2x'] else 'FAIL'} (required: >= "
           f"{REQUIRED_RATIO:g})")
 
 

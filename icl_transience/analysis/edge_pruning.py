@@ -1,4 +1,4 @@
-"""Edge pruning of the LDS GPT-2 (spec plateaus_lds.md 2.D.6; Bhaskar et al.
+"""Edge pruning of the LDS GPT-2 (after Bhaskar et al.
 2024, "Finding Transformer Circuits with Edge Pruning").
 
 Disentangled residual stream. Writers: the read-in (token read-in plus
@@ -125,7 +125,7 @@ def pruned_forward(params, tokens, masks, graph: Graph):
 @dataclasses.dataclass(frozen=True)
 class PruneSpec:
   """Optimisation settings (hashable). Hard-concrete constants of Louizos
-  et al.; the rest are our choices [D]."""
+  et al.; the rest are our choices."""
   target_sparsity: float = 0.95   # fraction of edges removed
   steps: int = 1500
   batch_size: int = 64            # prompts per step

@@ -1,5 +1,5 @@
-"""First- vs second-token accuracy over Hugging Face-style checkpoints (spec
-plateaus_lds.md 2.D.7: the OLMo analysis, on local files).
+"""First- vs second-token accuracy over Hugging Face-style checkpoints (the
+OLMo analysis of Daniels et al. 2025, on local files).
 
   python -m icl_transience.analysis.hf_checkpoints --checkpoints=DIR \
       [--prompts=FILE.json] --out=DIR

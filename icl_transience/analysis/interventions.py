@@ -3,7 +3,7 @@
 Ablating a head zeroes its value vectors. Other activations can be kept at
 their values from a first clean pass (queries, keys, values, attention
 pattern, per layer), and the readout can drop the direct embedding path.
-`TABLE` holds the interventions of the II.D.4 table (2-layer model; layer 1
+`TABLE` holds the interventions of the App. B table (2-layer model; layer 1
 of the paper is block 0 here).
 """
 import dataclasses

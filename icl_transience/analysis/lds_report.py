@@ -1,4 +1,4 @@
-"""Report of an LDS recall run (spec plateaus_lds.md 2.D.1-2, 2.E, 2.G 4-5).
+"""Report of an LDS recall run (Daniels et al. 2025; our acceptance checks).
 
   python -m icl_transience.report --workdir=runs/lds_cpu
 
@@ -11,13 +11,15 @@ From the run's metrics table, per member:
            systems and the training loss; lds_ood_<member>.png: the
            "k after final" medians of every OOD evaluator at the last
            evaluation, beside the normal prompts of the same haystack.
-  checks   two timescales (row 4): t2 / t1 = the first evaluated sequences
-           count at which the "2 / 1 after final" median falls below
-           `threshold` (0.3); pass iff t2 < t1 and t1 / t2 >= `min_ratio` (2).
-           Abrupt first token (row 5): with t_low the first count at which
-           "1 after final" < `low` (0.1) and t_high the last count before it
-           at which it is > `high` (0.8), pass iff t_low / t_high <= `max_span`
-           (1.5). Counts of 0 (the initial evaluation) are never t_high.
+  checks   two timescales (acceptance check 4): t2 / t1 = the first
+           evaluated sequences count at which the "2 / 1 after final" median
+           falls below `threshold` (0.3); pass iff t2 < t1 and
+           t1 / t2 >= `min_ratio` (2).
+           Abrupt first token (acceptance check 5): with t_low the first
+           count at which "1 after final" < `low` (0.1) and t_high the last
+           count before it at which it is > `high` (0.8), pass iff
+           t_low / t_high <= `max_span` (1.5). Counts of 0 (the initial
+           evaluation) are never t_high.
 The checks read the needle evaluator of haystack length 5 if there is one,
 else the run's first haystack length. Undefined times are null in
 report.json.
@@ -42,9 +44,9 @@ PINV_PRETRAIN_MSE = 0.051        # Daniels et al. 2025, pseudo-inverse baseline,
 @dataclasses.dataclass(frozen=True)
 class Checks:
   """Thresholds of our LDS acceptance checks 4 and 5 (BUILD_NOTES)."""
-  threshold: float = 0.3   # row 4: "k after final" median below this
-  min_ratio: float = 2.0   # row 4: t1 / t2 at least this
-  high: float = 0.8        # row 5: from above this ...
+  threshold: float = 0.3   # check 4: "k after final" median below this
+  min_ratio: float = 2.0   # check 4: t1 / t2 at least this
+  high: float = 0.8        # check 5: from above this ...
   low: float = 0.1         # ... to below this ...
   max_span: float = 1.5    # ... within this factor of training examples
 
@@ -55,7 +57,7 @@ def first_below(points, threshold: float):
 
 
 def two_timescales(first, second, checks: Checks) -> dict:
-  """Row 4 from the (sequences, median) points of "1" and "2 after final"."""
+  """Check 4 from the (sequences, median) points of "1" and "2 after final"."""
   t1 = first_below(first, checks.threshold)
   t2 = first_below(second, checks.threshold)
   ratio = t1 / t2 if t1 is not None and t2 else None
@@ -64,7 +66,7 @@ def two_timescales(first, second, checks: Checks) -> dict:
 
 
 def abruptness(first, checks: Checks) -> dict:
-  """Row 5 from the (sequences, median) points of "1 after final"."""
+  """Check 5 from the (sequences, median) points of "1 after final"."""
   t_low = first_below(first, checks.low)
   before = [x for x, y in first if y > checks.high and x > 0 and
             (t_low is None or x < t_low)]
@@ -246,10 +248,10 @@ def report(workdir: str, out_dir: str, checks: Checks = Checks()) -> dict:
         "figures": paths})
   for m in summary["members"]:
     row4, row5 = m["two_timescales"], m["abrupt_first_token"]
-    print(f"[{m['member']}] {evaluator}: two timescales (2.G row 4): "
+    print(f"[{m['member']}] {evaluator}: two timescales: "
           f"t2={_fmt(row4['t2'])} t1={_fmt(row4['t1'])} "
           f"ratio={_fmt(row4['ratio'])} {_fmt(row4['pass'])}; abrupt first "
-          f"token (row 5): >{checks.high} at {_fmt(row5['t_high'])}, "
+          f"token: >{checks.high} at {_fmt(row5['t_high'])}, "
           f"<{checks.low} at {_fmt(row5['t_low'])}, "
           f"span={_fmt(row5['span'])} {_fmt(row5['pass'])}")
     print("  final medians: " + ", ".join(

@@ -1,14 +1,14 @@
-"""Plateau length and linear probes of Fu et al. (spec plateaus_lds.md 1.D).
+"""Plateau length and linear probes of Fu et al.
 
 Curves (host side, numpy; a curve is training steps and metric values):
   plateau_length  first step at which the curve exceeds
-                  chance + fraction * (final - chance)  (fraction 0.5 [D])
+                  chance + fraction * (final - chance)  (fraction 0.5, our choice)
   crossing_step   first step at which the curve exceeds a fixed threshold
                   (e.g. ICL accuracy 0.5, or 0.05 above chance)
 
 Linear probes (JAX, jittable) that decode a categorical target (a factor
 value, or the hidden factor) from representations:
-  fit_softmax_probe  the spec's probe: zero-initialised softmax regression,
+  fit_softmax_probe  Fu et al.'s probe: zero-initialised softmax regression,
                      Adam (lr 1e-3), one epoch of shuffled minibatches
   fit_ridge_probe    closed-form ridge regression onto one-hot targets
   factor_probe_accuracies  one probe per factor, vmapped; the weights-probe

@@ -1,4 +1,4 @@
-"""Report of a learning-plateau run (spec plateaus_lds.md 1.D, 1.G).
+"""Report of a learning-plateau run (Fu et al.; our acceptance checks).
 
   python -m icl_transience.report --workdir=runs/strategies
 
@@ -10,15 +10,15 @@ steps = optimizer steps and chance = mean over hidden factors of 1 / n_e:
   icl_above_half     first step at which ICL accuracy exceeds 0.5
   near_chance_until  first step at which ICL accuracy exceeds chance + 0.05,
                      and near_chance_fraction = that step / the last step
-                     (check 1 of 1.G asks >= 0.2)
+                     (our acceptance check 1 asks >= 0.2)
   weights_probe_{a,b}_half   first step at which the weights-probe score
-                     exceeds 50% of its final value (the wording of check 2)
+                     exceeds 50% of its final value (wording of our acceptance check 2)
   weights_probe_{a,b}_rise   the same on the probe's rise above its chance
                      (mean of 1 / n_f over the factors that vary), like
                      plateau_length
   context_probe_rise the context probe's rise step (chance 1 / n_hidden)
   final_*            the last evaluation's values
-  plateau_vs_first   plateau_length / the first member's (check 4: <= 0.7)
+  plateau_vs_first   plateau_length / the first member's (acceptance check 4: <= 0.7)
 Writes out_dir/report.json and out_dir/figures/plateau.png (ICL, IWL, the
 two weights probes and the context probe against steps, one line per member).
 """

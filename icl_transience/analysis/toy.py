@@ -23,11 +23,12 @@ class ToyConfig:
   alpha: float = 0.1
   lr: float = 1.0
   max_steps: int = 16_000
-  threshold: float = 1e-6  # the spec uses 1e-3 for mu1 = 0
+  threshold: float = 1e-6  # Singh et al. 2025 use 1e-3 for mu1 = 0
 
   @classmethod
   def for_mu1(cls, mu1: float, **kwargs):
-    """The spec's stopping rule: L < 1e-6, or 1e-3 for persistent ICL (mu1 = 0)."""
+    """The stopping rule of Singh et al. 2025: L < 1e-6, or 1e-3 for
+    persistent ICL (mu1 = 0)."""
     return cls(mu1=mu1, threshold=1e-6 if mu1 > 0 else 1e-3, **kwargs)
 
 

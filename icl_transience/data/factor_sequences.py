@@ -1,4 +1,4 @@
-"""Hidden-factor ICL sequences of Fu et al. (spec plateaus_lds.md 1.A, 1.D), pure JAX.
+"""Hidden-factor ICL sequences of Fu et al., pure JAX.
 
 A sequence is L (image, label) pairs [x_1, y_1, ..., x_L, y_L]. Each sequence
 has a hidden factor e, uniform over `hidden_factors`; the label of an image is
@@ -17,7 +17,7 @@ Samplers return factor values and labels only; images are rendered later
 (`shapes.render_images`), or replaced by factor one-hots for the "perfect
 weights component" control (`factor_one_hots`).
 
-`WordSelection` stand-in (1.D): words are ids carrying 3 categorical
+`WordSelection` stand-in (Fu et al.): words are ids carrying 3 categorical
 attributes fixed by a seeded table; sequences label words by one hidden
 attribute through the same mappings; the weights component is the
 id -> attribute table.

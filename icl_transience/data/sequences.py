@@ -152,7 +152,8 @@ def _label_pair(key, spec: SequenceSpec):
 
 
 def _labels(key, spec: SequenceSpec, classes, item_types):
-  """Context labels and target after the label post-processing of I.A.7."""
+  """Context labels and target after the label post-processing of the
+  icl-dynamics code (Singh et al. 2025)."""
   k_assign, k_pair = jax.random.split(key)
   labels, target = classes[:-1], classes[-1]
   types = item_types[:-1]

@@ -1,4 +1,4 @@
-"""A procedural Shapes3D stand-in (spec plateaus_lds.md 1.A), pure JAX.
+"""A procedural Shapes3D stand-in (the data of Fu et al.), pure JAX.
 
 Shapes3D cannot be downloaded here, so images are rasterised on device with
 the same six independent factors and value counts:

@@ -1,4 +1,4 @@
-"""The real Shapes3D (3dshapes) through TFDS, for spec plateaus_lds.md 1.A.
+"""The real Shapes3D (3dshapes) through TFDS, the data of Fu et al.
 
 The 480,000 images of every factor combination, read once from a prepared
 TFDS `shapes3d` (never downloaded here), reordered so that row

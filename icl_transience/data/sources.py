@@ -1,8 +1,8 @@
 """Where exemplar features come from: a (class, exemplar, dim) table, or one-hots.
 
 Sources:
-  synthetic  low-rank class clusters made on device from a seed (the default;
-             see the spec's synthetic_features.md)
+  synthetic  low-rank class clusters made on device from a seed (the default:
+             the embedded synthetic features, see BUILD_NOTES)
   features   a file: HDF5 (dataset path such as 'resnet18/224/feat'), .npy,
              or .npz (array name), holding classes x exemplars x dim
   onehot     class c is the one-hot vector e_c (every exemplar identical)

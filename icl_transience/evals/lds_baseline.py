@@ -7,7 +7,7 @@ resumed system continues its history (perfect recall of which system a label
 means). Only the last `window` observations enter U_hat: without noise any
 n + 1 consecutive states of an orthogonal system pin U down, so window = n + 1
 (= 6) gives the full-history estimate. `pseudo_inverse_errors` sets the error
-of a system that has already shown >= recall_after observations to 0 (spec).
+of a system that has already shown >= recall_after observations to 0.
 """
 import jax
 import jax.numpy as jnp
@@ -93,7 +93,8 @@ def fresh_system_errors(key, n_systems: int, n_steps: int = 8,
                         window: int = WINDOW,
                         recall_after: int = RECALL_AFTER) -> jax.Array:
   """(n_systems, n_steps) errors of the k-th observation of a fresh system
-  (table 2.E.0): prompts [start, open, x_0 .. x_{n_steps - 1}]."""
+  (our pseudo-inverse baseline table): prompts
+  [start, open, x_0 .. x_{n_steps - 1}]."""
   _, trajectories = lds.fresh_systems(key, spec, n_systems, n_steps)
   kinds = jnp.array([lds.OPEN] + [lds.OBSERVATION] * n_steps)
   states = jnp.concatenate(

@@ -1,6 +1,6 @@
 """Resume ("needle in a haystack") prompts, OOD variants, step errors.
 
-Spec 2.A (evaluation), 2.D.2-4 and the OOD table of 2.A.
+The evaluation prompts and OOD variants of Daniels et al. 2025.
 
 Prompt for haystack length H: the start token; H segments [open(s), 10
 observations, close(s)], one per haystack system; then the query segment

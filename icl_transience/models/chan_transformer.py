@@ -17,9 +17,9 @@ query position is trained and read; `all_positions=True` returns the logits
 of every token (the same numbers at the query; exemplar tokens are [:, 0::2]).
 Linear weights: truncated normal, variance 1/fan_in; biases 0.
 
-Parameters at the spec's sizes: 599,936 in the blocks and final LN, 22,176 in
-the ResNet (+1,280 BN statistics), 64 C in the label table, 65 C in the
-output layer: 2,283,632 for C = 12,880.
+Parameters at the sizes of Chan et al. 2022: 599,936 in the blocks and final
+LN, 22,176 in the ResNet (+1,280 BN statistics), 64 C in the label table, 65 C
+in the output layer: 2,283,632 for C = 12,880.
 
 BatchNorm makes the model stateful: `train=True` normalises every image with
 the statistics of all B x (K+1) images of the call and returns updated

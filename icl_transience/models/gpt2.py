@@ -1,4 +1,4 @@
-"""The GPT-2 regressor of the interleaved-LDS task (spec plateaus_lds.md 2.B).
+"""The GPT-2 regressor of the interleaved-LDS task (Daniels et al. 2025).
 
 HuggingFace GPT-2 driven by `inputs_embeds`, without its (unused) token
 table: read-in Dense(token_dim -> d) plus a learned absolute position table,
@@ -122,7 +122,7 @@ def preset(size: str, state_dim: int = 5, max_len: int = 2048) -> GPT2:
 
 
 def parameter_counts(params, used_positions: int) -> dict[str, int]:
-  """{"total", "non_embedding", "hf"}: all parameters; the spec's non-emb.
+  """{"total", "non_embedding", "hf"}: all parameters; Daniels et al.'s non-emb.
   convention (only `used_positions` position rows); HF's count (all position
   rows plus the unused GPT2_VOCAB x d token table)."""
   total = sum(int(np.prod(w.shape)) for w in jax.tree.leaves(params))

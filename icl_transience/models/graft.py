@@ -6,7 +6,7 @@
        (embeddings included); the live model runs the rest.
 
 Gradients reach only the live model. "Graft-out from layer 0" of the paper
-is mode "out", layer 0 (II.D.3, II.D.5).
+is mode "out", layer 0 (Singh et al. 2025, Figs. 3 and 4).
 """
 import jax
 

@@ -1,4 +1,4 @@
-"""The image-sequence transformer of Fu et al. (spec plateaus_lds.md 1.B), Flax Linen.
+"""The image-sequence transformer of Fu et al., Flax Linen.
 
 Tokens [x_1, y_1, ..., x_L, y_L]: x_i = the embedding of an image (a conv
 encoder on pixels, a linear map of factor one-hots for the perfect-weights

@@ -5,9 +5,9 @@ Chan et al.'s small ResNet-v1 with bottleneck blocks: a 7x7 stride-2 stem
 groups of 2 bottleneck blocks (output channels 16, 32, 32, 64; bottleneck
 width channels / 4; strides 1, 2, 2, 2; a 1x1 projection shortcut + BN in the
 first block of every group), then the mean over the spatial grid. At the
-spec's sizes a 105x105x1 image gives a 64-d vector from 22,176 parameters plus
+paper's sizes a 105x105x1 image gives a 64-d vector from 22,176 parameters plus
 1,280 running statistics (Chan et al. 2022). The global mean makes the embedder
-accept any image size (tests use small images; the spec's input is 105x105).
+accept any image size (tests use small images; Chan et al.'s input is 105x105).
 
 BatchNorm (decay 0.9, eps 1e-5) keeps its running mean and variance in the
 "batch_stats" collection. With `train=True` every BN normalises with the

@@ -1,4 +1,4 @@
-"""The OLMo stand-in of Daniels et al. (spec plateaus_lds.md 2.D.7, 2.E.5).
+"""The OLMo stand-in of Daniels et al. (after their OLMo analysis).
 
 A small causal decoder LM learns a synthetic corpus of two "languages" A and
 B (n_words ids each) linked by a fixed random bijection, the dictionary
@@ -44,12 +44,12 @@ TRANSLATE, COPY, REVERSE = range(3)
 
 @dataclasses.dataclass(frozen=True)
 class CorpusSpec:
-  """The corpus (hashable: a static jit argument). Spec 2.E.5 defaults."""
+  """The corpus (hashable: a static jit argument), at the stand-in's defaults."""
   n_words: int = 200           # per language
   n_labels: int = 20
   phrase_len: int = 3
-  n_blocks: int = 8            # few-shot blocks per document [D]
-  plain_fraction: float = 0.5  # share of plain A/B documents [D]
+  n_blocks: int = 8            # few-shot blocks per document (our choice)
+  plain_fraction: float = 0.5  # share of plain A/B documents (our choice)
   vocab_size: int = 600        # model vocabulary (>= the ids used)
   dictionary_seed: int = 0     # the A -> B bijection
 

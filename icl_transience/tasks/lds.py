@@ -1,4 +1,4 @@
-"""Interleaved-LDS associative recall (Daniels et al.; spec plateaus_lds.md 2).
+"""Interleaved-LDS associative recall (Daniels et al. 2025).
 
 A GPT-2 regressor (models/gpt2.py, Daniels et al. 2025) predicts the next state at every
 position of interleaved traces (data/lds.py, Daniels et al. 2025) drawn on device from
@@ -12,7 +12,7 @@ Evaluators (Daniels et al. 2025), from data fixed by `eval_seed`:
                   positions, label rows counting 0; Daniels et al. 2025) and "loss"
                   (over observation targets, as in training)
   pretrain_train  the same on the first `pretrain_systems` systems of the
-                  training pool (memorisation, 2.E.2; with
+                  training pool (memorisation, Daniels et al. 2025; with
                   resample_trajectories, another unseen pool)
   needle_h{H}     resume prompts of haystack length H (needle farthest back,
                   `needle_config`): after_final_{k}_{q25,median,q75} and

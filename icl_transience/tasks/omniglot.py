@@ -1,5 +1,5 @@
 """The Chan et al. Omniglot task of the main transience runs (Chan et al. 2022,
-I.B.1, I.C.1).
+as run by Singh et al. 2023).
 
 Batches are bursty sequences of 8x augmented Omniglot drawings
 (data/chan_sequences.py, kind 'bursty'), sampled on device as indices and
@@ -30,9 +30,10 @@ weights: strokes 0.0, background 0.9999) when gathered. The encoding is
 exact up to float32 rounding (< 1e-6; checked when the images are loaded).
 
 The fields of config block `omniglot` (see `default_config`) hold every
-number of I.A.2, I.A.4 and the embedder of I.A.3; the transformer reads
-model.depth, d_model, n_heads, mlp_ratio and pos_timescale (model.positions
-and model.max_len do not apply: Chan's sinusoids are always used).
+number of Chan et al.'s sequences and evaluators and of their ResNet
+embedder; the transformer reads model.depth, d_model, n_heads, mlp_ratio and
+pos_timescale (model.positions and model.max_len do not apply: Chan's
+sinusoids are always used).
 """
 import os
 
@@ -57,27 +58,29 @@ _ENCODE_CHUNK = 64  # characters per encoding chunk (bounds host temporaries)
 
 
 def default_config() -> ml_collections.ConfigDict:
-  """Config block `omniglot`: the spec's values (I.A.2-I.A.4)."""
+  """Config block `omniglot`: the values of Chan et al. 2022."""
   return ml_collections.ConfigDict(dict(
-      # training sequences (I.A.2)
+      # training sequences (Chan et al. 2022)
       context_len=8,            # seq_len 9 = 8 context pairs + the query
       ways=2,
       bursty_shots=3,
       p_bursty=1.0,             # Chan's config default 0.9; the paper implies 1
       zipf_exponent=0.0,        # uniform over the training classes
       noise_scale=0.0,          # Gaussian pixel noise (training images only)
-      # classes (I.A.1): labels 0..n_rare+n_common-1, then the holdout classes
+      # classes (Chan et al. 2022): labels 0..n_rare+n_common-1, then the
+      # holdout classes
       n_rare=12_700,
       n_common=100,
       n_holdout=80,
       order_seed=1337,          # numpy default_rng seed of Chan's class order
-      # evaluators (I.A.4); Chan's list adds fewshot_zipfian, and with a
-      # non-zero zipf_exponent uses no_support_rare and no_support_common
+      # evaluators (Chan et al. 2022); Chan's list adds fewshot_zipfian, and
+      # with a non-zero zipf_exponent uses no_support_rare and no_support_common
       evaluators=("no_support_zipfian", "fewshot_holdout"),
       fs_shots=4,               # few-shot evaluators: ways x fs_shots = context
       eval_sequences=10_000,    # per evaluator ("~10,000" in Chan's code)
       eval_batch_size=100,      # sequences per forward pass at evaluation
-      # ResNet embedder (I.A.3); its last group has model.d_model channels
+      # ResNet embedder (Chan et al. 2022); its last group has model.d_model
+      # channels
       resnet_channels=(16, 32, 32),
       resnet_blocks=(2, 2, 2, 2),
       resnet_strides=(1, 2, 2, 2),

@@ -1,4 +1,5 @@
-"""Learning plateaus of Fu et al. as a trainer task (spec plateaus_lds.md 1.A-1.D).
+"""Learning plateaus of Fu et al. as a trainer task (their data, model, training
+and strategies).
 
 Sequences of L (image, label) pairs labelled by a hidden factor (D_rnd: a
 fresh label mapping per sequence; D_fix: the identity), from

@@ -3,7 +3,8 @@
 Warm start (Singh et al. 2025): the new run starts from the checkpoint's params
 with a fresh Adam state (moments 0, count 0) and keeps its sequence counter;
 the data and evaluator streams come from the new run's own seeds. Grafting
-(III.7): the checkpoint's params become every member's frozen model.
+(Singh et al. 2025, Figs. 3-4): the checkpoint's params become every member's
+frozen model.
 Both apply only to a fresh run; a resumed run restores its own checkpoint.
 """
 import jax
