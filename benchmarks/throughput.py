@@ -44,9 +44,10 @@ def _timed(fn, repeats: int) -> float:
 
 
 def measure(populations, fused_steps: int, per_step_iters: int,
-            fused_calls: int, population_calls: int) -> dict:
+            fused_calls: int, population_calls: int,
+            population_map: str = "auto") -> dict:
   c = config_lib.base_config()
-  c.steps_per_call = fused_steps
+  c.steps_per_call, c.population_map = fused_steps, population_map
   mesh = loop.make_mesh()
   with jax.set_mesh(mesh):
     table = sources.load_table(c.data)
@@ -171,6 +172,8 @@ def main():
   parser.add_argument("--per_step_iters", type=int, default=1000)
   parser.add_argument("--fused_calls", type=int, default=4)
   parser.add_argument("--population_calls", type=int, default=1)
+  parser.add_argument("--population_map", default="auto",
+                      help="auto | vmap | sequential (config population_map)")
   parser.add_argument("--device_counts", default="",
                       help="e.g. 1,2,4,8: data-parallel scaling table instead")
   parser.add_argument("--cost", action="store_true",
@@ -191,7 +194,8 @@ def main():
       return device_table([int(n) for n in args.device_counts.split(",")],
                           args.fused_steps, args.fused_calls, out_dir)
   r = measure([int(p) for p in args.population.split(",")], args.fused_steps,
-              args.per_step_iters, args.fused_calls, args.population_calls)
+              args.per_step_iters, args.fused_calls, args.population_calls,
+              args.population_map)
   print_table(r, args.fused_steps)
   if args.json:
     with open(args.json, "w") as f:

@@ -39,6 +39,10 @@ def base_config() -> ml_collections.ConfigDict:
   # How members and batches share devices: auto | batch | members (see
   # population_layout below and train/step.py).
   c.population_sharding = "auto"
+  # How a device trains its members: auto | vmap (batched together) |
+  # sequential (one after another inside each fused call; faster on CPU).
+  # auto = sequential on CPU unless the members are split over devices.
+  c.population_map = "auto"
   # Members evaluated together on one device: evaluation memory grows with
   # this, not with the population (each member's pass holds its eval batch's
   # logits).
@@ -248,6 +252,13 @@ def population_layout(c, n_devices: int) -> str:
   return "members" if n_devices > 1 and len(members(c)) > 1 else "batch"
 
 
+def members_in_sequence(c, members_split: bool, backend: str) -> bool:
+  """Whether a device trains its members one after another (population_map)."""
+  if c.population_map != "auto":
+    return c.population_map == "sequential" and not members_split
+  return backend == "cpu" and not members_split
+
+
 def _check(ok: bool, field: str, message: str):
   if not ok:
     raise UserError(f"{field}: {message}")
@@ -335,6 +346,12 @@ def validate(c, n_devices: int = 1):
          f"{n_devices} devices it is split over")
   _check(c.steps_per_call > 0, "steps_per_call", "must be positive")
   _check(c.eval_members_per_pass > 0, "eval_members_per_pass", "must be positive")
+  _check(c.population_map in ("auto", "vmap", "sequential"), "population_map",
+         "choose auto, vmap or sequential")
+  _check(c.population_map != "sequential" or
+         population_layout(c, n_devices) == "batch" or n_devices == 1,
+         "population_map", "'sequential' needs the batch layout (members "
+         "split over devices are trained together)")
   grid = c.batch_size * c.steps_per_call
   for field in ("total_sequences", "eval_every", "ckpt.every"):
     value = c.get(field) if "." not in field else c.ckpt.every

@@ -30,7 +30,7 @@ PROFILED_CALLS = 3  # fused calls traced by --profile
 # Fields a resumed run may change: horizons, schedules, eval batching.
 RESUMABLE_CHANGES = ("total_sequences", "eval_every", "ckpt", "steps_per_call",
                      "evals.batch_size", "num_devices", "population_sharding",
-                     "eval_members_per_pass", "lds.eval_batch",
+                     "eval_members_per_pass", "population_map", "lds.eval_batch",
                      "omniglot.eval_batch_size")
 
 
