@@ -9,7 +9,6 @@ import sys
 
 import jax
 import numpy as np
-import pytest
 
 from icl_transience import evaluate
 from icl_transience import metrics_table
