@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from icl_transience import config as config_lib
-from icl_transience.data import sources
+from icl_transience.proj.transience import sources
 from icl_transience.train import loop
 from icl_transience.train import step as step_lib
 

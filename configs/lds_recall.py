@@ -26,9 +26,9 @@ import math
 import ml_collections
 
 from icl_transience import config
-from icl_transience.data import lds
+from icl_transience.proj.lds_recall import lds
 from icl_transience.errors import UserError
-from icl_transience.models import gpt2
+from icl_transience.proj.lds_recall import gpt2
 
 LR_UNIT = 1.5849e-5   # 10^-4.8 (Daniels et al. 2025)
 EVAL_STEPS = 1000     # optimizer steps between evaluations and checkpoints

@@ -35,7 +35,7 @@ variant also sets Chan's warm-up + inverse-sqrt decay; with only
 --config.optim.schedule=inverse_sqrt to get it.
 """
 from icl_transience import config
-from icl_transience.tasks import omniglot
+from icl_transience.proj.transience.omniglot import task as omniglot
 
 VARIANTS = {
     "": {},

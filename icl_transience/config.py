@@ -11,11 +11,11 @@ import math
 import ml_collections
 from etils import epath
 
-from icl_transience.data import sequences
-from icl_transience.data import sources
+from icl_transience.proj.transience import sequences
+from icl_transience.proj.transience import sources
 from icl_transience.errors import UserError
-from icl_transience.models import graft
-from icl_transience.models import transformer
+from icl_transience.proj.transience import graft
+from icl_transience.nn import transformer
 
 MEMBER_FIELDS = {"init_seed": int, "data_seed": int, "lr": float, "l2": float}
 MATMUL_PRECISIONS = ("highest", "high", "default")
@@ -293,7 +293,7 @@ def _check_spec(spec: sequences.SequenceSpec, field: str, shape):
 
 def validate_classifier(c):
   """The classifier task's fields (data, train, evals, model)."""
-  from icl_transience.evals import probes  # pylint: disable=g-import-not-at-top
+  from icl_transience.proj.transience import probes  # pylint: disable=g-import-not-at-top
   shape = sources.source_shape(c.data)
   sources.check_finite(c.data)
   _check(c.data.layout in ("intended", "released"), "data.layout",

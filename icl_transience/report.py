@@ -212,9 +212,9 @@ def define_flags():
                      "Transient: peak - final >= decay * (1 - chance).")
 
 
-TASK_REPORTS = {"lds": "icl_transience.analysis.lds_report",
-                "plateau": "icl_transience.analysis.plateau_report",
-                "dictionary": "icl_transience.analysis.dictionary_report"}
+TASK_REPORTS = {"lds": "icl_transience.proj.lds_recall.report",
+                "plateau": "icl_transience.proj.plateaus.report",
+                "dictionary": "icl_transience.proj.lds_recall.dictionary.report"}
 
 
 def task_of(workdir: str) -> str:

@@ -48,7 +48,7 @@ def omniglot_dir():
 @pytest.fixture(scope="session")
 def omniglot_subsets(omniglot_dir):  # pylint: disable=redefined-outer-name
   """Both small subsets, decoded once for the whole suite."""
-  from icl_transience.data import omniglot  # pylint: disable=g-import-not-at-top
+  from icl_transience.proj.transience.omniglot import data as omniglot  # pylint: disable=g-import-not-at-top
   return omniglot.load_archives(omniglot_dir)
 
 

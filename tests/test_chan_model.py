@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from icl_transience.errors import UserError
-from icl_transience.models import chan_transformer as chan
-from icl_transience.models import resnet
-from icl_transience.models.transformer import count_params
+from icl_transience.proj.transience.omniglot import chan_transformer as chan
+from icl_transience.nn import resnet
+from icl_transience.nn.transformer import count_params
 
 # A small variant: Chan et al.'s architecture at reduced depth, width, number of
 # block groups and image size (the embedder pools globally, so any size works).

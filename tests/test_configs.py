@@ -9,7 +9,7 @@ import transience_l2  # pylint: disable=wrong-import-order
 
 from icl_transience import config as config_lib
 from icl_transience.errors import UserError
-from icl_transience.evals import probes
+from icl_transience.proj.transience import probes
 
 
 @pytest.mark.parametrize("variant", sorted(coopetition.VARIANTS))

@@ -10,9 +10,9 @@ import pytest
 
 from icl_transience import config as config_lib
 from icl_transience import metrics_table
-from icl_transience.analysis import dictionary_report
+from icl_transience.proj.lds_recall.dictionary import report as dictionary_report
 from icl_transience.errors import UserError
-from icl_transience.tasks import dictionary as dic
+from icl_transience.proj.lds_recall.dictionary import task as dic
 from helpers import REPO  # pylint: disable=unused-import  (puts configs/ on the path)
 import dictionary_recall  # pylint: disable=wrong-import-order
 

@@ -7,8 +7,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icl_transience.analysis import edge_pruning as ep
-from icl_transience.models import gpt2
+from icl_transience.proj.lds_recall import edge_pruning as ep
+from icl_transience.proj.lds_recall import gpt2
 
 GRAPH = ep.Graph(depth=2, n_heads=2)
 MODEL = gpt2.GPT2(state_dim=3, d_model=8, depth=2, n_heads=2, max_len=12)

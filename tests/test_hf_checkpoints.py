@@ -11,7 +11,7 @@ import ml_dtypes
 import numpy as np
 import pytest
 
-from icl_transience.analysis import hf_checkpoints as hf
+from icl_transience.proj.lds_recall import hf_checkpoints as hf
 from icl_transience.errors import UserError
 
 D, LAYERS, HEADS, VOCAB, POSITIONS = 16, 2, 2, 50, 12

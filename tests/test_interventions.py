@@ -6,12 +6,12 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icl_transience import ablate
+from icl_transience.proj.transience import ablate
 from icl_transience import metrics_table
-from icl_transience.analysis import interventions
+from icl_transience.proj.transience import interventions
 from icl_transience.errors import UserError
-from icl_transience.models import graft
-from icl_transience.models import transformer
+from icl_transience.proj.transience import graft
+from icl_transience.nn import transformer
 from icl_transience.train import loop
 
 from helpers import assert_trees_equal, copy_run, final_state, smoke_config

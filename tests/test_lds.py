@@ -12,10 +12,10 @@ import pytest
 
 from helpers import zipf_exponent_fit
 
-from icl_transience.data import lds
+from icl_transience.proj.lds_recall import lds
 from icl_transience.errors import UserError
-from icl_transience.evals import lds_baseline
-from icl_transience.evals import lds_prompts
+from icl_transience.proj.lds_recall import lds_baseline
+from icl_transience.proj.lds_recall import lds_prompts
 
 SPEC = lds.LDSSpec(n_train_systems=200)
 FRESH = lds.LDSSpec(resample_trajectories=True, late_start=3)  # x_3 .. x_250

@@ -15,12 +15,12 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from icl_transience import config as config_lib
 from icl_transience import metrics_table
-from icl_transience.analysis import lds_report
-from icl_transience.data import lds
+from icl_transience.proj.lds_recall import report as lds_report
+from icl_transience.proj.lds_recall import lds
 from icl_transience.errors import UserError
-from icl_transience.evals import lds_prompts
-from icl_transience.models import gpt2
-from icl_transience.tasks import lds as lds_task
+from icl_transience.proj.lds_recall import lds_prompts
+from icl_transience.proj.lds_recall import gpt2
+from icl_transience.proj.lds_recall import task as lds_task
 from icl_transience.train import loop
 
 import helpers  # pylint: disable=g-import-not-at-top,wrong-import-position

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from icl_transience import config as config_lib
-from icl_transience.analysis import interventions
-from icl_transience.models import transformer
+from icl_transience.proj.transience import interventions
+from icl_transience.nn import transformer
 
 
 def n_params(**model_overrides):

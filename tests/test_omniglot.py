@@ -15,9 +15,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icl_transience.data import chan_sequences as chan
-from icl_transience.data import omniglot
-from icl_transience.data.sequences import BURSTY, DISTRACTOR, OTHER, QUERY
+from icl_transience.proj.transience.omniglot import chan_sequences as chan
+from icl_transience.proj.transience.omniglot import data as omniglot
+from icl_transience.proj.transience.sequences import BURSTY, DISTRACTOR, OTHER, QUERY
 from icl_transience.errors import UserError
 
 import helpers

@@ -19,11 +19,11 @@ import transience  # pylint: disable=wrong-import-order  (configs/, via helpers)
 
 from icl_transience import config as config_lib
 from icl_transience import metrics_table
-from icl_transience.data import chan_sequences
-from icl_transience.data import omniglot
-from icl_transience.models import chan_transformer
+from icl_transience.proj.transience.omniglot import chan_sequences
+from icl_transience.proj.transience.omniglot import data as omniglot
+from icl_transience.proj.transience.omniglot import chan_transformer
 from icl_transience.errors import UserError
-from icl_transience.tasks import omniglot as task_lib
+from icl_transience.proj.transience.omniglot import task as task_lib
 from icl_transience.train import loop
 
 SHARED = Path(helpers.OMNIGLOT)

@@ -13,10 +13,10 @@ import plateau as plateau_configs  # pylint: disable=wrong-import-order  (config
 
 from icl_transience import config as config_lib
 from icl_transience import metrics_table
-from icl_transience.analysis import plateau_report
+from icl_transience.proj.plateaus import report as plateau_report
 from icl_transience.errors import UserError
-from icl_transience.models import image_sequence
-from icl_transience.tasks import plateau as task_lib
+from icl_transience.proj.plateaus import image_sequence
+from icl_transience.proj.plateaus import task as task_lib
 from icl_transience.train import loop
 
 quick_jit = functools.partial(

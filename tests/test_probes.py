@@ -4,8 +4,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from icl_transience import config as config_lib
-from icl_transience.data.sequences import BURSTY
-from icl_transience.evals import probes
+from icl_transience.proj.transience.sequences import BURSTY
+from icl_transience.proj.transience import probes
 
 from helpers import smoke_config
 

@@ -23,7 +23,7 @@ from icl_transience import evaluate
 from icl_transience import metrics_table
 from icl_transience import report
 from icl_transience.analysis import figures
-from icl_transience.data import omniglot
+from icl_transience.proj.transience.omniglot import data as omniglot
 from icl_transience.errors import UserError
 from icl_transience.train import checkpoints
 from icl_transience.train import loop

@@ -5,8 +5,8 @@ import jax
 import numpy as np
 import pytest
 
-from icl_transience.data import sequences as seq
-from icl_transience.data.sequences import BURSTY, DISTRACTOR, OTHER, QUERY
+from icl_transience.proj.transience import sequences as seq
+from icl_transience.proj.transience.sequences import BURSTY, DISTRACTOR, OTHER, QUERY
 
 from helpers import zipf_exponent_fit
 

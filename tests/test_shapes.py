@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from icl_transience.analysis import plateau
-from icl_transience.data import factor_sequences as fseq
-from icl_transience.data import shapes
+from icl_transience.proj.plateaus import plateau
+from icl_transience.proj.plateaus import factor_sequences as fseq
+from icl_transience.proj.plateaus import shapes
 from icl_transience.errors import UserError
 
 SPEC = shapes.ShapesSpec()

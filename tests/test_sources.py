@@ -5,7 +5,7 @@ import ml_collections
 import numpy as np
 import pytest
 
-from icl_transience.data import sources
+from icl_transience.proj.transience import sources
 from icl_transience.errors import UserError
 
 

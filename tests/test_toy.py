@@ -1,7 +1,7 @@
 """The minimal coopetition model reproduces the published dynamics exactly."""
 import numpy as np
 
-from icl_transience.analysis import toy
+from icl_transience.proj.transience import toy_model as toy
 
 
 def test_seed_7_stops_at_9620_with_the_transient_pattern():

@@ -1,0 +1,264 @@
+"""Report of an LDS recall run (Daniels et al. 2025; our acceptance checks).
+
+  python -m icl_transience.report --workdir=runs/lds_cpu
+
+From the run's metrics table, per member:
+  figures  in out_dir/figures: lds_recall_<member>.png, the paper's central
+           figure: medians over examples (25-75% bands) of the "k after
+           final" errors (k = 1, 2, ...) and "k after initial" against
+           training examples, log x;
+           lds_pretrain_<member>.png: pre-training error on test and training
+           systems and the training loss; lds_ood_<member>.png: the
+           "k after final" medians of every OOD evaluator at the last
+           evaluation, beside the normal prompts of the same haystack.
+  checks   two timescales (acceptance check 4): t2 / t1 = the first
+           evaluated sequences count at which the "2 / 1 after final" median
+           falls below `threshold` (0.3); pass iff t2 < t1 and
+           t1 / t2 >= `min_ratio` (2).
+           Abrupt first token (acceptance check 5): with t_low the first
+           count at which "1 after final" < `low` (0.1) and t_high the last
+           count before it at which it is > `high` (0.8), pass iff
+           t_low / t_high <= `max_span` (1.5). Counts of 0 (the initial
+           evaluation) are never t_high.
+The checks read the needle evaluator of haystack length 5 if there is one,
+else the run's first haystack length. Undefined times are null in
+report.json.
+"""
+import dataclasses
+import json
+import os
+
+from icl_transience import config as config_lib
+from icl_transience import metrics_table
+from icl_transience.analysis import figures  # selects matplotlib's Agg backend
+from icl_transience.proj.lds_recall import lds
+from icl_transience.errors import UserError
+from icl_transience.proj.lds_recall import task as lds_task
+import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+
+REPORT_FILENAME = "report.json"
+PREFERRED_HAYSTACK = 5           # Daniels et al. 2025 reads H = 5
+PINV_PRETRAIN_MSE = 0.051        # Daniels et al. 2025, pseudo-inverse baseline, all positions, default generator
+
+
+@dataclasses.dataclass(frozen=True)
+class Checks:
+  """Thresholds of our LDS acceptance checks 4 and 5 (BUILD_NOTES)."""
+  threshold: float = 0.3   # check 4: "k after final" median below this
+  min_ratio: float = 2.0   # check 4: t1 / t2 at least this
+  high: float = 0.8        # check 5: from above this ...
+  low: float = 0.1         # ... to below this ...
+  max_span: float = 1.5    # ... within this factor of training examples
+
+
+def first_below(points, threshold: float):
+  """First sequences count whose value is < threshold (None if none)."""
+  return next((x for x, y in points if y < threshold), None)
+
+
+def two_timescales(first, second, checks: Checks) -> dict:
+  """Check 4 from the (sequences, median) points of "1" and "2 after final"."""
+  t1 = first_below(first, checks.threshold)
+  t2 = first_below(second, checks.threshold)
+  ratio = t1 / t2 if t1 is not None and t2 else None
+  passed = ratio is not None and t2 < t1 and ratio >= checks.min_ratio
+  return {"t1": t1, "t2": t2, "ratio": ratio, "pass": passed}
+
+
+def abruptness(first, checks: Checks) -> dict:
+  """Check 5 from the (sequences, median) points of "1 after final"."""
+  t_low = first_below(first, checks.low)
+  before = [x for x, y in first if y > checks.high and x > 0 and
+            (t_low is None or x < t_low)]
+  t_high = before[-1] if before else None
+  span = t_low / t_high if t_low is not None and t_high else None
+  return {"t_high": t_high, "t_low": t_low, "span": span,
+          "pass": span is not None and span <= checks.max_span}
+
+
+def _points(rows, member, evaluator, metric):
+  return list(zip(*figures.series(rows, member, evaluator, metric)))
+
+
+def _last(rows, member, evaluator, metric):
+  points = _points(rows, member, evaluator, metric)
+  return points[-1][1] if points else None
+
+
+def steps_logged(rows, evaluator: str, kind: str) -> list[int]:
+  """k of every "{kind}_{k}_median" metric an evaluator logs, ascending."""
+  found = {r["metric"] for r in rows if r["evaluator"] == evaluator}
+  prefix = f"{kind}_"
+  return sorted(int(m[len(prefix):-len("_median")]) for m in found
+                if m.startswith(prefix) and m.endswith("_median"))
+
+
+def _save(fig, path: str):
+  metrics_table.atomic_write(path, lambda f: fig.savefig(
+      f, format="png", dpi=120, bbox_inches="tight"), binary=True)
+  plt.close(fig)
+
+
+def _positive(points):
+  return [p for p in points if p[0] > 0]
+
+
+def recall_figure(rows, member: str, evaluator: str, path: str):
+  """"k after final" (solid) and "k after initial" (dashed) medians with
+  25-75% bands against training examples (log x)."""
+  fig, ax = plt.subplots(figsize=(7, 4.5))
+  for kind, style, cmap in (("after_final", "o-", "viridis"),
+                            ("after_initial", "s--", "autumn")):
+    colours = plt.get_cmap(cmap)
+    steps = steps_logged(rows, evaluator, kind)
+    for i, k in enumerate(steps):
+      lines = [_positive(_points(rows, member, evaluator, f"{kind}_{k}_{q}"))
+               for q in lds_task.QUARTILES]
+      if not lines[1]:
+        continue
+      x, median = zip(*lines[1])
+      colour = colours(0.85 * i / max(len(steps) - 1, 1))
+      ax.plot(x, median, style, color=colour, lw=1.5, ms=3,
+              label=f"{k} after {kind.split('_')[1]}")
+      if kind == "after_final" and lines[0] and lines[2]:
+        ax.fill_between(x, [y for _, y in lines[0]], [y for _, y in lines[2]],
+                        color=colour, alpha=0.15)
+  ax.set(xscale="log", xlabel="training examples (sequences)",
+         ylabel="error |y_hat - y|^2 (median)", ylim=(0, None),
+         title=f"Recall after the final label: {member}, {evaluator}")
+  ax.legend(fontsize=7, ncol=2)
+  ax.grid(alpha=0.3)
+  _save(fig, path)
+
+
+def pretrain_figure(rows, member: str, path: str, reference: float | None):
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for evaluator, metric, label in (("pretrain_test", "mse", "test systems"),
+                                   ("pretrain_train", "mse", "train systems"),
+                                   ("train_batch", "loss", "training loss")):
+    points = _positive(_points(rows, member, evaluator, metric))
+    if points:
+      ax.plot(*zip(*points), label=label, lw=1.5)
+  if reference is not None:
+    ax.axhline(reference, color="grey", ls=":", lw=1,
+               label="pseudo-inverse baseline (Daniels et al. 2025)")
+  ax.set(xscale="log", yscale="log", xlabel="training examples (sequences)",
+         ylabel="pre-training error", title=f"Pre-training error: {member}")
+  ax.legend(fontsize=8)
+  ax.grid(alpha=0.3)
+  _save(fig, path)
+
+
+def ood_figure(ood: dict, member: str, path: str):
+  """Bars of "k after final" medians (q25-q75 whiskers) per evaluator."""
+  fig, ax = plt.subplots(figsize=(8, 4))
+  width = 0.8 / len(ood)
+  for i, (evaluator, per_step) in enumerate(ood.items()):
+    steps = sorted(per_step)
+    medians = [per_step[k][1] for k in steps]
+    spread = [[m - per_step[k][0] for k, m in zip(steps, medians)],
+              [per_step[k][2] - m for k, m in zip(steps, medians)]]
+    ax.bar([j + i * width for j in range(len(steps))], medians, width,
+           yerr=spread, capsize=2, label=evaluator)
+    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(steps))],
+                  [f"{k} after final" for k in steps])
+  ax.set(ylabel="error (median over examples)",
+         title=f"OOD prompts at the last evaluation: {member}")
+  ax.legend(fontsize=7)
+  ax.grid(alpha=0.3, axis="y")
+  _save(fig, path)
+
+
+def _ood_results(rows, member: str, c) -> dict:
+  """{evaluator: {k: (q25, median, q75)}} at each evaluator's last point,
+  for the OOD evaluators and the normal needle of their haystack lengths."""
+  evaluators = lds_task.needle_evaluators(c)
+  chosen = [e for e, (_, variant) in evaluators.items() if variant != "normal"]
+  if not chosen:
+    return {}
+  lengths = {evaluators[e][0] for e in chosen}
+  chosen = [e for e, (h, v) in evaluators.items()
+            if v == "normal" and h in lengths] + chosen
+  out = {}
+  for evaluator in chosen:
+    per_step = {}
+    for k in steps_logged(rows, evaluator, "after_final"):
+      values = [_last(rows, member, evaluator, f"after_final_{k}_{q}")
+                for q in lds_task.QUARTILES]
+      if None not in values:
+        per_step[k] = tuple(values)
+    if per_step:
+      out[evaluator] = per_step
+  return out
+
+
+def _pretrain_summary(rows, member: str) -> dict:
+  test = _points(rows, member, "pretrain_test", "mse")
+  best = min(test, key=lambda p: p[1]) if test else (None, None)
+  return {"test_final": test[-1][1] if test else None,
+          "test_min": best[1], "test_min_at": best[0],
+          "train_final": _last(rows, member, "pretrain_train", "mse")}
+
+
+def _fmt(value) -> str:
+  if value is None:
+    return "-"
+  if isinstance(value, bool):
+    return "PASS" if value else "fail"
+  return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def report(workdir: str, out_dir: str, checks: Checks = Checks()) -> dict:
+  """Prints the summary, writes report.json and the figures to out_dir."""
+  rows = metrics_table.read(workdir)
+  if not rows:
+    raise UserError(f"--workdir: no metrics in {workdir} "
+                    f"({metrics_table.FILENAME} missing or empty)")
+  c = config_lib.load_run_config(workdir)
+  haystacks = tuple(c.lds.haystack_lens)
+  haystack = PREFERRED_HAYSTACK if PREFERRED_HAYSTACK in haystacks else (
+      haystacks[0])
+  evaluator = f"needle_h{haystack}"
+  reference = (PINV_PRETRAIN_MSE if lds_task.lds_spec(c) == lds.LDSSpec()
+               else None)
+  os.makedirs(os.path.join(out_dir, "figures"), exist_ok=True)
+  summary = {"evaluator": evaluator, "checks": dataclasses.asdict(checks),
+             "members": []}
+  for member in dict.fromkeys(r["member"] for r in rows):
+    first = _points(rows, member, evaluator, "after_final_1_median")
+    second = _points(rows, member, evaluator, "after_final_2_median")
+    paths = [os.path.join(out_dir, "figures", f"lds_{kind}_{member}.png")
+             for kind in ("recall", "pretrain", "ood")]
+    recall_figure(rows, member, evaluator, paths[0])
+    pretrain_figure(rows, member, paths[1], reference)
+    ood = _ood_results(rows, member, c)
+    if ood:
+      ood_figure(ood, member, paths[2])
+    else:
+      paths.pop()
+    final = {f"after_final_{k}": _last(rows, member, evaluator,
+                                        f"after_final_{k}_median")
+             for k in steps_logged(rows, evaluator, "after_final")}
+    summary["members"].append({
+        "member": member, "two_timescales": two_timescales(first, second,
+                                                           checks),
+        "abrupt_first_token": abruptness(first, checks),
+        "pretrain": _pretrain_summary(rows, member), "final": final,
+        "ood": {e: {str(k): v for k, v in s.items()} for e, s in ood.items()},
+        "figures": paths})
+  for m in summary["members"]:
+    row4, row5 = m["two_timescales"], m["abrupt_first_token"]
+    print(f"[{m['member']}] {evaluator}: two timescales: "
+          f"t2={_fmt(row4['t2'])} t1={_fmt(row4['t1'])} "
+          f"ratio={_fmt(row4['ratio'])} {_fmt(row4['pass'])}; abrupt first "
+          f"token: >{checks.high} at {_fmt(row5['t_high'])}, "
+          f"<{checks.low} at {_fmt(row5['t_low'])}, "
+          f"span={_fmt(row5['span'])} {_fmt(row5['pass'])}")
+    print("  final medians: " + ", ".join(
+        f"{k}={_fmt(v)}" for k, v in m["final"].items()))
+    print("  pre-training: " + ", ".join(
+        f"{k}={_fmt(v)}" for k, v in m["pretrain"].items()))
+  metrics_table.atomic_write_text(
+      os.path.join(out_dir, REPORT_FILENAME),
+      json.dumps(summary, indent=2) + "\n")
+  return summary

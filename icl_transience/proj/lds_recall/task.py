@@ -1,0 +1,219 @@
+"""Interleaved-LDS associative recall (Daniels et al. 2025).
+
+A GPT-2 regressor (models/gpt2.py, Daniels et al. 2025) predicts the next state at every
+position of interleaved traces (data/lds.py, Daniels et al. 2025) drawn on device from
+the fixed pool of training trajectories (the task's constants; None when
+`lds.resample_trajectories`). Loss (Daniels et al. 2025): the squared error summed over
+the state, averaged over the positions whose next token is an observation.
+
+Evaluators (Daniels et al. 2025), from data fixed by `eval_seed`:
+  pretrain_test   traces of the training generator on `pretrain_systems`
+                  unseen systems (one trajectory each): "mse" (over all
+                  positions, label rows counting 0; Daniels et al. 2025) and "loss"
+                  (over observation targets, as in training)
+  pretrain_train  the same on the first `pretrain_systems` systems of the
+                  training pool (memorisation, Daniels et al. 2025; with
+                  resample_trajectories, another unseen pool)
+  needle_h{H}     resume prompts of haystack length H (needle farthest back,
+                  `needle_config`): after_final_{k}_{q25,median,q75} and
+                  after_initial_{k}_* -- the 25/50/75th percentiles over
+                  examples of the median over trials (Daniels et al. 2025)
+  {variant}_h{H}  the same for each OOD variant of lds_prompts.VARIANTS in
+                  `ood_variants`, at every H of `ood_haystack_lens`
+The pre-training traces are built once in eval_sets; the needle prompts are
+generated inside `evaluate`, one example at a time, from a fixed key (a
+1000-trial prompt set of the longer haystacks would take gigabytes).
+"""
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+
+from icl_transience.proj.lds_recall import lds
+from icl_transience.errors import UserError
+from icl_transience.proj.lds_recall import lds_prompts
+from icl_transience.proj.lds_recall import gpt2
+
+QUARTILES = ("q25", "median", "q75")
+make_pool = jax.jit(lds.make_pool, static_argnums=(1, 2))
+sample_batch = jax.jit(lds.sample_batch, static_argnums=(1, 3))
+
+
+def lds_spec(c) -> lds.LDSSpec:
+  """The trace generator of config c (every LDSSpec field is a c.lds field)."""
+  return lds.LDSSpec(**{f.name: c.lds[f.name]
+                        for f in dataclasses.fields(lds.LDSSpec)})
+
+
+def needle_spec(c, haystack_len: int, variant: str = "normal",
+                spec: lds.LDSSpec | None = None) -> lds_prompts.NeedleSpec:
+  return lds_prompts.variant(
+      variant, haystack_len=haystack_len, segment_len=c.lds.needle_segment_len,
+      query_len=c.lds.needle_query_len, n_examples=c.lds.needle_examples,
+      n_trials=c.lds.needle_trials, n_test_systems=c.lds.needle_test_systems,
+      lds_spec=spec or lds_spec(c))
+
+
+def needle_evaluators(c) -> dict[str, tuple[int, str]]:
+  """Evaluator name -> (haystack length, variant)."""
+  out = {f"needle_h{h}": (h, "normal") for h in c.lds.haystack_lens}
+  for variant in c.lds.ood_variants:
+    for h in c.lds.ood_haystack_lens:
+      out[f"{variant}_h{h}"] = (h, variant)
+  return out
+
+
+def _check(ok: bool, field: str, message: str):
+  if not ok:
+    raise UserError(f"{field}: {message}")
+
+
+class LDSTask:
+  """The LDS recall task of Daniels et al. 2025 as a plug-in of the shared trainer."""
+
+  def __init__(self, c):
+    self.c = c
+    self.batch_size = c.batch_size
+    self.needle_config = c.lds.needle_config
+    self.final_steps = tuple(c.lds.final_steps)
+    self.initial_steps = tuple(c.lds.initial_steps)
+    self.model = gpt2.GPT2(
+        state_dim=c.lds.state_dim, d_model=c.model.d_model,
+        depth=c.model.depth, n_heads=c.model.n_heads,
+        mlp_ratio=c.model.mlp_ratio, max_len=c.model.max_len,
+        remat=c.model.get("remat", False))
+    first = f"needle_h{c.lds.haystack_lens[0]}" if c.lds.haystack_lens else None
+    self.shown = {"pretrain_test": "mse"}
+    if first:
+      self.shown[first] = "after_final_1_median"
+
+  @property
+  def spec(self) -> lds.LDSSpec:
+    return lds_spec(self.c)
+
+  def validate(self, n_devices: int) -> None:
+    c, spec = self.c, self.spec  # LDSSpec checks its own fields
+    _check(c.batch_size > 0 and c.batch_size % n_devices == 0, "batch_size",
+           f"{c.batch_size} must be a positive multiple of the {n_devices} "
+           "devices")
+    _check(c.model.positions == "learned", "model.positions",
+           "the GPT-2 model has learned positions only")
+    _check(c.model.d_model % c.model.n_heads == 0, "model.n_heads",
+           f"must divide d_model={c.model.d_model}")
+    _check(c.model.depth >= 1 and c.model.mlp_ratio >= 1, "model.depth",
+           "depth and mlp_ratio must be >= 1")
+    _check(c.model.max_len >= spec.context_len, "model.max_len",
+           f"{c.model.max_len} positions, but traces have {spec.context_len}")
+    _check(c.lds.pretrain_traces > 0 and c.lds.eval_batch > 0,
+           "lds.pretrain_traces", "pretrain_traces and eval_batch must be > 0")
+    _check(spec.max_systems <= c.lds.pretrain_systems <= spec.n_train_systems,
+           "lds.pretrain_systems", f"must lie in [lds.max_systems, "
+           f"lds.n_train_systems] = [{spec.max_systems}, "
+           f"{spec.n_train_systems}]")
+    _check(bool(c.lds.haystack_lens), "lds.haystack_lens", "needs one length")
+    for field in ("final_steps", "initial_steps"):
+      top = c.lds[{"final_steps": "needle_query_len",
+                   "initial_steps": "needle_segment_len"}[field]]
+      _check(all(1 <= k <= top for k in c.lds[field]), f"lds.{field}",
+             f"steps must lie in [1, {top}], got {tuple(c.lds[field])}")
+    for name, (h, variant) in needle_evaluators(c).items():
+      _check(variant in lds_prompts.VARIANTS, "lds.ood_variants",
+             f"unknown '{variant}' (choose from "
+             f"{', '.join(lds_prompts.VARIANTS)})")
+      _check(0 <= self.needle_config < h, "lds.needle_config",
+             f"must be in [0, {h}) for evaluator {name}")
+      try:
+        needle_spec(c, h, variant, spec)
+      except UserError as e:
+        raise UserError(f"lds (evaluator {name}): {e}") from e
+
+  def init_weights(self, key) -> dict:
+    tokens = jnp.zeros((1, self.spec.context_len, self.spec.token_dim))
+    return {"params": self.model.init(key, tokens)["params"]}
+
+  def constants(self, sharding):
+    """The fixed pool of training trajectories (None when resampling)."""
+    spec = self.spec
+    if spec.resample_trajectories:
+      return None
+    pool = make_pool(jax.random.PRNGKey(self.c.lds.trajectory_seed), spec,
+                     spec.n_train_systems)
+    return jax.device_put(pool, sharding)
+
+  def sample_batch(self, key, consts, hyper, step) -> lds.LDSBatch:
+    del hyper, step
+    return lds.sample_batch(key, self.spec, consts, self.batch_size)
+
+  def loss(self, weights, batch: lds.LDSBatch, hyper, step):
+    del hyper, step
+    predictions = self.model.apply({"params": weights["params"]}, batch.inputs)
+    errors = lds.position_errors(predictions, batch)
+    loss = jnp.sum(errors) / jnp.maximum(jnp.sum(batch.mask), 1)
+    return loss, ({"loss": loss, "mse": jnp.mean(errors)}, None)
+
+  def eval_sets(self, sharding) -> dict:
+    """{"pretrain": LDSBatch (2, pretrain_traces, ...) of test and train
+    traces, "needle": the key of every needle prompt set}."""
+    spec, lds_c = self.spec, self.c.lds
+    trace_keys, test_pool, other_pool, needle_key = jax.random.split(
+        jax.random.PRNGKey(self.c.eval_seed), 4)
+    train_pool = (other_pool if spec.resample_trajectories else
+                  jax.random.PRNGKey(lds_c.trajectory_seed))
+    fixed = dataclasses.replace(spec, resample_trajectories=False)
+    sets = [sample_batch(key, fixed, make_pool(pool, fixed,
+                                               lds_c.pretrain_systems),
+                         lds_c.pretrain_traces)
+            for key, pool in zip(jax.random.split(trace_keys),
+                                 (test_pool, train_pool))]
+    return jax.device_put(
+        {"pretrain": jax.tree.map(lambda *x: jnp.stack(x), *sets),
+         "needle": needle_key}, sharding)
+
+  def evaluate(self, weights, consts, eval_sets) -> dict:
+    del consts  # the training systems' traces are in eval_sets
+    params = weights["params"]
+    test, train = self._pretrain(params, eval_sets["pretrain"])
+    out = {"pretrain_test": test, "pretrain_train": train}
+    for name, (h, variant) in needle_evaluators(self.c).items():
+      out[name] = self._needle(params, eval_sets["needle"],
+                               needle_spec(self.c, h, variant, self.spec))
+    return out
+
+  # --- evaluation internals --------------------------------------------------
+  def _predict(self, params, tokens):
+    """(N, L, token_dim) -> (N, L, state_dim), eval_batch sequences a pass."""
+    one = lambda x: self.model.apply({"params": params}, x[None])[0]
+    return jax.lax.map(one, tokens, batch_size=self.c.lds.eval_batch)
+
+  def _pretrain(self, params, sets: lds.LDSBatch) -> tuple[dict, dict]:
+    """Pre-training error of each set of traces (Daniels et al. 2025)."""
+    n_sets, n_traces, length = sets.mask.shape
+    flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), sets)
+    errors = lds.position_errors(self._predict(params, flat.inputs), flat)
+    errors = errors.reshape(n_sets, n_traces * length)
+    counts = sets.mask.reshape(n_sets, -1).sum(-1)
+    return tuple({"mse": jnp.mean(e), "loss": jnp.sum(e) / jnp.maximum(n, 1)}
+                 for e, n in zip(errors, counts))
+
+  def _needle(self, params, key, spec: lds_prompts.NeedleSpec) -> dict:
+    """Quartiles over examples of trial-median step errors."""
+    def one_example(example):
+      tokens = lds_prompts.needle_prompts(key, spec, example,
+                                          self.needle_config)
+      errors = lds_prompts.prediction_errors(
+          self._predict(params, tokens[:, :-1]), tokens, self.spec)
+      return (lds_prompts.trial_medians(
+                  lds_prompts.after_final(errors, spec, self.final_steps)),
+              lds_prompts.trial_medians(lds_prompts.after_initial(
+                  errors, spec, self.needle_config, self.initial_steps)))
+
+    final, initial = jax.lax.map(one_example, jnp.arange(spec.n_examples))
+    metrics = {}
+    for kind, steps, medians in (
+        ("after_final", self.final_steps, final),
+        ("after_initial", self.initial_steps, initial)):
+      quartiles = lds_prompts.example_quartiles(medians)
+      for i, k in enumerate(steps):
+        for j, q in enumerate(QUARTILES):
+          metrics[f"{kind}_{k}_{q}"] = quartiles[j, i]
+    return metrics

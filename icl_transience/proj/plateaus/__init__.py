@@ -1,0 +1,1 @@
+"""Learning plateaus of ICL (Fu et al.)."""

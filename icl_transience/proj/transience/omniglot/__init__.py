@@ -1,0 +1,1 @@
+"""The Chan et al. 2022 Omniglot image pipeline."""

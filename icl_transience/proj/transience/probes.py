@@ -1,0 +1,144 @@
+"""Evaluators as plug-ins: name -> sequence spec; fixed sets; query metrics.
+
+Each evaluator is a fixed set of sequences built once from the eval seed on
+the eval classes and exemplars (Singh et al. 2025), stored as indices; features are
+gathered at evaluation time.
+"""
+import dataclasses
+from typing import Callable
+
+import jax
+import jax.numpy as jnp
+
+from icl_transience.proj.transience import sequences
+from icl_transience.proj.transience import sources
+
+EVALUATORS: dict[str, Callable] = {}
+METRICS = ("acc", "in_context_acc", "out_context_acc", "loss", "prob",
+           "in_context_prob", "out_context_prob", "use_context_prob")
+
+
+def register(name: str):
+  def wrap(fn):
+    EVALUATORS[name] = fn
+    return fn
+  return wrap
+
+
+@register("train_eval")
+def _train_eval(train: sequences.SequenceSpec) -> sequences.SequenceSpec:
+  """The training distribution."""
+  return train
+
+
+@register("b2_train_eval")
+def _b2_train_eval(train):
+  """The training distribution with burstiness 2 (12-layer runs, K = 8)."""
+  return dataclasses.replace(train, burstiness=2)
+
+
+@register("icl")
+def _icl(train):
+  """Two classes labelled 0/1 in random order: needs ICL."""
+  return dataclasses.replace(train, burstiness=train.context_len // 2,
+                             distractor=True, relabel="01")
+
+
+@register("flip_icl")
+def _flip(train):
+  """Query-class items show the distractor's label: ICL -> 1, CIWL -> 0."""
+  return dataclasses.replace(train, burstiness=train.context_len // 2,
+                             distractor=True, relabel="flip")
+
+
+@register("iwl_copy_avail")
+def _ciwl(train):
+  """No query-class items; the query's label is put on one context item."""
+  return dataclasses.replace(train, burstiness=0, no_support=True,
+                             unique_rest=True, assign_query_label_random=True)
+
+
+@register("pure_iwl")
+def _pure_iwl(train):
+  """Query class and label absent from context: only in-weights recall works."""
+  return dataclasses.replace(train, burstiness=0, no_support=True,
+                             unique_rest=True)
+
+
+def eval_spec(name: str, c) -> sequences.SequenceSpec:
+  """The evaluator's spec: uniform over eval classes and eval exemplars."""
+  from icl_transience import config  # pylint: disable=g-import-not-at-top
+  base = dataclasses.replace(
+      config.train_spec(c), relabel="none", fs_relabel=0,
+      assign_query_label_random=False, match_query_and_distractors=False,
+      zipf_exponent=0.0, n_classes=c.evals.n_classes,
+      exemplars=tuple(c.evals.exemplars))
+  return EVALUATORS[name](base)
+
+
+def build_eval_sets(c, sharding=None) -> dict[str, sequences.Sequences]:
+  """The fixed evaluation sets (deterministic in eval_seed), placed with
+  `sharding` (which may span processes)."""
+  key = jax.random.PRNGKey(c.eval_seed)
+  sample = jax.jit(sequences.sample_sequences, static_argnums=(1, 2),
+                   out_shardings=sharding)
+  return {name: sample(jax.random.fold_in(key, i), eval_spec(name, c),
+                       c.evals.n_sequences)
+          for i, name in enumerate(c.evals.names)}
+
+
+def query_metrics(logits, labels, target) -> dict[str, jax.Array]:
+  """Per-sequence metrics at the query (icl-dynamics definitions).
+
+  "In context" = the set of context labels; in_context_* restrict the
+  prediction to that set, out_context_* to its complement. Computed from the
+  K context logits, so the full-vocabulary softmax is taken only once.
+  """
+  rows = jnp.arange(logits.shape[0])[:, None]
+  k = labels.shape[-1]
+  earlier = jnp.tril(jnp.ones((k, k), bool), -1)
+  repeated = jnp.any((labels[:, :, None] == labels[:, None, :]) & earlier, -1)
+  ctx_logits = jnp.where(repeated, -jnp.inf, logits[rows, labels])  # unique labels
+  target_logit = jnp.take_along_axis(logits, target[:, None], -1)[:, 0]
+  target_in_context = jnp.any(labels == target[:, None], -1)
+  lse = jax.nn.logsumexp(logits, -1)
+  lse_in = jax.nn.logsumexp(ctx_logits, -1)
+  out_logits = logits.at[rows, labels].set(-jnp.inf)
+  lse_out = jax.nn.logsumexp(out_logits, -1)
+  in_pick = labels[rows[:, 0], jnp.argmax(ctx_logits, -1)]
+  as_float = lambda x: x.astype(jnp.float32)
+  return {
+      "acc": as_float(jnp.argmax(logits, -1) == target),
+      "in_context_acc": as_float(in_pick == target),
+      "out_context_acc": as_float(jnp.argmax(out_logits, -1) == target),
+      "loss": lse - target_logit,
+      "prob": jnp.exp(target_logit - lse),
+      "in_context_prob": jnp.where(target_in_context,
+                                   jnp.exp(target_logit - lse_in), 0.0),
+      "out_context_prob": jnp.where(target_in_context, 0.0,
+                                    jnp.exp(target_logit - lse_out)),
+      "use_context_prob": jnp.exp(lse_in - lse),
+  }
+
+
+def make_evaluate(apply_fn, n_classes: int, batch_size: int):
+  """(params, table, eval_sets) -> {evaluator: {metric: mean}} for one member."""
+
+  def evaluate_set(params, table, seqs: sequences.Sequences):
+    n = seqs.target.shape[0]
+    chunks = jax.tree.map(
+        lambda x: x.reshape((n // batch_size, batch_size) + x.shape[1:]), seqs)
+
+    def one_chunk(chunk):
+      feats = sources.gather_features(table, chunk.classes, chunk.exemplars,
+                                      n_classes)
+      logits = apply_fn(params, feats, chunk.labels)
+      return query_metrics(logits, chunk.labels, chunk.target)
+
+    per_seq = jax.lax.map(one_chunk, chunks)
+    return {k: jnp.mean(v) for k, v in per_seq.items()}
+
+  def evaluate(params, table, eval_sets):
+    return {name: evaluate_set(params, table, s) for name, s in eval_sets.items()}
+
+  return evaluate
