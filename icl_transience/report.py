@@ -28,7 +28,7 @@ evaluation noise on 5,000 sequences is ~0.007, far below either.
 Evaluators go to the section of SECTIONS with the longest matching name
 prefix, and each section adds its own list of rows to report.json.
 
-Runs of other tasks get their task's report (TASK_REPORTS): the LDS token
+Runs of other tasks get their task's report (tasks.REPORTS): the LDS token
 errors and two-timescale check, plateau lengths and probe curves, and the
 first- vs second-token curves of the dictionary stand-in; each writes
 report.json and its figures into the workdir.
@@ -212,11 +212,6 @@ def define_flags():
                      "Transient: peak - final >= decay * (1 - chance).")
 
 
-TASK_REPORTS = {"lds": "icl_transience.proj.lds_recall.report",
-                "plateau": "icl_transience.proj.plateaus.report",
-                "dictionary": "icl_transience.proj.lds_recall.dictionary.report"}
-
-
 def task_of(workdir: str) -> str:
   """The run's task ('classify' when the run has no config.json)."""
   if not (epath.Path(workdir) / "config.json").exists():
@@ -229,8 +224,12 @@ def main(argv):
   del argv
   f = flags.FLAGS
   task = task_of(f.workdir)
-  if task in TASK_REPORTS:
-    importlib.import_module(TASK_REPORTS[task]).report(f.workdir, f.workdir)
+  if task in tasks.REPORTS:
+    for name in ("metric", "chance", "emerge", "decay"):  # the detector's flags
+      if f[name].present:
+        raise UserError(f"--{name}: applies to the classifier's transience "
+                        f"report, not to this {task} run")
+    importlib.import_module(tasks.REPORTS[task]).report(f.workdir, f.workdir)
     return
   write_report(f.workdir, Settings(metric=f.metric, chance=f.chance,
                                    emerge=f.emerge, decay=f.decay))

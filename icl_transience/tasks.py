@@ -25,7 +25,9 @@ model, the data and the evaluators, as an object built from the config with:
   shown: {evaluator: metric}           what the progress bar shows
 
 `build(c)` picks the task from `c.task`; a classifier config whose
-`data.source` is 'omniglot' runs the Chan et al. image task.
+`data.source` is 'omniglot' runs the Chan et al. image task. `REPORTS` names
+each task's `report(workdir, out_dir)` for `python -m icl_transience.report`
+(the classifier tasks' report is the transience detector there).
 """
 import importlib
 
@@ -35,6 +37,11 @@ TASKS = {
     "lds": "icl_transience.proj.lds_recall.task:LDSTask",
     "plateau": "icl_transience.proj.plateaus.task:PlateauTask",
     "dictionary": "icl_transience.proj.lds_recall.dictionary.task:DictionaryTask",
+}
+REPORTS = {
+    "lds": "icl_transience.proj.lds_recall.report",
+    "plateau": "icl_transience.proj.plateaus.report",
+    "dictionary": "icl_transience.proj.lds_recall.dictionary.report",
 }
 
 

@@ -9,6 +9,7 @@ import transience_l2  # pylint: disable=wrong-import-order
 
 from icl_transience import config as config_lib
 from icl_transience.errors import UserError
+from icl_transience.proj.transience import classifier_config
 from icl_transience.proj.transience import probes
 
 
@@ -23,11 +24,11 @@ def test_coopetition_variants_validate(variant, tmp_path):
   config_lib.validate(c)
   assert c.batch_size == 32 and c.train.context_len == 2
   if variant == "icl_only":
-    assert config_lib.n_outputs(c) == 12_800
-    spec = config_lib.train_spec(c)
+    assert classifier_config.n_outputs(c) == 12_800
+    spec = classifier_config.train_spec(c)
     assert spec.relabel == "pairs" and spec.fs_relabel == 12_800
   if variant == "ciwl_only":  # trains on the CIWL evaluator's distribution
-    train, ciwl = config_lib.train_spec(c), probes.eval_spec("iwl_copy_avail", c)
+    train, ciwl = classifier_config.train_spec(c), probes.eval_spec("iwl_copy_avail", c)
     for field in ("burstiness", "no_support", "unique_rest",
                   "assign_query_label_random", "relabel"):
       assert getattr(train, field) == getattr(ciwl, field)

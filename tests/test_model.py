@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from icl_transience import config as config_lib
+from icl_transience.proj.transience import classifier_config
 from icl_transience.proj.transience import interventions
 from icl_transience.nn import transformer
 
@@ -15,7 +16,7 @@ def n_params(**model_overrides):
   c = config_lib.base_config()
   for k, v in model_overrides.items():
     c.model[k] = v
-  model = transformer.build_model(c.model, config_lib.n_outputs(c))
+  model = transformer.build_model(c.model, classifier_config.n_outputs(c))
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                           jnp.zeros((1, 3, 512)), jnp.zeros((1, 2), jnp.int32))
   return transformer.count_params(shapes["params"])

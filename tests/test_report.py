@@ -128,6 +128,15 @@ def test_cli_metric_flag_and_one_line_errors(tmp_path):
   assert missing.returncode == 2
   assert missing.stderr.strip().splitlines() == [
       f"error: --workdir: no metrics in {tmp_path / 'nope'} (metrics.jsonl missing or empty)"]
+  lds_run = tmp_path / "lds"
+  lds_run.mkdir()
+  (lds_run / "config.json").write_text('{"task": "lds"}')
+  ignored = run_cli(["-m", "icl_transience.report", f"--workdir={lds_run}",
+                     "--emerge=0.3"], timeout=60)
+  assert ignored.returncode == 2
+  assert ignored.stderr.strip().splitlines() == [
+      "error: --emerge: applies to the classifier's transience report, not to "
+      "this lds run"]
   (tmp_path / "metrics.jsonl").write_text("{not json\n")
   with pytest.raises(UserError, match="not a metrics table"):
     report.write_report(str(tmp_path), report.Settings())

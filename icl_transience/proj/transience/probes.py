@@ -10,6 +10,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from icl_transience.errors import UserError
+from icl_transience.proj.transience import classifier_config
 from icl_transience.proj.transience import sequences
 from icl_transience.proj.transience import sources
 
@@ -67,13 +69,25 @@ def _pure_iwl(train):
 
 def eval_spec(name: str, c) -> sequences.SequenceSpec:
   """The evaluator's spec: uniform over eval classes and eval exemplars."""
-  from icl_transience import config  # pylint: disable=g-import-not-at-top
   base = dataclasses.replace(
-      config.train_spec(c), relabel="none", fs_relabel=0,
+      classifier_config.train_spec(c), relabel="none", fs_relabel=0,
       assign_query_label_random=False, match_query_and_distractors=False,
       zipf_exponent=0.0, n_classes=c.evals.n_classes,
       exemplars=tuple(c.evals.exemplars))
   return EVALUATORS[name](base)
+
+
+def validate(c):
+  """The evaluators' fields (config block `evals`); one line naming the field."""
+  shape = sources.source_shape(c.data)
+  for name in c.evals.names:
+    if name not in EVALUATORS:
+      raise UserError(f"evals.names: unknown evaluator '{name}' "
+                      f"(known: {', '.join(EVALUATORS)})")
+    classifier_config.check_spec(eval_spec(name, c), f"evals.{name}", shape)
+  if not (c.evals.n_sequences > 0 and c.evals.batch_size > 0 and
+          c.evals.n_sequences % c.evals.batch_size == 0):
+    raise UserError("evals.batch_size: must divide evals.n_sequences")
 
 
 def build_eval_sets(c, sharding=None) -> dict[str, sequences.Sequences]:

@@ -10,12 +10,12 @@ query's cross-entropy; evaluators are the plug-ins of evals/probes.py.
 import jax.numpy as jnp
 import optax
 
-from icl_transience import config as config_lib
+from icl_transience.nn import transformer
+from icl_transience.proj.transience import classifier_config
+from icl_transience.proj.transience import graft
+from icl_transience.proj.transience import probes
 from icl_transience.proj.transience import sequences
 from icl_transience.proj.transience import sources
-from icl_transience.proj.transience import probes
-from icl_transience.proj.transience import graft
-from icl_transience.nn import transformer
 
 
 class ClassifyTask:
@@ -26,13 +26,14 @@ class ClassifyTask:
 
   def __init__(self, c):
     self.c = c
-    self.spec = config_lib.train_spec(c)
-    self.model = transformer.build_model(c.model, config_lib.n_outputs(c))
+    self.spec = classifier_config.train_spec(c)
+    self.model = transformer.build_model(c.model, classifier_config.n_outputs(c))
     self.source_classes = c.data.n_classes  # one-hot width for 'onehot'
 
   def validate(self, n_devices: int):
     del n_devices
-    config_lib.validate_classifier(self.c)
+    classifier_config.validate(self.c)
+    probes.validate(self.c)
 
   def apply(self, weights, features, labels):
     """Query logits; with a graft, the live params joined to the frozen model."""
