@@ -8,7 +8,8 @@ evaluators every 100 k sequences.
   python main.py --config=configs/coopetition.py --workdir=runs/coop
   python main.py --config=configs/coopetition.py:mq --workdir=runs/mq
 
-Variants (Singh et al. 2025, appendix), with the paper's horizons:
+Variants (Singh et al. 2025, appendix), with the paper's horizons; they
+combine left to right, e.g. configs/coopetition.py:mq,rope:
   icl_only    labels: a random pair of all 12,800 labels per sequence (64 M)
   icl_only_graft  icl_only with layer 2, final LN and unembedding frozen from
               the main run at 20 M (Fig. 4; --config.graft.workdir=<main run>)
@@ -45,7 +46,4 @@ VARIANTS = {
 
 
 def get_config(variant: str = ""):
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown variant '{variant}' (choose from "
-                     f"{', '.join(v for v in VARIANTS if v)})")
-  return config.override(config.base_config(), VARIANTS[variant])
+  return config.with_variants(config.base_config(), variant, VARIANTS)

@@ -13,7 +13,6 @@ ordering on a 2-core CPU in ~15 minutes), "smoke" (seconds; tests).
 import ml_collections
 
 from icl_transience import config
-from icl_transience.errors import UserError
 
 
 def _corpus() -> ml_collections.ConfigDict:
@@ -76,9 +75,4 @@ def get_config(variant: str = ""):
   c.eval_every = 64_000            # 1000 steps; the sweep adds the ckpts
   c.ckpt.every = 0
   c.ckpt.log_spaced = 40           # from step 100 (steps_per_call) on
-  if variant in VARIANTS:
-    config.override(c, VARIANTS[variant])
-  elif variant:
-    raise UserError(f"unknown variant '{variant}' (choose '', "
-                    f"{', '.join(VARIANTS)})")
-  return c
+  return config.with_variants(c, variant, VARIANTS)

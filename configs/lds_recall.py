@@ -134,12 +134,19 @@ def preset_config(name: str) -> ml_collections.ConfigDict:
   return c
 
 
+VARIANTS = {"cpu": CPU, "smoke": SMOKE}
+
+
 def get_config(variant: str = ""):
-  if variant in ("", "big") or variant in PRESETS:
-    return preset_config(variant or "big")
-  if variant == "cpu":
-    return config.override(preset_config("tiny"), CPU)
-  if variant == "smoke":
-    return config.override(preset_config("tiny"), SMOKE)
-  raise UserError(f"unknown variant '{variant}' (choose from "
-                  f"{', '.join(list(PRESETS) + ['cpu', 'smoke'])})")
+  """A model size of PRESETS (default big; cpu and smoke imply tiny), then
+  the other variants named, e.g. 'small,cpu'."""
+  names = [n.strip() for n in variant.split(",") if n.strip()]
+  sizes = [n for n in names if n in PRESETS]
+  if len(sizes) > 1:
+    raise UserError(f"two model sizes: {', '.join(sizes)}")
+  others = ",".join(n for n in names if n not in PRESETS)
+  size = sizes[0] if sizes else "tiny" if others else "big"
+  try:
+    return config.with_variants(preset_config(size), others, VARIANTS)
+  except UserError as e:
+    raise UserError(f"{e} (or a model size: {', '.join(PRESETS)})") from e

@@ -172,7 +172,4 @@ VARIANTS = {
 
 
 def get_config(variant: str = ""):
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown variant '{variant}' (choose from "
-                     f"{', '.join(v for v in VARIANTS if v)})")
-  return config.override(plateau_config(), VARIANTS[variant])
+  return config.with_variants(plateau_config(), variant, VARIANTS)

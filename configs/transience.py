@@ -65,7 +65,4 @@ def transience_config():
 
 
 def get_config(variant: str = ""):
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown variant '{variant}' (choose from "
-                     f"{', '.join(v for v in VARIANTS if v)})")
-  return config.override(transience_config(), VARIANTS[variant])
+  return config.with_variants(transience_config(), variant, VARIANTS)

@@ -28,9 +28,7 @@ VARIANTS = {
 
 
 def get_config(variant: str = ""):
-  if variant not in VARIANTS:
-    raise ValueError(f"unknown variant '{variant}' (choose from "
-                     f"{', '.join(v for v in VARIANTS if v)})")
-  c = transience.config.override(transience.transience_config(), VARIANTS[variant])
+  c = transience.config.with_variants(transience.transience_config(), variant,
+                                      VARIANTS)
   c.population = "; ".join(f"l2={lam:g}" for lam in LAMBDAS)
   return c

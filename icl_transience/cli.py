@@ -21,6 +21,8 @@ def parse_flags(argv):
     if "config" in flags.FLAGS:
       flags.FLAGS["config"].value.keys()  # the file loads lazily: load it now
     return rest
+  except UserError as e:  # a config file's own one-line error (a variant)
+    message = f"--config: {e}"
   except flags.Error as e:  # a config file that raised: keep its last line
     lines = [l.strip() for l in str(e).splitlines() if l.strip()]
     message = (f"{lines[0].split(':')[0]}: {lines[-1]}"

@@ -172,6 +172,17 @@ def override(c, fields: dict):
   return c
 
 
+def with_variants(c, arg: str, variants: dict) -> ml_collections.ConfigDict:
+  """c with the variants named in `arg` applied left to right: a config
+  file's argument, e.g. `configs/plateau.py:cpu,onehot` ('' = none)."""
+  for name in (n.strip() for n in arg.split(",")):
+    if name and name not in variants:
+      raise UserError(f"unknown variant '{name}' (choose from "
+                      f"{', '.join(v for v in variants if v)}; combine with ',')")
+    override(c, variants.get(name, {}))
+  return c
+
+
 @dataclasses.dataclass(frozen=True)
 class Member:
   name: str

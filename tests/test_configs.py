@@ -43,9 +43,14 @@ def test_main_config_numbers():
   config_lib.validate(smoke.get_config())
 
 
-def test_unknown_variant():
-  with pytest.raises(ValueError, match="unknown variant"):
-    coopetition.get_config("nope")
+def test_variants_combine_left_to_right_and_unknown_ones_are_named():
+  both = coopetition.get_config("mq,sinpe")
+  assert both.train.match_query_and_distractors and both.model.positions == "sinusoidal"
+  later_wins = coopetition.get_config("sinpe,rope")
+  assert later_wins.model.positions == "rope"
+  assert transience_l2.get_config("squared,mlp").optim.l2_on == "mlp"
+  with pytest.raises(UserError, match="unknown variant 'nope'"):
+    coopetition.get_config("mq,nope")
 
 
 @pytest.mark.parametrize("variant", sorted(transience.VARIANTS))

@@ -241,8 +241,11 @@ def test_configs_follow_the_paper():
   assert lds_recall.get_config("big").model.remat  # fits one 80 GB device
   for variant in ("cpu", "smoke"):
     lds_task.LDSTask(lds_recall.get_config(variant)).validate(1)
-  with pytest.raises(UserError, match="unknown variant"):
+  with pytest.raises(UserError, match="unknown variant 'huge'.*model size"):
     lds_recall.get_config("huge")
+  assert lds_recall.get_config("tiny,cpu") == lds_recall.get_config("cpu")
+  with pytest.raises(UserError, match="two model sizes"):
+    lds_recall.get_config("tiny,small")
 
 
 @pytest.mark.parametrize("field, value, match", [
