@@ -47,6 +47,9 @@ def read(workdir: str) -> list[dict]:
   return _parse(p.read_text())
 
 
+REPORT_FILENAME = "report.json"  # what `python -m icl_transience.report` writes
+
+
 def atomic_write(filename: str, write, binary: bool = False):
   """Calls write(file) on a temporary file, then renames it to filename:
   readers see the old or the new file, whole. (A remote object store such

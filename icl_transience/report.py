@@ -50,7 +50,7 @@ from icl_transience import tasks
 from icl_transience.analysis import figures
 from icl_transience.errors import UserError
 
-REPORT_FILENAME = "report.json"
+REPORT_FILENAME = metrics_table.REPORT_FILENAME
 # Chance level of each accuracy-like metric (Singh et al. 2025): a 2-way choice among
 # the context labels, or an argmax over the whole vocabulary.
 CHANCE = {"in_context_acc": 0.5, "in_context_prob": 0.5, "acc": 0.0, "prob": 0.0}

@@ -41,14 +41,14 @@ def by_member(rows, evaluator):
 def test_verdicts_numbers_json_and_figures(tmp_path, capsys, monkeypatch):
   write_metrics(tmp_path)
   drawn = {}
-  save = figures._save  # pylint: disable=protected-access
+  save = figures.save
 
   def capture(fig, path):
     drawn[os.path.basename(path)] = {
         line.get_label(): list(line.get_ydata()) for ax in fig.axes
         for line in ax.get_lines() if not line.get_label().startswith("_")}
     save(fig, path)
-  monkeypatch.setattr(figures, "_save", capture)
+  monkeypatch.setattr(figures, "save", capture)
   result = report.write_report(str(tmp_path), report.Settings())
   printed = capsys.readouterr().out
   icl = by_member(result["transience"], "icl")

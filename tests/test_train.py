@@ -71,7 +71,7 @@ def test_sweep_jobs_recompute_the_logged_rows(smoke_run, tmp_path):
 
 def test_figures_draw_the_metrics_rows(smoke_run, tmp_path, monkeypatch):
   drawn = {}
-  save = figures._save  # pylint: disable=protected-access
+  save = figures.save
 
   def capture(fig, path):
     drawn[os.path.basename(path)] = [
@@ -79,7 +79,7 @@ def test_figures_draw_the_metrics_rows(smoke_run, tmp_path, monkeypatch):
         for ax in fig.axes for line in ax.get_lines()
         if not line.get_label().startswith("_")]
     save(fig, path)
-  monkeypatch.setattr(figures, "_save", capture)
+  monkeypatch.setattr(figures, "save", capture)
   rows = metrics_table.read(smoke_run)
   paths = figures.plot_run(rows, str(tmp_path / "figs"))
   assert sorted(os.path.basename(p) for p in paths) == ["fig1b_main.png",

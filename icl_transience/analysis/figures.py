@@ -1,7 +1,6 @@
 """Figures from the metrics table (matplotlib, Agg backend, PNG)."""
 import collections
 import os
-import tempfile
 
 import matplotlib
 
@@ -35,15 +34,13 @@ def mark_divergence(ax, rows, member: str):
     ax.axvline(seen, color="tab:red", ls="--", lw=1, label="diverged")
 
 
-def _save(fig, path: str):
-  """Saves atomically: a crash never leaves a truncated PNG."""
-  directory = os.path.dirname(os.path.abspath(path))
-  os.makedirs(directory, exist_ok=True)
-  fd, tmp = tempfile.mkstemp(dir=directory, prefix=".tmp-", suffix=".png")
-  os.close(fd)
-  fig.savefig(tmp, dpi=120, bbox_inches="tight")
+def save(fig, path: str, dpi: int = 120):
+  """Writes a PNG atomically (a crash never leaves a truncated file) and
+  closes the figure."""
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  metrics_table.atomic_write(path, lambda f: fig.savefig(
+      f, format="png", dpi=dpi, bbox_inches="tight"), binary=True)
   plt.close(fig)
-  os.replace(tmp, path)
 
 
 def strategy_figure(rows, member: str, path: str):
@@ -59,7 +56,7 @@ def strategy_figure(rows, member: str, path: str):
          ylim=(-0.02, 1.02), title=f"Strategy evaluators: {member}")
   ax.legend(fontsize=8, loc="center right")
   ax.grid(alpha=0.3)
-  _save(fig, path)
+  save(fig, path)
 
 
 def loss_figure(rows, member: str, path: str):
@@ -76,7 +73,7 @@ def loss_figure(rows, member: str, path: str):
          title=f"Losses: {member}")
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
-  _save(fig, path)
+  save(fig, path)
 
 
 def summary(rows, member: str) -> list[str]:
@@ -118,7 +115,7 @@ def toy_figure(history, stop: int, seed: int, path: str):
          + (f" (stopped at {stop})" if stop >= 0 else " (no stop)"))
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
-  _save(fig, path)
+  save(fig, path)
 
 
 def transience_figure(rows, member: str, curves, path: str):
@@ -146,7 +143,7 @@ def transience_figure(rows, member: str, curves, path: str):
   loss_ax.set(xlabel="sequences seen", ylabel="train loss",
               yscale="log" if y else "linear")
   loss_ax.grid(alpha=0.3)
-  _save(fig, path)
+  save(fig, path)
 
 
 def compare_figure(runs: dict, evaluator: str, metric: str, path: str,
@@ -163,4 +160,4 @@ def compare_figure(runs: dict, evaluator: str, metric: str, path: str,
          yscale="log" if metric == "loss" else "linear")
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
-  _save(fig, path)
+  save(fig, path)

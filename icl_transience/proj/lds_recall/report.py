@@ -36,7 +36,6 @@ from icl_transience.errors import UserError
 from icl_transience.proj.lds_recall import task as lds_task
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
-REPORT_FILENAME = "report.json"
 PREFERRED_HAYSTACK = 5           # Daniels et al. 2025 reads H = 5
 PINV_PRETRAIN_MSE = 0.051        # Daniels et al. 2025, pseudo-inverse baseline, all positions, default generator
 
@@ -93,11 +92,6 @@ def steps_logged(rows, evaluator: str, kind: str) -> list[int]:
                 if m.startswith(prefix) and m.endswith("_median"))
 
 
-def _save(fig, path: str):
-  metrics_table.atomic_write(path, lambda f: fig.savefig(
-      f, format="png", dpi=120, bbox_inches="tight"), binary=True)
-  plt.close(fig)
-
 
 def _positive(points):
   return [p for p in points if p[0] > 0]
@@ -128,7 +122,7 @@ def recall_figure(rows, member: str, evaluator: str, path: str):
          title=f"Recall after the final label: {member}, {evaluator}")
   ax.legend(fontsize=7, ncol=2)
   ax.grid(alpha=0.3)
-  _save(fig, path)
+  figures.save(fig, path)
 
 
 def pretrain_figure(rows, member: str, path: str, reference: float | None):
@@ -146,7 +140,7 @@ def pretrain_figure(rows, member: str, path: str, reference: float | None):
          ylabel="pre-training error", title=f"Pre-training error: {member}")
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
-  _save(fig, path)
+  figures.save(fig, path)
 
 
 def ood_figure(ood: dict, member: str, path: str):
@@ -166,7 +160,7 @@ def ood_figure(ood: dict, member: str, path: str):
          title=f"OOD prompts at the last evaluation: {member}")
   ax.legend(fontsize=7)
   ax.grid(alpha=0.3, axis="y")
-  _save(fig, path)
+  figures.save(fig, path)
 
 
 def _ood_results(rows, member: str, c) -> dict:
@@ -259,6 +253,6 @@ def report(workdir: str, out_dir: str, checks: Checks = Checks()) -> dict:
     print("  pre-training: " + ", ".join(
         f"{k}={_fmt(v)}" for k, v in m["pretrain"].items()))
   metrics_table.atomic_write_text(
-      os.path.join(out_dir, REPORT_FILENAME),
+      os.path.join(out_dir, metrics_table.REPORT_FILENAME),
       json.dumps(summary, indent=2) + "\n")
   return summary

@@ -33,11 +33,11 @@ import numpy as np  # pylint: disable=wrong-import-position
 
 from icl_transience import config as config_lib  # pylint: disable=wrong-import-position
 from icl_transience import metrics_table  # pylint: disable=wrong-import-position
+from icl_transience.analysis import figures  # pylint: disable=wrong-import-position
 from icl_transience.proj.plateaus import plateau  # pylint: disable=wrong-import-position
 from icl_transience.proj.plateaus import factor_sequences as fseq  # pylint: disable=wrong-import-position,line-too-long
 from icl_transience.errors import UserError  # pylint: disable=wrong-import-position
 
-REPORT_FILENAME = "report.json"
 FIGURE = "plateau.png"
 NEAR_CHANCE = 0.05            # our plateau acceptance check 1: within chance + 0.05
 COLUMNS = {"plateau": "plateau_length", "icl>0.5": "icl_above_half",
@@ -113,9 +113,7 @@ def figure(rows, members, chance: float, path: str,
            ylim=(0, 1.02))
   axes[0].legend(fontsize=7)
   fig.tight_layout()
-  metrics_table.atomic_write(path, lambda f: fig.savefig(
-      f, format="png", dpi=110), binary=True)
-  plt.close(fig)
+  figures.save(fig, path, dpi=110)
 
 
 def _fmt(value) -> str:
@@ -154,6 +152,6 @@ def report(workdir: str, out_dir: str) -> dict:
   for s in summaries:
     print(s["member"][:35].ljust(36) + "".join(_fmt(s[key]).rjust(12)
                                                for key in COLUMNS.values()))
-  metrics_table.atomic_write_text(os.path.join(out_dir, REPORT_FILENAME),
+  metrics_table.atomic_write_text(os.path.join(out_dir, metrics_table.REPORT_FILENAME),
                                   json.dumps(summary, indent=2) + "\n")
   return summary

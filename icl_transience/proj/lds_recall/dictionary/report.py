@@ -22,7 +22,6 @@ from icl_transience.analysis import figures  # pylint: disable=wrong-import-posi
 from icl_transience.proj.plateaus import plateau  # pylint: disable=wrong-import-position
 from icl_transience.errors import UserError  # pylint: disable=wrong-import-position
 
-REPORT_FILENAME = "report.json"
 REQUIRED_RATIO = 2.0   # our dictionary acceptance check: second-token >= 2x earlier
 HALF = 0.5             # "reaches 50% of its final value"
 MISDIRECTED = ("first_follows_label", "first_follows_task",
@@ -95,7 +94,7 @@ def figure(member: dict, path: str):
          f"(ratio {member['ratio']})")
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
-  figures._save(fig, path)  # pylint: disable=protected-access
+  figures.save(fig, path)
 
 
 def report(workdir: str, out_dir: str) -> dict:
@@ -114,6 +113,6 @@ def report(workdir: str, out_dir: str) -> dict:
           f"{m['misdirected_first_follows_label']}, second follows the "
           f"continuation {m['misdirected_second_follows_continuation']}")
     figure(m, os.path.join(out_dir, "figures", f"dictionary_{m['member']}.png"))
-  metrics_table.atomic_write_text(os.path.join(out_dir, REPORT_FILENAME),
+  metrics_table.atomic_write_text(os.path.join(out_dir, metrics_table.REPORT_FILENAME),
                                   json.dumps(summary, indent=2) + "\n")
   return summary
