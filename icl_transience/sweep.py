@@ -156,26 +156,33 @@ def run(c, root: str, grid: str, only: int | None = None) -> list[str]:
   return trained
 
 
-if __name__ == "__main__":
-  _CONFIG = config_flags.DEFINE_config_file("config", None, "Base config file.")
-  _WORKDIR = flags.DEFINE_string("workdir", None, "Sweep root directory.")
-  _GRID = flags.DEFINE_string("grid", None, "Axes: 'field=v1,v2 field=v1,v2'.")
-  _GROUP = flags.DEFINE_integer("group", None, "Run only this group (0-based).")
-  _LIST = flags.DEFINE_bool("list", False, "Print the groups and exit.")
+def define_flags():
+  """The command-line flags, defined only when run as a program (every entry
+  point defines --workdir; the modules import side by side)."""
+  config_flags.DEFINE_config_file("config", None, "Base config file.")
+  flags.DEFINE_string("workdir", None, "Sweep root directory.")
+  flags.DEFINE_string("grid", None, "Axes: 'field=v1,v2 field=v1,v2'.")
+  flags.DEFINE_integer("group", None, "Run only this group (0-based).")
+  flags.DEFINE_bool("list", False, "Print the groups and exit.")
   flags.mark_flags_as_required(["config", "workdir", "grid"])
 
-  @cli.exit_on_user_error
-  def main(argv):
-    del argv
-    logging.set_verbosity(logging.INFO)
-    cli.quiet_library_logs()
-    all_groups = groups(_CONFIG.value, _GRID.value)
-    if _LIST.value:
-      for i, group in enumerate(all_groups):
-        print(f"{i}: {group.name}  members: {group.population or 'one'}")
-      return
-    if _GROUP.value is not None and not 0 <= _GROUP.value < len(all_groups):
-      raise UserError(f"--group: {_GROUP.value} not in 0..{len(all_groups) - 1}")
-    run(_CONFIG.value, _WORKDIR.value, _GRID.value, _GROUP.value)
 
+@cli.exit_on_user_error
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  logging.set_verbosity(logging.INFO)
+  cli.quiet_library_logs()
+  all_groups = groups(f.config, f.grid)
+  if f.list:
+    for i, group in enumerate(all_groups):
+      print(f"{i}: {group.name}  members: {group.population or 'one'}")
+    return
+  if f.group is not None and not 0 <= f.group < len(all_groups):
+    raise UserError(f"--group: {f.group} not in 0..{len(all_groups) - 1}")
+  run(f.config, f.workdir, f.grid, f.group)
+
+
+if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=cli.parse_flags)

@@ -3,15 +3,22 @@
 Config and file mistakes are checked in-process (they raise UserError naming
 the field); a few runs of the programs check the plumbing: exit status 2,
 one `error:` line, no traceback."""
+import glob
+import os
+import re
+import subprocess
+import sys
+
 import h5py
 import numpy as np
 import pytest
 
+from icl_transience import __main__ as tool_list
 from icl_transience import config as config_lib
 from icl_transience import evaluate
 from icl_transience.errors import UserError
 
-from helpers import run_cli, smoke_config
+from helpers import REPO, run_cli, smoke_config
 
 
 @pytest.mark.parametrize("fields,match", [
@@ -64,3 +71,26 @@ def one_error_line(result):
 def test_programs_exit_2_with_one_line(tmp_path, args, message):
   line = one_error_line(run_cli(args + [f"--workdir={tmp_path}/w"]))
   assert message in line
+
+
+def test_every_documented_tool_is_listed_and_answers_help():
+  """`python -m icl_transience` lists every tool the README, configs and
+  launch scripts name, and each tool (and main.py) answers --help."""
+  documented = set()
+  for path in ["README.md"] + glob.glob("configs/*.py") + glob.glob("launch/*.sh"):
+    with open(os.path.join(REPO, path), encoding="utf-8") as f:
+      documented |= set(re.findall(r"python -m icl_transience\.([\w.]+\w)", f.read()))
+  assert documented <= set(tool_list.TOOLS), documented - set(tool_list.TOOLS)
+  listed = run_cli(["-m", "icl_transience"])
+  assert listed.returncode == 0
+  for tool in tool_list.TOOLS:
+    assert f"python -m icl_transience.{tool} " in listed.stdout
+  commands = [["main.py"]] + [["-m", f"icl_transience.{t}"] for t in tool_list.TOOLS]
+  procs = [subprocess.Popen([sys.executable, *cmd, "--help"], cwd=REPO,
+                            env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for cmd in commands]
+  for cmd, proc in zip(commands, procs):
+    out, err = proc.communicate(timeout=300)
+    assert "Traceback" not in err, (cmd, err[-2000:])  # absl's --help exits 1
+    assert re.search(r"--(workdir|checkpoints|seed)", out), (cmd, out[-500:])

@@ -35,10 +35,13 @@ import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+from absl import app
+from absl import flags
 
+from icl_transience import cli
 from icl_transience import metrics_table
-from icl_transience.proj.lds_recall.dictionary import report as dictionary_report
 from icl_transience.errors import UserError
+from icl_transience.proj.lds_recall.dictionary import report as dictionary_report
 from icl_transience.proj.lds_recall.dictionary import task as dictionary
 
 DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
@@ -381,11 +384,8 @@ def run(checkpoints: str, prompts: str, out: str, n_prompts: int = 256,
   return result
 
 
-if __name__ == "__main__":
-  from absl import app  # pylint: disable=g-import-not-at-top
-  from absl import flags  # pylint: disable=g-import-not-at-top
-  from icl_transience import cli  # pylint: disable=g-import-not-at-top
-
+def define_flags():
+  """The command-line flags, defined only when run as a program."""
   flags.DEFINE_string("checkpoints", None, "Directory of checkpoints.", required=True)
   flags.DEFINE_string("prompts", "", "Prompt file (JSON); default: dictionary prompts.")
   flags.DEFINE_string("out", None, "Output directory.", required=True)
@@ -393,11 +393,15 @@ if __name__ == "__main__":
   flags.DEFINE_integer("seed", 1, "Seed of the dictionary prompts.")
   flags.DEFINE_integer("batch_size", 16, "Prompts per forward pass.")
 
-  @cli.exit_on_user_error
-  def main(argv):
-    del argv
-    cli.quiet_library_logs()
-    f = flags.FLAGS
-    run(f.checkpoints, f.prompts, f.out, f.n_prompts, f.seed, f.batch_size)
 
+@cli.exit_on_user_error
+def main(argv):
+  del argv
+  cli.quiet_library_logs()
+  f = flags.FLAGS
+  run(f.checkpoints, f.prompts, f.out, f.n_prompts, f.seed, f.batch_size)
+
+
+if __name__ == "__main__":
+  define_flags()
   app.run(main, flags_parser=cli.parse_flags)
