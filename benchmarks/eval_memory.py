@@ -15,10 +15,11 @@ import jax
 from icl_transience import config as config_lib
 from icl_transience.train import loop
 from icl_transience.train import step as step_lib
+from icl_transience.proj.transience import classifier_config
 
 
 def scratch_bytes(population: int, per_pass: int) -> int:
-  c = config_lib.base_config()
+  c = classifier_config.coopetition_config()
   c.population = "; ".join(f"init_seed={i}" for i in range(population))
   c.eval_members_per_pass = per_pass
   mesh = loop.make_mesh(1)

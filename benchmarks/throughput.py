@@ -32,6 +32,7 @@ from icl_transience import config as config_lib
 from icl_transience.proj.transience import sources
 from icl_transience.train import loop
 from icl_transience.train import step as step_lib
+from icl_transience.proj.transience import classifier_config
 
 
 def _timed(fn, repeats: int) -> float:
@@ -46,7 +47,7 @@ def _timed(fn, repeats: int) -> float:
 def measure(populations, fused_steps: int, per_step_iters: int,
             fused_calls: int, population_calls: int,
             population_map: str = "auto") -> dict:
-  c = config_lib.base_config()
+  c = classifier_config.coopetition_config()
   c.steps_per_call, c.population_map = fused_steps, population_map
   mesh = loop.make_mesh()
   with jax.set_mesh(mesh):
@@ -99,7 +100,7 @@ def _fused_calls(trainer, members, table):
 def step_cost() -> dict:
   """XLA's cost analysis of one optimizer step of the default config: the
   whole step, and its gradient alone (bytes accessed and flops)."""
-  c = config_lib.base_config()
+  c = classifier_config.coopetition_config()
   mesh = loop.make_mesh(1)
   with jax.set_mesh(mesh):
     trainer = step_lib.Trainer(c, mesh)
@@ -123,7 +124,7 @@ def step_cost() -> dict:
 
 def fused_on_devices(n_devices: int, fused_steps: int, fused_calls: int) -> dict:
   """Fused steps/s with the batch over n devices, and the final params."""
-  c = config_lib.base_config()
+  c = classifier_config.coopetition_config()
   c.steps_per_call, c.num_devices = fused_steps, n_devices
   mesh = loop.make_mesh(n_devices)
   with jax.set_mesh(mesh):

@@ -21,6 +21,7 @@ combine left to right, e.g. configs/coopetition.py:mq,rope:
   c12800_ex5, c1600_ex20, c1600_ex5   data sizes (100 M)
 """
 from icl_transience import config
+from icl_transience.proj.transience import classifier_config
 
 ICL_ONLY = {"train.relabel": "pairs", "train.fs_relabel": 12_800,
             "total_sequences": 64_000_000}
@@ -46,4 +47,4 @@ VARIANTS = {
 
 
 def get_config(variant: str = ""):
-  return config.with_variants(config.base_config(), variant, VARIANTS)
+  return config.with_variants(classifier_config.coopetition_config(), variant, VARIANTS)

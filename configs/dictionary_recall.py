@@ -10,23 +10,9 @@ log-spaced checkpoints; run `python -m icl_transience.evaluate
 3-layer model on a reduced corpus that shows the first- vs second-token
 ordering on a 2-core CPU in ~15 minutes), "smoke" (seconds; tests).
 """
-import ml_collections
 
 from icl_transience import config
-
-
-def _corpus() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict(dict(
-      n_words=200,           # per language (A and B)
-      n_labels=20,           # symbolic label ids
-      phrase_len=3,          # a1 a2 a3 <L> o1 o2 o3 ;
-      n_blocks=8,            # few-shot blocks per document (our choice)
-      plain_fraction=0.5,    # share of plain A/B word streams (our choice)
-      vocab_size=600,
-      dictionary_seed=0,     # the A -> B bijection
-      eval_prompts=1024,     # held-out prompts per evaluator
-      eval_batch_size=256,
-  ))
+from icl_transience.proj.lds_recall.dictionary import task as dictionary_task
 
 
 # CPU: a 3-layer d-64 model on a reduced corpus (20 words per language, 3
@@ -60,7 +46,7 @@ VARIANTS = {"cpu": CPU, "smoke": SMOKE}
 def get_config(variant: str = ""):
   c = config.base_config()
   c.task = "dictionary"
-  c.dictionary = _corpus()
+  c.dictionary = dictionary_task.corpus_block()
   c.model.depth = 6
   c.model.d_model = 256
   c.model.n_heads = 8

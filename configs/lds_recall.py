@@ -26,9 +26,9 @@ import math
 import ml_collections
 
 from icl_transience import config
-from icl_transience.proj.lds_recall import lds
 from icl_transience.errors import UserError
 from icl_transience.proj.lds_recall import gpt2
+from icl_transience.proj.lds_recall import task as lds_task
 
 LR_UNIT = 1.5849e-5   # 10^-4.8 (Daniels et al. 2025)
 EVAL_STEPS = 1000     # optimizer steps between evaluations and checkpoints
@@ -87,33 +87,11 @@ def spec_lr(batch_size: int, multiplier: float) -> float:
   return math.sqrt(batch_size / 512) * multiplier * LR_UNIT
 
 
-def lds_block() -> ml_collections.ConfigDict:
-  """c.lds: the generator (every LDSSpec field) and the evaluators."""
-  b = ml_collections.ConfigDict(
-      {f: getattr(lds.LDSSpec(), f) for f in lds.LDSSpec.__dataclass_fields__})
-  b.trajectory_seed = 0          # the fixed pool of training trajectories
-  b.haystack_lens = (5,)         # needle_h{H} evaluators
-  b.needle_segment_len = 10      # observations per haystack segment
-  b.needle_query_len = 10        # observations in the query segment
-  b.needle_examples = 50
-  b.needle_trials = 1000         # trajectories per example
-  b.needle_test_systems = 100
-  b.needle_config = 0            # haystack rotation: 0 = needle farthest back
-  b.final_steps = (1, 2, 3, 5, 10)    # k of "k after final"
-  b.initial_steps = (2, 3, 4, 5, 6)   # k of "k after initial"
-  b.ood_variants = ()            # names of lds_prompts.VARIANTS, e.g.
-  b.ood_haystack_lens = (2,)     # ("misdirected_label", "synchronised")
-  b.pretrain_traces = 1000       # traces per pre-training error set
-  b.pretrain_systems = 1000      # systems (one trajectory each) per set
-  b.eval_batch = 250             # sequences per forward pass in evaluation
-  return b
-
-
 def preset_config(name: str) -> ml_collections.ConfigDict:
   size, batch, multiplier, steps, remat = PRESETS[name]
   c = config.base_config()
   c.task = "lds"
-  c.lds = lds_block()
+  c.lds = lds_task.lds_block()
   c.model.d_model, c.model.depth, c.model.n_heads = gpt2.SIZES[size]
   c.model.mlp_ratio = 4
   c.model.positions = "learned"

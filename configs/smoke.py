@@ -2,11 +2,11 @@
 
   python main.py --config=configs/smoke.py --workdir=/tmp/smoke
 """
-from icl_transience import config
+from icl_transience.proj.transience import classifier_config
 
 
 def get_config():
-  c = config.base_config()
+  c = classifier_config.coopetition_config()
   c.data.n_classes = 40
   c.data.n_exemplars = 6
   c.data.dim = 16

@@ -36,6 +36,7 @@ variant also sets Chan's warm-up + inverse-sqrt decay; with only
 """
 from icl_transience import config
 from icl_transience.proj.transience.omniglot import task as omniglot
+from icl_transience.proj.transience import classifier_config
 
 VARIANTS = {
     "": {},
@@ -49,7 +50,7 @@ VARIANTS = {
 
 
 def transience_config():
-  c = config.base_config()
+  c = classifier_config.coopetition_config()
   return config.override(c, {
       "init_seed": 6, "data_seed": 2, "eval_seed": 1,
       "total_sequences": 1_600_000_000, "eval_every": 500_000,

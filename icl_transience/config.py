@@ -18,9 +18,12 @@ MATMUL_PRECISIONS = ("highest", "high", "default")
 
 
 def base_config() -> ml_collections.ConfigDict:
-  """The coopetition main run (Singh et al. 2025) on the synthetic features."""
+  """The fields every task shares. A project adds its task's blocks (its
+  data, sequences, evaluators) with tasks.add_blocks, e.g.
+  proj/transience/classifier_config.coopetition_config(); the defaults here
+  are those of the coopetition main run (Singh et al. 2025)."""
   c = ml_collections.ConfigDict()
-  c.task = "classify"      # classify | lds | plateau | dictionary (see tasks/)
+  c.task = "classify"      # classify | lds | plateau | dictionary (tasks.py)
   c.init_seed = 5          # model initialisation
   c.data_seed = 2          # training data stream
   c.eval_seed = 1          # fixed evaluator sets
@@ -54,45 +57,6 @@ def base_config() -> ml_collections.ConfigDict:
   # Per-member task hyperparameters (numbers; task configs add fields here),
   # settable per member in `population` like lr and l2.
   c.hyper = ml_collections.ConfigDict()
-
-  c.data = ml_collections.ConfigDict()
-  c.data.source = "synthetic"     # synthetic | features | onehot | omniglot
-  c.data.n_classes = 12_984       # 12,800 training + 184 held out
-  c.data.n_exemplars = 20
-  c.data.dim = 512
-  c.data.rank = 16                # synthetic: class subspace dimension R
-  c.data.spread = 0.7             # synthetic: within-class spread s
-  c.data.isotropic_noise = 0.1
-  c.data.dataset_seed = 0
-  c.data.path = ""                # features: .h5/.hdf5/.npy/.npz file
-  c.data.key = "resnet18/224/feat"  # features: HDF5 dataset / npz array name
-  # (LLaMa embedding files, Singh et al. 2023, Sec. 4.3: '{clustering_seed}/{n_exemplars}/feat').
-  # intended: class = 8 * character + transform (Singh et al. 2023, appendix); released: the
-  # authors' files' layout (bug-compatible; needs 20 exemplars, 8 | classes).
-  c.data.layout = "intended"
-  c.data.omniglot_dir = ""        # omniglot: folder of the release's zip archives
-  c.data.tfds_dir = ""            # omniglot: TFDS data_dir ('' = TFDS default)
-
-  c.train = ml_collections.ConfigDict()  # the training sequence distribution
-  c.train.n_classes = 12_800
-  c.train.exemplars = (0, 20)
-  c.train.context_len = 2
-  c.train.burstiness = 1
-  c.train.distractor = True
-  c.train.no_support = False
-  c.train.unique_rest = False
-  c.train.relabel = "none"        # none | flip | 01 | pairs
-  c.train.fs_relabel = 0          # labels 0..N-1 for relabel='pairs' (ICL-only)
-  c.train.assign_query_label_random = False
-  c.train.match_query_and_distractors = False
-  c.train.zipf_exponent = 0.0
-
-  c.evals = ml_collections.ConfigDict()
-  c.evals.names = ("train_eval", "icl", "flip_icl", "iwl_copy_avail", "pure_iwl")
-  c.evals.n_sequences = 5000
-  c.evals.n_classes = 1600
-  c.evals.exemplars = (0, 5)
-  c.evals.batch_size = 1000
 
   c.model = ml_collections.ConfigDict()
   c.model.depth = 2
@@ -144,12 +108,18 @@ def _checkpoint_ref() -> ml_collections.ConfigDict:
 
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
-  """A run's config.json; fields added since it was written get defaults."""
+  """A run's config.json; fields added since it was written get defaults
+  (the generic ones and those of its task's blocks)."""
+  from icl_transience import tasks  # pylint: disable=g-import-not-at-top
   path = epath.Path(workdir) / "config.json"
   if not path.exists():
     raise UserError(f"no run in {workdir} (config.json missing)")
   c = ml_collections.ConfigDict(json.loads(path.read_text()))
-  _fill_defaults(c, base_config())
+  defaults = base_config()
+  defaults.task = c.get("task", defaults.task)
+  for name, block in tasks.blocks(c).items():
+    defaults[name] = block
+  _fill_defaults(c, defaults)
   return c
 
 

@@ -38,6 +38,14 @@ TASKS = {
     "plateau": "icl_transience.proj.plateaus.task:PlateauTask",
     "dictionary": "icl_transience.proj.lds_recall.dictionary.task:DictionaryTask",
 }
+# Each task's config blocks with their defaults: blocks(c) -> {name: ConfigDict}.
+BLOCKS = {
+    "classify": "icl_transience.proj.transience.classifier_config:blocks",
+    "omniglot": "icl_transience.proj.transience.omniglot.task:blocks",
+    "lds": "icl_transience.proj.lds_recall.task:blocks",
+    "plateau": "icl_transience.proj.plateaus.task:blocks",
+    "dictionary": "icl_transience.proj.lds_recall.dictionary.task:blocks",
+}
 REPORTS = {
     "lds": "icl_transience.proj.lds_recall.report",
     "plateau": "icl_transience.proj.plateaus.report",
@@ -47,7 +55,7 @@ REPORTS = {
 
 def task_name(c) -> str:
   name = c.get("task", "classify")
-  if name == "classify" and c.data.get("source") == "omniglot":
+  if name == "classify" and c.get("data", {}).get("source") == "omniglot":
     return "omniglot"
   return name
 
@@ -59,5 +67,15 @@ def build(c):
   if name not in TASKS:
     raise UserError(f"task: unknown '{name}' (choose from "
                     f"{', '.join(t for t in TASKS if t != 'omniglot')})")
-  module, cls = TASKS[name].split(":")
-  return getattr(importlib.import_module(module), cls)(c)
+  return _load(TASKS[name])(c)
+
+
+def _load(path: str):
+  module, attr = path.split(":")
+  return getattr(importlib.import_module(module), attr)
+
+
+def blocks(c) -> dict:
+  """The config blocks (with defaults) of config c's task; {} if unknown."""
+  name = task_name(c)
+  return _load(BLOCKS[name])(c) if name in BLOCKS else {}

@@ -1,13 +1,17 @@
 """Every shipped config and variant validates and has the paper's shape."""
+import json
+
 import pytest
 
 from helpers import REPO  # pylint: disable=unused-import  (puts configs/ on the path)
 import coopetition  # pylint: disable=wrong-import-order
+import lds_recall  # pylint: disable=wrong-import-order
 import smoke  # pylint: disable=wrong-import-order
 import transience  # pylint: disable=wrong-import-order
 import transience_l2  # pylint: disable=wrong-import-order
 
 from icl_transience import config as config_lib
+from icl_transience import tasks
 from icl_transience.errors import UserError
 from icl_transience.proj.transience import classifier_config
 from icl_transience.proj.transience import probes
@@ -73,3 +77,18 @@ def test_l2_sweep_is_one_population(variant):
   assert c.optim.l2_on == (variant if variant in ("mlp", "attention", "embedder")
                            else "all")
   assert c.optim.l2_form == ("squared" if variant == "squared" else "norm")
+
+
+def test_a_project_config_carries_its_own_blocks_and_old_runs_get_their_defaults(tmp_path):
+  lds_run = lds_recall.get_config("smoke")
+  assert "lds" in lds_run and not {"data", "train", "evals"} & set(lds_run)
+  assert {"data", "train", "evals"} <= set(smoke.get_config())
+  # a run written before lds.eval_batch and evals.batch_size existed
+  for name, c, block, field in (("lds", lds_run, "lds", "eval_batch"),
+                                ("smoke", smoke.get_config(), "evals", "batch_size")):
+    written = json.loads(c.to_json())
+    del written[block][field]
+    (tmp_path / name).mkdir()
+    (tmp_path / name / "config.json").write_text(json.dumps(written))
+    loaded = config_lib.load_run_config(str(tmp_path / name))
+    assert loaded[block][field] == tasks.blocks(c)[block][field]

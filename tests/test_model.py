@@ -6,14 +6,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from icl_transience import config as config_lib
 from icl_transience.proj.transience import classifier_config
 from icl_transience.proj.transience import interventions
 from icl_transience.nn import transformer
 
 
 def n_params(**model_overrides):
-  c = config_lib.base_config()
+  c = classifier_config.coopetition_config()
   for k, v in model_overrides.items():
     c.model[k] = v
   model = transformer.build_model(c.model, classifier_config.n_outputs(c))

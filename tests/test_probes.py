@@ -3,9 +3,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from icl_transience import config as config_lib
 from icl_transience.proj.transience.sequences import BURSTY
 from icl_transience.proj.transience import probes
+from icl_transience.proj.transience import classifier_config
 
 from helpers import smoke_config
 
@@ -44,7 +44,7 @@ def test_query_metrics_match_the_mask_formulation():
 
 
 def test_eval_specs_follow_the_paper_table():
-  c = config_lib.base_config()
+  c = classifier_config.coopetition_config()
   spec = {n: probes.eval_spec(n, c) for n in c.evals.names}
   for s in spec.values():
     assert s.n_classes == 1600 and s.exemplars == (0, 5) and s.zipf_exponent == 0

@@ -28,6 +28,7 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 
 from icl_transience.proj.lds_recall import lds
 from icl_transience.errors import UserError
@@ -217,3 +218,31 @@ class LDSTask:
         for j, q in enumerate(QUARTILES):
           metrics[f"{kind}_{k}_{q}"] = quartiles[j, i]
     return metrics
+
+
+def lds_block() -> ml_collections.ConfigDict:
+  """c.lds: the generator (every LDSSpec field) and the evaluators."""
+  b = ml_collections.ConfigDict(
+      {f: getattr(lds.LDSSpec(), f) for f in lds.LDSSpec.__dataclass_fields__})
+  b.trajectory_seed = 0          # the fixed pool of training trajectories
+  b.haystack_lens = (5,)         # needle_h{H} evaluators
+  b.needle_segment_len = 10      # observations per haystack segment
+  b.needle_query_len = 10        # observations in the query segment
+  b.needle_examples = 50
+  b.needle_trials = 1000         # trajectories per example
+  b.needle_test_systems = 100
+  b.needle_config = 0            # haystack rotation: 0 = needle farthest back
+  b.final_steps = (1, 2, 3, 5, 10)    # k of "k after final"
+  b.initial_steps = (2, 3, 4, 5, 6)   # k of "k after initial"
+  b.ood_variants = ()            # names of lds_prompts.VARIANTS, e.g.
+  b.ood_haystack_lens = (2,)     # ("misdirected_label", "synchronised")
+  b.pretrain_traces = 1000       # traces per pre-training error set
+  b.pretrain_systems = 1000      # systems (one trajectory each) per set
+  b.eval_batch = 250             # sequences per forward pass in evaluation
+  return b
+
+
+def blocks(c) -> dict:
+  """The LDS task's config block with its defaults."""
+  del c
+  return {"lds": lds_block()}

@@ -1,11 +1,68 @@
-"""The classifier's config blocks (data, train, evals, model, graft): the
-training SequenceSpec, the output size, and their checks (one line naming
-the field)."""
+"""The classifier's config blocks (data, train, evals) and its checks of
+them and of model and graft (one line naming the field); the training
+SequenceSpec and the output size."""
+import ml_collections
+
+from icl_transience import config
 from icl_transience.errors import UserError
 from icl_transience.nn import transformer
 from icl_transience.proj.transience import graft
 from icl_transience.proj.transience import sequences
 from icl_transience.proj.transience import sources
+
+
+def blocks(c) -> dict:
+  """The classifier's config blocks with their defaults: the coopetition main
+  run (Singh et al. 2025) on the embedded synthetic features."""
+  del c
+  data = ml_collections.ConfigDict()
+  data.source = "synthetic"     # synthetic | features | onehot | omniglot
+  data.n_classes = 12_984       # 12,800 training + 184 held out
+  data.n_exemplars = 20
+  data.dim = 512
+  data.rank = 16                # synthetic: class subspace dimension R
+  data.spread = 0.7             # synthetic: within-class spread s
+  data.isotropic_noise = 0.1
+  data.dataset_seed = 0
+  data.path = ""                # features: .h5/.hdf5/.npy/.npz file
+  data.key = "resnet18/224/feat"  # features: HDF5 dataset / npz array name
+  # (LLaMa embedding files, Singh et al. 2023, Sec. 4.3: '{clustering_seed}/{n_exemplars}/feat').
+  # intended: class = 8 * character + transform (Singh et al. 2023, appendix); released: the
+  # authors' files' layout (bug-compatible; needs 20 exemplars, 8 | classes).
+  data.layout = "intended"
+  data.omniglot_dir = ""        # omniglot: folder of the release's zip archives
+  data.tfds_dir = ""            # omniglot: TFDS data_dir ('' = TFDS default)
+
+  train = ml_collections.ConfigDict()  # the training sequence distribution
+  train.n_classes = 12_800
+  train.exemplars = (0, 20)
+  train.context_len = 2
+  train.burstiness = 1
+  train.distractor = True
+  train.no_support = False
+  train.unique_rest = False
+  train.relabel = "none"        # none | flip | 01 | pairs
+  train.fs_relabel = 0          # labels 0..N-1 for relabel='pairs' (ICL-only)
+  train.assign_query_label_random = False
+  train.match_query_and_distractors = False
+  train.zipf_exponent = 0.0
+
+  evals = ml_collections.ConfigDict()
+  evals.names = ("train_eval", "icl", "flip_icl", "iwl_copy_avail", "pure_iwl")
+  evals.n_sequences = 5000
+  evals.n_classes = 1600
+  evals.exemplars = (0, 5)
+  evals.batch_size = 1000
+  return {"data": data, "train": train, "evals": evals}
+
+
+def coopetition_config() -> ml_collections.ConfigDict:
+  """The coopetition main run: the generic fields and the classifier's blocks."""
+  c = config.base_config()
+  c.task = "classify"
+  for name, block in blocks(c).items():
+    c[name] = block
+  return c
 
 
 def _check(ok: bool, field: str, message: str):

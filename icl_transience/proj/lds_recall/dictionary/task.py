@@ -32,6 +32,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import optax
 
@@ -366,3 +367,24 @@ class DictionaryTask:
     loss, acc = self._next_token(params, eval_sets["corpus"])
     out["corpus"] = {"loss": loss, "acc": acc}
     return out
+
+
+def corpus_block() -> ml_collections.ConfigDict:
+  """c.dictionary: the corpus and its evaluators."""
+  return ml_collections.ConfigDict(dict(
+      n_words=200,           # per language (A and B)
+      n_labels=20,           # symbolic label ids
+      phrase_len=3,          # a1 a2 a3 <L> o1 o2 o3 ;
+      n_blocks=8,            # few-shot blocks per document (our choice)
+      plain_fraction=0.5,    # share of plain A/B word streams (our choice)
+      vocab_size=600,
+      dictionary_seed=0,     # the A -> B bijection
+      eval_prompts=1024,     # held-out prompts per evaluator
+      eval_batch_size=256,
+  ))
+
+
+def blocks(c) -> dict:
+  """The dictionary task's config block with its defaults."""
+  del c
+  return {"dictionary": corpus_block()}

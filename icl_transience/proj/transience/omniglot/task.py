@@ -43,10 +43,11 @@ import ml_collections
 import numpy as np
 import optax
 
-from icl_transience.proj.transience.omniglot import chan_sequences as chan
-from icl_transience.proj.transience.omniglot import data as omniglot
 from icl_transience.errors import UserError
+from icl_transience.proj.transience import classifier_config
+from icl_transience.proj.transience.omniglot import chan_sequences as chan
 from icl_transience.proj.transience.omniglot import chan_transformer
+from icl_transience.proj.transience.omniglot import data as omniglot
 
 EVALUATOR_KINDS = tuple(k for k in chan.KINDS if k != "bursty")
 WHITE = float(np.sum(omniglot.GRAY_WEIGHTS))  # the loader's value of level 255
@@ -87,6 +88,11 @@ def default_config() -> ml_collections.ConfigDict:
       bn_momentum=0.9,          # BatchNorm decay of the running averages
       bn_epsilon=1e-5,
   ))
+
+
+def blocks(c) -> dict:
+  """The image task's config blocks: the classifier's and `omniglot`."""
+  return dict(classifier_config.blocks(c), omniglot=default_config())
 
 
 def encode_images(images: np.ndarray) -> np.ndarray:
