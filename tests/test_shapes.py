@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from icl_transience.analysis import curves
 from icl_transience.proj.plateaus import plateau
 from icl_transience.proj.plateaus import factor_sequences as fseq
 from icl_transience.proj.plateaus import shapes
@@ -200,39 +201,39 @@ def sigmoid_curve(midpoint, width=2000.0, chance=0.12, final=0.95):
 
 def test_plateau_length_of_a_sigmoid_is_its_midpoint():
   values = sigmoid_curve(40_500)
-  assert plateau.plateau_length(STEPS, values, chance=0.12) == 41_000
-  assert plateau.plateau_length(STEPS, sigmoid_curve(70_000.5), 0.12) == 71_000
-  assert plateau.crossing_step(STEPS, values, 0.5) == 41_000
-  assert plateau.crossing_step(STEPS, values, 0.12 + 0.05) < 41_000
+  assert curves.plateau_length(STEPS, values, chance=0.12) == 41_000
+  assert curves.plateau_length(STEPS, sigmoid_curve(70_000.5), 0.12) == 71_000
+  assert curves.crossing_step(STEPS, values, 0.5) == 41_000
+  assert curves.crossing_step(STEPS, values, 0.12 + 0.05) < 41_000
   # a lower fraction of the rise ends the plateau earlier
-  assert plateau.plateau_length(STEPS, values, 0.12, fraction=0.1) < 41_000
+  assert curves.plateau_length(STEPS, values, 0.12, fraction=0.1) < 41_000
 
 
 def test_curves_without_a_plateau():
   rising = 1 - 0.88 * np.exp(-STEPS / 5000)      # no plateau: rises at once
   half_life = 5000 * math.log(2)
-  length = plateau.plateau_length(STEPS, rising, chance=0.12)
+  length = curves.plateau_length(STEPS, rising, chance=0.12)
   assert length == math.ceil(half_life / 1000) * 1000
   already = np.full(STEPS.shape, 0.9)            # above threshold from the start
-  assert plateau.plateau_length(STEPS, already, chance=0.12) == 0
+  assert curves.plateau_length(STEPS, already, chance=0.12) == 0
   flat = 0.12 + 0.01 * np.random.default_rng(0).standard_normal(STEPS.shape)
-  assert math.isnan(plateau.plateau_length(STEPS, flat, chance=0.12))
-  assert math.isnan(plateau.crossing_step(STEPS, flat, 0.5))
+  assert math.isnan(curves.plateau_length(STEPS, flat, chance=0.12))
+  assert math.isnan(curves.crossing_step(STEPS, flat, 0.5))
 
 
 def test_plateau_edge_cases():
-  assert plateau.plateau_length([5], [0.9], chance=0.1) == 5
+  assert curves.plateau_length([5], [0.9], chance=0.1) == 5
   values = sigmoid_curve(40_500)
   values[50] = np.nan                            # a missing evaluation
-  assert plateau.plateau_length(STEPS, values, chance=0.12) == 41_000
+  assert curves.plateau_length(STEPS, values, chance=0.12) == 41_000
   noisy_end = values.copy()
   noisy_end[-1] = 0.2                            # one bad final point
-  assert math.isnan(plateau.plateau_length(STEPS, noisy_end, 0.12,
+  assert math.isnan(curves.plateau_length(STEPS, noisy_end, 0.12,
                                            min_rise=0.1))
-  assert plateau.plateau_length(STEPS, noisy_end, 0.12, final_window=10) == 41_000
+  assert curves.plateau_length(STEPS, noisy_end, 0.12, final_window=10) == 41_000
   with pytest.raises(UserError, match="strictly increasing"):
-    plateau.plateau_length([0, 2, 1], [0.1, 0.2, 0.3], chance=0.1)
+    curves.plateau_length([0, 2, 1], [0.1, 0.2, 0.3], chance=0.1)
   with pytest.raises(UserError, match="equal-length"):
-    plateau.crossing_step([0, 1], [0.1], 0.5)
+    curves.crossing_step([0, 1], [0.1], 0.5)
   with pytest.raises(UserError, match="plateau.fraction"):
-    plateau.plateau_length(STEPS, values, chance=0.1, fraction=1.5)
+    curves.plateau_length(STEPS, values, chance=0.1, fraction=1.5)

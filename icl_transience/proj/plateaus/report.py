@@ -33,6 +33,7 @@ import numpy as np  # pylint: disable=wrong-import-position
 
 from icl_transience import config as config_lib  # pylint: disable=wrong-import-position
 from icl_transience import metrics_table  # pylint: disable=wrong-import-position
+from icl_transience.analysis import curves  # pylint: disable=wrong-import-position
 from icl_transience.analysis import figures  # pylint: disable=wrong-import-position
 from icl_transience.proj.plateaus import plateau  # pylint: disable=wrong-import-position
 from icl_transience.proj.plateaus import factor_sequences as fseq  # pylint: disable=wrong-import-position,line-too-long
@@ -66,7 +67,7 @@ def _finite(x) -> float | None:
 
 
 def _rise(steps, values, chance: float) -> float | None:
-  return _finite(plateau.plateau_length(steps, values, chance)) if len(steps) else None
+  return _finite(curves.plateau_length(steps, values, chance)) if len(steps) else None
 
 
 def member_summary(rows, member: str, chance: float, probe_chance: float,
@@ -76,16 +77,16 @@ def member_summary(rows, member: str, chance: float, probe_chance: float,
     raise UserError(f"--workdir: member {member} has no icl/acc rows")
   out = {"member": member, "last_step": float(steps[-1]),
          "plateau_length": _rise(steps, icl, chance),
-         "icl_above_half": _finite(plateau.crossing_step(steps, icl, 0.5)),
-         "near_chance_until": _finite(plateau.crossing_step(
+         "icl_above_half": _finite(curves.crossing_step(steps, icl, 0.5)),
+         "near_chance_until": _finite(curves.crossing_step(
              steps, icl, chance + NEAR_CHANCE))}
   out["near_chance_fraction"] = (
       out["near_chance_until"] / steps[-1]
       if out["near_chance_until"] is not None and steps[-1] > 0 else None)
   for variant in "ab":
     s, v = curve(rows, member, "weights_probe", variant)
-    out[f"weights_probe_{variant}_half"] = _finite(plateau.crossing_step(
-        s, v, 0.5 * plateau.final_value(v))) if len(s) else None
+    out[f"weights_probe_{variant}_half"] = _finite(curves.crossing_step(
+        s, v, 0.5 * curves.final_value(v))) if len(s) else None
     out[f"weights_probe_{variant}_rise"] = _rise(s, v, probe_chance)
     out[f"final_weights_probe_{variant}"] = float(v[-1]) if len(v) else None
   s, v = curve(rows, member, "context_probe", "acc")

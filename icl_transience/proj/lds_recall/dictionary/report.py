@@ -2,7 +2,7 @@
 
 For every member: the first- and second-token accuracy curves over the
 evaluated steps, the step at which each first reaches half its final value
-(analysis/plateau.plateau_length with chance 0, fraction 0.5), their ratio
+(analysis/curves.py: plateau_length with chance 0, fraction 0.5), their ratio
 and the acceptance verdict (first / second >= 2), plus the misdirected-label
 scores at the last step. Printed, written to out_dir/report.json and drawn to
 out_dir/figures/dictionary_<member>.png.
@@ -19,7 +19,7 @@ import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-imp
 
 from icl_transience import metrics_table  # pylint: disable=wrong-import-position
 from icl_transience.analysis import figures  # pylint: disable=wrong-import-position
-from icl_transience.proj.plateaus import plateau  # pylint: disable=wrong-import-position
+from icl_transience.analysis import curves  # pylint: disable=wrong-import-position
 from icl_transience.errors import UserError  # pylint: disable=wrong-import-position
 
 REQUIRED_RATIO = 2.0   # our dictionary acceptance check: second-token >= 2x earlier
@@ -40,7 +40,7 @@ def emergence(steps, first, second, ratio: float = REQUIRED_RATIO) -> dict:
   """Half-final steps of the first- and second-token accuracy curves and the
   acceptance verdict. A step is None when the curve never rises
   (final < 0.05)."""
-  half = lambda values: plateau.plateau_length(steps, values, 0.0, HALF)
+  half = lambda values: curves.plateau_length(steps, values, 0.0, HALF)
   t_first, t_second = half(first), half(second)
   if t_second > 0:
     observed = t_first / t_second
