@@ -74,10 +74,12 @@ def test_programs_exit_2_with_one_line(tmp_path, args, message):
 
 
 def test_every_documented_tool_is_listed_and_answers_help():
-  """`python -m icl_transience` lists every tool the README, configs and
+  """`python -m icl_transience` lists every tool the READMEs, configs and
   launch scripts name, and each tool (and main.py) answers --help."""
   documented = set()
-  for path in ["README.md"] + glob.glob("configs/*.py") + glob.glob("launch/*.sh"):
+  for path in (["README.md"] + glob.glob("icl_transience/proj/*/README.md", root_dir=REPO)
+               + glob.glob("configs/*.py", root_dir=REPO)
+               + glob.glob("launch/*.sh", root_dir=REPO)):
     with open(os.path.join(REPO, path), encoding="utf-8") as f:
       documented |= set(re.findall(r"python -m icl_transience\.([\w.]+\w)", f.read()))
   assert documented <= set(tool_list.TOOLS), documented - set(tool_list.TOOLS)

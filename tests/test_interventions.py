@@ -13,10 +13,11 @@ from icl_transience.errors import UserError
 from icl_transience.proj.transience import graft
 from icl_transience.nn import transformer
 from icl_transience.train import loop
+from icl_transience.proj.transience import classifier
 
 from helpers import assert_trees_equal, copy_run, final_state, smoke_config
 
-MODEL = transformer.SequenceClassifier(n_outputs=12, depth=3, d_model=16, n_heads=4)
+MODEL = classifier.SequenceClassifier(n_outputs=12, depth=3, d_model=16, n_heads=4)
 FEATS = jax.random.normal(jax.random.PRNGKey(1), (6, 3, 8))
 LABELS = jax.random.randint(jax.random.PRNGKey(2), (6, 2), 0, 12)
 
@@ -86,7 +87,7 @@ def test_one_head_ablation_zeroes_that_heads_output_rows():
   np.testing.assert_allclose(rec["logits"], apply(params), rtol=1e-6)
 
 
-TWO_LAYER = transformer.SequenceClassifier(n_outputs=12, depth=2, d_model=16,
+TWO_LAYER = classifier.SequenceClassifier(n_outputs=12, depth=2, d_model=16,
                                            n_heads=4)
 
 

@@ -9,13 +9,14 @@ import pytest
 from icl_transience.proj.transience import classifier_config
 from icl_transience.proj.transience import interventions
 from icl_transience.nn import transformer
+from icl_transience.proj.transience import classifier
 
 
 def n_params(**model_overrides):
   c = classifier_config.coopetition_config()
   for k, v in model_overrides.items():
     c.model[k] = v
-  model = transformer.build_model(c.model, classifier_config.n_outputs(c))
+  model = classifier.build_model(c.model, classifier_config.n_outputs(c))
   shapes = jax.eval_shape(model.init, jax.random.PRNGKey(0),
                           jnp.zeros((1, 3, 512)), jnp.zeros((1, 2), jnp.int32))
   return transformer.count_params(shapes["params"])
@@ -36,7 +37,7 @@ def tiny_model(positions, mlp_ratio=0):
   cfg = ml_collections.ConfigDict(dict(depth=2, d_model=16, n_heads=2,
                                        mlp_ratio=mlp_ratio, positions=positions,
                                        max_len=32, pos_timescale=30.0))
-  model = transformer.build_model(cfg, 10)
+  model = classifier.build_model(cfg, 10)
   feats = jax.random.normal(jax.random.PRNGKey(1), (4, 3, 8))
   labels = jnp.array([[1, 2]] * 4)
   return model, feats, labels, model.init(jax.random.PRNGKey(0), feats, labels)

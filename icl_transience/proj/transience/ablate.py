@@ -30,16 +30,16 @@ from icl_transience.proj.transience import interventions
 from icl_transience.proj.transience import sources
 from icl_transience.errors import UserError
 from icl_transience.proj.transience import probes
-from icl_transience.nn import transformer
 from icl_transience.train import loop
 from icl_transience.train import pretrained
+from icl_transience.proj.transience import classifier
 
 DEFAULT_EVALUATORS = ("train_eval", "iwl_copy_avail", "flip_icl")
 
 
 def run_table(c, params, table, eval_sets, named: dict) -> dict:
   """{intervention: {evaluator: {metric: value}}}."""
-  model = transformer.build_model(c.model, classifier_config.n_outputs(c))
+  model = classifier.build_model(c.model, classifier_config.n_outputs(c))
   results = {}
   for name, iv in named.items():
     interventions.check(iv, c.model.depth, c.model.n_heads, name)
@@ -51,7 +51,7 @@ def run_table(c, params, table, eval_sets, named: dict) -> dict:
 
 
 def save_recording(path, c, params, table, seqs, n):
-  model = transformer.build_model(c.model, classifier_config.n_outputs(c))
+  model = classifier.build_model(c.model, classifier_config.n_outputs(c))
   seqs = jax.tree.map(lambda x: x[:n], seqs)
   feats = sources.gather_features(table, seqs.classes, seqs.exemplars, c.data.n_classes)
   out = jax.device_get(jax.jit(lambda p, f, l: interventions.record(model, p, f, l))(

@@ -3,19 +3,19 @@ transience runs (Singh et al. 2025 and the fixed-feature runs of Singh et al. 20
 
 Batches are (exemplar, label) sequences sampled on device as indices
 (data/sequences.py) whose features are gathered from the source table (the
-task's constants); the model is transformer.SequenceClassifier, optionally
+task's constants); the model is classifier.SequenceClassifier, optionally
 grafted to a frozen model (weights["frozen"], Singh et al. 2025, Fig. 4); the loss is the
 query's cross-entropy; evaluators are the plug-ins of evals/probes.py.
 """
 import jax.numpy as jnp
 import optax
 
-from icl_transience.nn import transformer
 from icl_transience.proj.transience import classifier_config
 from icl_transience.proj.transience import graft
 from icl_transience.proj.transience import probes
 from icl_transience.proj.transience import sequences
 from icl_transience.proj.transience import sources
+from icl_transience.proj.transience import classifier
 
 
 class ClassifyTask:
@@ -27,7 +27,7 @@ class ClassifyTask:
   def __init__(self, c):
     self.c = c
     self.spec = classifier_config.train_spec(c)
-    self.model = transformer.build_model(c.model, classifier_config.n_outputs(c))
+    self.model = classifier.build_model(c.model, classifier_config.n_outputs(c))
     self.source_classes = c.data.n_classes  # one-hot width for 'onehot'
 
   def validate(self, n_devices: int):
