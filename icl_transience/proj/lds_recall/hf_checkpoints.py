@@ -13,9 +13,9 @@ olmo: LayerNorm without parameters and optional qkv clipping; olmo2: RMSNorm
 after attention / MLP and on queries / keys), all with rotate-half rotary
 embeddings and grouped key-value heads.
 
-Safetensors are parsed here (8-byte little-endian header length, a JSON
-header of dtype / shape / data_offsets, then raw little-endian data; F32, F16,
-BF16), never unpickled.
+Safetensors are read with the `safetensors` package (never unpickled); the
+weights keep their stored dtype (F32, F16 or BF16) on the device, and the
+jitted forward pass computes in float32.
 
 Prompt file (JSON): {"prompts": [{"tokens": [ids], "first": i, "set": name,
 "first_target": id, "second_target": id}, ...]} where tokens[i] is the first
@@ -29,12 +29,13 @@ import json
 import math
 import os
 import re
-import struct
 
 import jax
 import jax.numpy as jnp
 import ml_dtypes
 import numpy as np
+import safetensors
+import safetensors.numpy
 from absl import app
 from absl import flags
 
@@ -44,8 +45,8 @@ from icl_transience.errors import UserError
 from icl_transience.proj.lds_recall.dictionary import report as dictionary_report
 from icl_transience.proj.lds_recall.dictionary import task as dictionary
 
-DTYPES = {"F32": np.dtype("<f4"), "F16": np.dtype("<f2"),
-          "BF16": np.dtype(ml_dtypes.bfloat16)}
+FLOAT_DTYPES = (np.dtype(np.float32), np.dtype(np.float16),
+                np.dtype(ml_dtypes.bfloat16))
 LLAMA_FAMILY = ("llama", "olmo", "olmo2")
 _tanh_gelu = lambda x: jax.nn.gelu(x, approximate=True)
 ACTIVATIONS = {"gelu_new": _tanh_gelu, "gelu_pytorch_tanh": _tanh_gelu,
@@ -54,56 +55,19 @@ ACTIVATIONS = {"gelu_new": _tanh_gelu, "gelu_pytorch_tanh": _tanh_gelu,
 
 
 # --- safetensors ---------------------------------------------------------------
-def write_safetensors(path: str, tensors: dict[str, np.ndarray]):
-  """Writes float arrays (float32, float16 or bfloat16) as safetensors."""
-  names = {v: k for k, v in DTYPES.items()}
-  header, chunks, offset = {}, [], 0
-  for name, array in tensors.items():
-    array = np.ascontiguousarray(array)
-    data = array.astype(array.dtype.newbyteorder("<")).tobytes()
-    header[name] = {"dtype": names[array.dtype], "shape": list(array.shape),
-                    "data_offsets": [offset, offset + len(data)]}
-    chunks.append(data)
-    offset += len(data)
-  text = json.dumps(header).encode()
-  text += b" " * (-len(text) % 8)
-  metrics_table.atomic_write(path, lambda f: f.write(
-      struct.pack("<Q", len(text)) + text + b"".join(chunks)), binary=True)
-
-
 def read_safetensors(path: str) -> dict[str, np.ndarray]:
-  """{name: float32 array} of a safetensors file; UserError if malformed."""
-  with open(path, "rb") as f:
-    raw = f.read()
-  if len(raw) < 8:
-    raise UserError(f"{path}: not a safetensors file (shorter than 8 bytes)")
-  (header_len,) = struct.unpack("<Q", raw[:8])
-  if header_len > len(raw) - 8:
-    raise UserError(f"{path}: header length {header_len} exceeds the file")
+  """{name: array} of a safetensors file, in its stored float dtype (bf16
+  stays bf16); UserError if the file is malformed or holds other dtypes."""
   try:
-    header = json.loads(raw[8:8 + header_len])
-  except (UnicodeDecodeError, json.JSONDecodeError) as e:
-    raise UserError(f"{path}: unreadable safetensors header ({e})") from e
-  if not isinstance(header, dict):
-    raise UserError(f"{path}: safetensors header is not a JSON object")
-  data = memoryview(raw)[8 + header_len:]
-  out = {}
-  for name, entry in header.items():
-    if name == "__metadata__":
-      continue
-    try:
-      dtype, shape = DTYPES[entry["dtype"]], tuple(int(s) for s in entry["shape"])
-      begin, end = (int(o) for o in entry["data_offsets"])
-    except (KeyError, TypeError, ValueError) as e:
-      raise UserError(f"{path}: bad header entry {name!r} (dtype must be one "
-                      f"of {', '.join(DTYPES)}; needs shape, data_offsets)") from e
-    count = math.prod(shape)
-    if not 0 <= begin <= end <= len(data) or end - begin != count * dtype.itemsize:
-      raise UserError(f"{path}: tensor {name!r} data_offsets {[begin, end]} do "
-                      f"not fit its shape {list(shape)} or the file")
-    array = np.frombuffer(data, dtype, count, begin).reshape(shape)
-    out[name] = array.astype(np.float32)
-  return out
+    tensors = safetensors.numpy.load_file(path)
+  except (safetensors.SafetensorError, OSError) as e:
+    raise UserError(f"{path}: not a readable safetensors file "
+                    f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
+  for name, array in tensors.items():
+    if array.dtype not in FLOAT_DTYPES:
+      raise UserError(f"{path}: tensor {name!r} has dtype {array.dtype} (supported: "
+                      f"{', '.join(str(d) for d in FLOAT_DTYPES)})")
+  return tensors
 
 
 def load_checkpoint(directory: str) -> tuple[dict, dict]:
@@ -160,7 +124,7 @@ def gpt2_logits(config: dict, w: dict, tokens):
     raise UserError(f"config.json: unsupported activation_function "
                     f"{config['activation_function']!r}")
   b, t = tokens.shape
-  x = w["wte.weight"][tokens] + w["wpe.weight"][:t]
+  x = w["wte.weight"][tokens].astype(jnp.float32) + w["wpe.weight"][:t]
   for i in range(config["n_layer"]):
     p = lambda name: w[f"h.{i}.{name}"]  # pylint: disable=cell-var-from-loop
     h = _layer_norm(x, p("ln_1.weight"), p("ln_1.bias"), eps)
@@ -202,7 +166,7 @@ def llama_logits(config: dict, w: dict, tokens):
           (lambda x, name: _rms_norm(x, w[f"{name}.weight"], eps)))
   linear = lambda x, name: x @ w[f"{name}.weight"].T + w.get(f"{name}.bias", 0.0)
   b, t = tokens.shape
-  x = w["model.embed_tokens.weight"][tokens]
+  x = w["model.embed_tokens.weight"][tokens].astype(jnp.float32)
   for i in range(config["num_hidden_layers"]):
     layer = f"model.layers.{i}"
     h = x if kind == "olmo2" else norm(x, f"{layer}.input_layernorm")
