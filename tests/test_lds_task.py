@@ -15,6 +15,7 @@ from jax.sharding import NamedSharding, PartitionSpec
 
 from icl_transience import config as config_lib
 from icl_transience import metrics_table
+from icl_transience.proj.lds_recall import lds_baseline
 from icl_transience.proj.lds_recall import report as lds_report
 from icl_transience.proj.lds_recall import lds
 from icl_transience.errors import UserError
@@ -219,6 +220,14 @@ def test_report_of_the_training_run(run):
   assert member["pretrain"] == {
       "test_final": test[100], "test_min": test[best], "test_min_at": best * 8,
       "train_final": value(100, "pretrain_train", "mse")}
+  # the baseline line is the pseudo-inverse on this run's own test traces,
+  # which it predicts better than the untrained model does
+  task = lds_task.LDSTask(c)
+  traces = jax.tree.map(lambda x: x[0], task.eval_sets(None)["pretrain"])
+  predictions = lds_baseline.pseudo_inverse_predict(traces.inputs, task.spec)
+  pinv = float(lds.position_errors(predictions, traces).mean())
+  assert summary["pseudo_inverse_pretrain_mse"] == pytest.approx(pinv, rel=1e-5)
+  assert 0 < pinv < test[0]
   saved = json.loads(open(os.path.join(workdir, "report.json")).read())
   assert saved == json.loads(json.dumps(summary))
   assert all(os.path.getsize(p) > 10_000 for p in member["figures"])
