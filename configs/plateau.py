@@ -41,7 +41,7 @@ probe sets (4096 / 1024 images, 1024 sequences, probe lr 3e-3).
 import ml_collections
 
 from icl_transience import config
-from icl_transience.proj.plateaus import task as plateau_task
+from icl_transience.proj.plateaus import config_blocks
 
 STRATEGIES = ("weights_warmup=0; weights_warmup=5000; fixed_fraction=0.25; "
               "weights_loss=0.1")
@@ -71,7 +71,7 @@ def plateau_config() -> ml_collections.ConfigDict:
   c.optim.clip_norm = 1.0
   c.optim.schedule = "constant"
 
-  for name, block in plateau_task.blocks(c).items():
+  for name, block in config_blocks.blocks(c).items():
     c[name] = block
   return c
 

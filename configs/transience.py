@@ -25,7 +25,7 @@ drawings through a jointly trained ResNet, 12,800 training classes, bursty
       --workdir=runs/chan          # prepared TFDS omniglot (default data_dir;
                                    # --config.data.tfds_dir=DIR for another)
 
-`data.source=omniglot` selects the image task (tasks/omniglot.py), whose
+`data.source=omniglot` selects the image task (proj/transience/omniglot/task.py), whose
 fields live in the `omniglot` block; it shares model depth/width/heads/MLP
 ratio/timescale, batch 32, Adam 3e-4 and the 1.6 B-sequence (5e7-step)
 horizon with the fixed-feature run. The optimizer schedule is the one

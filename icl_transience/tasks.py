@@ -43,7 +43,7 @@ BLOCKS = {
     "classify": "icl_transience.proj.transience.classifier_config:blocks",
     "omniglot": "icl_transience.proj.transience.omniglot.task:blocks",
     "lds": "icl_transience.proj.lds_recall.task:blocks",
-    "plateau": "icl_transience.proj.plateaus.task:blocks",
+    "plateau": "icl_transience.proj.plateaus.config_blocks:blocks",
     "dictionary": "icl_transience.proj.lds_recall.dictionary.task:blocks",
 }
 REPORTS = {

@@ -1,4 +1,4 @@
-"""The Chan et al. Omniglot task (tasks/omniglot.py) on the real Omniglot
+"""The Chan et al. Omniglot task (proj/transience/omniglot/task.py) on the real Omniglot
 subsets in ../shared/data/omniglot (relative to the repository root), with a
 tiny model: batches, BatchNorm state in train / eval mode and over population
 members, evaluators, and a run through the trainer that resumes exactly.

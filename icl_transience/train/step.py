@@ -9,7 +9,8 @@ State (one pytree, population axis first on every leaf):
   model's params, never updated).
 The batch of step t is drawn on device from fold_in(data_key, t), so a
 resumed run sees exactly the data an uninterrupted run would. The task
-(tasks/) supplies the model, batches, loss and evaluators.
+(tasks.py, one task per project) supplies the model, batches, loss and
+evaluators.
 
 Optimizer: optional global-norm clipping, Adam moments, the member's lr times
 the schedule (linear warm-up over optim.warmup_steps, then constant or

@@ -18,7 +18,7 @@ expectation) and a target t ramped linearly to `target_sparsity`; the log-
 alphas descend, the lambdas ascend. The circuit is the edges whose
 deterministic mask exceeds `threshold`.
 
-Parameter layout read (models/gpt2.py): read_in, positions, block_{i}/
+Parameter layout read (proj/lds_recall/gpt2.py): read_in, positions, block_{i}/
 {ln_attn, attn/{qkv (q | k | v, heads contiguous), out}, ln_mlp, mlp_in,
 mlp_out}, ln_final, read_out.
 """

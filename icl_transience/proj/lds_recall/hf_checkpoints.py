@@ -21,7 +21,7 @@ Prompt file (JSON): {"prompts": [{"tokens": [ids], "first": i, "set": name,
 "first_target": id, "second_target": id}, ...]} where tokens[i] is the first
 output token (predicted at i - 1), tokens[i + 1] the second (predicted at i,
 given the true first); targets default to those tokens, "set" to "normal".
-Without a file: the dictionary stand-in's prompts (tasks/dictionary.py), a
+Without a file: the dictionary stand-in's prompts (proj/lds_recall/dictionary/task.py), a
 "normal" set and a "misdirected" set scored as (first follows the label,
 second follows the continuation).
 """

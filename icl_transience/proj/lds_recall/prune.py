@@ -6,7 +6,7 @@
 Finds the circuit that keeps the model's first-token ("1 after final", the
 prediction at the query's open label) or later-token ("k >= 2 after final")
 predictions on needle prompts of haystack length H (needle farthest back),
-by analysis/edge_pruning.py. Prompts: --examples x --trials needle prompts
+by proj/lds_recall/edge_pruning.py. Prompts: --examples x --trials needle prompts
 for the optimisation and as many from another key (held out) for the
 errors. For each circuit it reports the kept edges, the achieved sparsity,
 its MSE to the full model on both position types and its needle error

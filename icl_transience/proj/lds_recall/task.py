@@ -1,7 +1,7 @@
 """Interleaved-LDS associative recall (Daniels et al. 2025).
 
-A GPT-2 regressor (models/gpt2.py, Daniels et al. 2025) predicts the next state at every
-position of interleaved traces (data/lds.py, Daniels et al. 2025) drawn on device from
+A GPT-2 regressor (proj/lds_recall/gpt2.py, Daniels et al. 2025) predicts the next state at every
+position of interleaved traces (proj/lds_recall/lds.py, Daniels et al. 2025) drawn on device from
 the fixed pool of training trajectories (the task's constants; None when
 `lds.resample_trajectories`). Loss (Daniels et al. 2025): the squared error summed over
 the state, averaged over the positions whose next token is an observation.

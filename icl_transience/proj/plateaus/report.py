@@ -5,7 +5,7 @@
 From the run's metrics table, per member (a condition or strategy), with
 steps = optimizer steps and chance = mean over hidden factors of 1 / n_e:
   plateau_length     first step at which ICL accuracy exceeds
-                     chance + 0.5 (final - chance) (analysis/plateau.py;
+                     chance + 0.5 (final - chance) (proj/plateaus/plateau.py;
                      null when ICL never leaves chance)
   icl_above_half     first step at which ICL accuracy exceeds 0.5
   near_chance_until  first step at which ICL accuracy exceeds chance + 0.05,

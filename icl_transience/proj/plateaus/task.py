@@ -3,10 +3,10 @@ and strategies).
 
 Sequences of L (image, label) pairs labelled by a hidden factor (D_rnd: a
 fresh label mapping per sequence; D_fix: the identity), from
-data/factor_sequences.py. Images are the procedural renderer's
-(data/shapes.py), the real Shapes3D (data/shapes3d.py), factor one-hots (the
+proj/plateaus/factor_sequences.py. Images are the procedural renderer's
+(proj/plateaus/shapes.py), the real Shapes3D (proj/plateaus/shapes3d.py), factor one-hots (the
 perfect-weights control) or WordSelection word ids. The model is
-models/image_sequence.py; the loss is the label cross-entropy at every image
+proj/plateaus/image_sequence.py; the loss is the label cross-entropy at every image
 position.
 
 Strategies (Fu et al.) are per-member hyperparameters (c.hyper), so one
@@ -33,13 +33,12 @@ Evaluators (fixed sets from c.eval_seed):
                  position context_probe_position, the hidden factor
                  (context_probe_target 'factor') or that item's label
                  under the sequence's mapping ('label')
-Probes are fitted inside evaluate (analysis/plateau.py) on standardised
+Probes are fitted inside evaluate (proj/plateaus/plateau.py) on standardised
 features. Layer k = the residual stream after block k (0 = the embedding);
 negative layers count from the last block.
 """
 import jax
 import jax.numpy as jnp
-import ml_collections
 import numpy as np
 import optax
 
@@ -401,46 +400,3 @@ def factor_names(p) -> tuple[str, ...]:
   if n == len(shapes.FACTOR_NAMES):
     return shapes.FACTOR_NAMES
   return tuple(f"factor{i}" for i in range(n))
-
-
-def blocks(c) -> dict:
-  """The plateau task's config blocks with their defaults (Fu et al.'s
-  baseline): its per-member strategy fields (`hyper`) and `plateau`."""
-  del c
-  hyper = ml_collections.ConfigDict()
-  hyper.weights_warmup = 0.0             # steps of D_fix before D_rnd
-  hyper.fixed_fraction = 0.0             # D_fix share of every batch
-  hyper.weights_loss = 0.0               # lambda of the factor-head loss
-
-  p = ml_collections.ConfigDict()
-  p.source = "procedural"                  # procedural | shapes3d
-  p.shapes3d_dir = ""                      # TFDS data_dir ('' = TFDS default)
-  p.input = "pixels"                       # pixels | onehot | words
-  p.context_len = 48                       # L
-  p.label_vocab = 15
-  p.factor_sizes = (10, 10, 10, 8, 4, 15)
-  p.hidden_factors = (0, 1, 2, 3, 4, 5)
-  p.image_size = 32
-  p.supersample = 2
-  p.noise_std = 0.0                        # pixels: pixel noise; onehot: added noise
-  p.word_table_seed = 0
-  p.weights_loss_layer = 0                 # 0 = encoder output, k = block k
-  p.icl_min_position = 16                  # ICL acc over image indices >= 16
-  p.report_positions = (0, 1, 2, 4, 8, 16, 32, 47)
-  p.icl_sequences = 2048                   # D_rnd test sequences (+ context-probe test)
-  p.iwl_sequences = 1024                   # D_fix test sequences
-  p.context_probe_train = 8192             # D_rnd sequences the context probe fits
-  p.context_probe_position = 40
-  p.context_probe_layer = -1               # last block
-  p.context_probe_target = "factor"        # factor (which one is hidden) | label
-  p.weights_probe_train = 20_000           # images
-  p.weights_probe_test = 5000
-  p.weights_probe_layer = -1               # the headline a / b scores
-  p.probe_layers = ()                      # () = every layer 0..depth
-  p.probe_method = "softmax"               # softmax (1 epoch Adam) | ridge
-  p.probe_epochs = 1
-  p.probe_batch_size = 32
-  p.probe_lr = 1e-3
-  p.probe_l2 = 1e-3                        # ridge only
-  p.eval_batch_size = 64                   # sequences per evaluation chunk
-  return {"hyper": hyper, "plateau": p}

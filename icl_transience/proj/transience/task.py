@@ -2,10 +2,10 @@
 transience runs (Singh et al. 2025 and the fixed-feature runs of Singh et al. 2023).
 
 Batches are (exemplar, label) sequences sampled on device as indices
-(data/sequences.py) whose features are gathered from the source table (the
+(proj/transience/sequences.py) whose features are gathered from the source table (the
 task's constants); the model is classifier.SequenceClassifier, optionally
 grafted to a frozen model (weights["frozen"], Singh et al. 2025, Fig. 4); the loss is the
-query's cross-entropy; evaluators are the plug-ins of evals/probes.py.
+query's cross-entropy; evaluators are the plug-ins of proj/transience/probes.py.
 """
 import jax.numpy as jnp
 import optax

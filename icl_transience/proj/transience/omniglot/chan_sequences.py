@@ -1,9 +1,9 @@
 """The Chan et al. sequence generator (Chan et al. 2022: bursty sequences and evaluators), pure JAX.
 
 A sequence is `context_len` (exemplar, label) pairs plus a query exemplar,
-returned as indices (the `Sequences` of data/sequences.py): `classes` are
+returned as indices (the `Sequences` of proj/transience/sequences.py): `classes` are
 dataset classes of the 8x augmented Omniglot (class = 8 * character +
-transform, see data/omniglot.py), so `omniglot.gather_images(images, classes,
+transform, see proj/transience/omniglot/data.py), so `omniglot.gather_images(images, classes,
 exemplars)` gives the pixels. Training classes are known by their label: label
 j (0 .. n_rare + n_common - 1) is the j-th class of Chan's class order
 (`omniglot.class_split`); holdout classes never appear in training sequences.

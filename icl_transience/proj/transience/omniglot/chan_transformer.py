@@ -1,7 +1,7 @@
 """The Chan et al. transformer of the main transience runs (Chan et al. 2022).
 
 Tokens: [e(x1), l(y1), ..., e(xK), l(yK), e(xq)] (2K + 1 = 17 for K = 8).
-e = the jointly trained ResNet embedder (models/resnet.py, Chan et al. 2022; its
+e = the jointly trained ResNet embedder (nn/resnet.py, Chan et al. 2022; its
 last group has d_model channels, as in Chan's code); l = a learned label table
 (n_outputs x d_model, truncated normal std 0.02); the query's label is never
 embedded. Chan's fixed sinusoids (timescale 30, sin half then cos half) are

@@ -2,10 +2,10 @@
 as run by Singh et al. 2023).
 
 Batches are bursty sequences of 8x augmented Omniglot drawings
-(data/chan_sequences.py, kind 'bursty'), sampled on device as indices and
-turned into (B, K+1, 105, 105, 1) images in [0, 1] by data/omniglot.py's
+(proj/transience/omniglot/chan_sequences.py, kind 'bursty'), sampled on device as indices and
+turned into (B, K+1, 105, 105, 1) images in [0, 1] by proj/transience/omniglot/data.py's
 lazy gather; the model is the Chan transformer (ResNet embedder + 12-layer
-transformer, models/chan_transformer.py); the loss is the query's softmax
+transformer, proj/transience/omniglot/chan_transformer.py); the loss is the query's softmax
 cross-entropy. Evaluators are fixed sets of Chan sequences (eval_seed) of the
 kinds in `omniglot.evaluators`: by default the ICL evaluator
 ('fewshot_holdout': 2 holdout classes x 4 shots, labels 0/1) and the IWL

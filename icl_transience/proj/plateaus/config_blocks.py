@@ -1,0 +1,47 @@
+"""The plateau task's config blocks with their defaults: Fu et al.'s
+baseline D_rnd run (per-member strategy fields in `hyper`, the rest in
+`plateau`)."""
+import ml_collections
+
+
+def blocks(c) -> dict:
+  """The plateau task's config blocks with their defaults (Fu et al.'s
+  baseline): its per-member strategy fields (`hyper`) and `plateau`."""
+  del c
+  hyper = ml_collections.ConfigDict()
+  hyper.weights_warmup = 0.0             # steps of D_fix before D_rnd
+  hyper.fixed_fraction = 0.0             # D_fix share of every batch
+  hyper.weights_loss = 0.0               # lambda of the factor-head loss
+
+  p = ml_collections.ConfigDict()
+  p.source = "procedural"                  # procedural | shapes3d
+  p.shapes3d_dir = ""                      # TFDS data_dir ('' = TFDS default)
+  p.input = "pixels"                       # pixels | onehot | words
+  p.context_len = 48                       # L
+  p.label_vocab = 15
+  p.factor_sizes = (10, 10, 10, 8, 4, 15)
+  p.hidden_factors = (0, 1, 2, 3, 4, 5)
+  p.image_size = 32
+  p.supersample = 2
+  p.noise_std = 0.0                        # pixels: pixel noise; onehot: added noise
+  p.word_table_seed = 0
+  p.weights_loss_layer = 0                 # 0 = encoder output, k = block k
+  p.icl_min_position = 16                  # ICL acc over image indices >= 16
+  p.report_positions = (0, 1, 2, 4, 8, 16, 32, 47)
+  p.icl_sequences = 2048                   # D_rnd test sequences (+ context-probe test)
+  p.iwl_sequences = 1024                   # D_fix test sequences
+  p.context_probe_train = 8192             # D_rnd sequences the context probe fits
+  p.context_probe_position = 40
+  p.context_probe_layer = -1               # last block
+  p.context_probe_target = "factor"        # factor (which one is hidden) | label
+  p.weights_probe_train = 20_000           # images
+  p.weights_probe_test = 5000
+  p.weights_probe_layer = -1               # the headline a / b scores
+  p.probe_layers = ()                      # () = every layer 0..depth
+  p.probe_method = "softmax"               # softmax (1 epoch Adam) | ridge
+  p.probe_epochs = 1
+  p.probe_batch_size = 32
+  p.probe_lr = 1e-3
+  p.probe_l2 = 1e-3                        # ridge only
+  p.eval_batch_size = 64                   # sequences per evaluation chunk
+  return {"hyper": hyper, "plateau": p}
