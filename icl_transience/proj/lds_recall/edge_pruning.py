@@ -229,18 +229,6 @@ def kept_edges(masks, graph: Graph) -> list[str]:
   return [n for n, v in zip(names, values) if v > 0.5]
 
 
-def masks_from_edges(edges, graph: Graph):
-  """Binary masks keeping exactly the named edges."""
-  wanted = set(edges)
-  keep = np.array([n in wanted for n in jax.tree.leaves(graph.edge_names())],
-                  np.float32)
-  leaves, tree = jax.tree.flatten(full_masks(graph))
-  bounds = np.cumsum([0] + [leaf.size for leaf in leaves])
-  return jax.tree.unflatten(tree, [
-      jnp.asarray(keep[a:b].reshape(leaf.shape))
-      for leaf, a, b in zip(leaves, bounds[:-1], bounds[1:])])
-
-
 def jaccard(a, b) -> float:
   a, b = set(a), set(b)
   return len(a & b) / len(a | b) if a | b else 1.0

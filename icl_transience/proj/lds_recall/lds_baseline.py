@@ -86,21 +86,3 @@ def pseudo_inverse_errors(tokens, spec: lds.LDSSpec = lds.LDSSpec(),
   errors = lds.position_errors(predictions[..., :-1, :],
                                lds.split_tokens(spec, tokens))
   return jnp.where(seen[..., :-1] >= recall_after, 0.0, errors)
-
-
-def fresh_system_errors(key, n_systems: int, n_steps: int = 8,
-                        spec: lds.LDSSpec = lds.LDSSpec(),
-                        window: int = WINDOW,
-                        recall_after: int = RECALL_AFTER) -> jax.Array:
-  """(n_systems, n_steps) errors of the k-th observation of a fresh system
-  (our pseudo-inverse baseline table): prompts
-  [start, open, x_0 .. x_{n_steps - 1}]."""
-  _, trajectories = lds.fresh_systems(key, spec, n_systems, n_steps)
-  kinds = jnp.array([lds.OPEN] + [lds.OBSERVATION] * n_steps)
-  states = jnp.concatenate(
-      [jnp.zeros((n_systems, 1, spec.state_dim)), trajectories], axis=1)
-  rows = lds.token_rows(spec, kinds, 0, states)
-  start = jnp.broadcast_to(lds.start_token(spec),
-                           (n_systems, 1, spec.token_dim))
-  tokens = jnp.concatenate([start, rows], axis=1)
-  return pseudo_inverse_errors(tokens, spec, window, recall_after)[:, 1:]
