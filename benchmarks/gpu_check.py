@@ -53,6 +53,8 @@ RUNS = {  # name: (config file, fields, sequences)
 }
 MODULES = {"configs/coopetition.py": coopetition, "configs/transience.py": transience}
 STARTUP_S = 60  # per run: start-up, compiling what the cache misses, the probes
+WRAP_UP_S = 45  # per run: stopping (a checkpoint), then plot and report
+STOP_GRACE_S = 30  # after SIGTERM, before the run is killed
 SHORTEN_FIRST = ("seeds", "coop", "transience")  # when the plan does not fit
 
 
@@ -76,12 +78,14 @@ def plan(rates, left_s: float):
   """Sequences and expected seconds per run: the full horizons, cut (on the
   evaluation grid) in the order of SHORTEN_FIRST until the plan fits the
   time left; each cut is printed."""
-  seconds = lambda n, seqs: STARTUP_S + seqs / run_config(n).batch_size / rates[n]
+  seconds = lambda n, seqs: (STARTUP_S + WRAP_UP_S +
+                             seqs / run_config(n).batch_size / rates[n])
   horizons = {n: RUNS[n][2] for n in rates}
   for name in (n for n in SHORTEN_FIRST if n in rates):
     others = sum(seconds(n, horizons[n]) for n in rates if n != name)
     c = run_config(name)
-    fits = int(max(left_s - others - STARTUP_S, 0) * rates[name] * c.batch_size)
+    fits = int(max(left_s - others - STARTUP_S - WRAP_UP_S, 0) * rates[name]
+               * c.batch_size)
     fits = max(fits // c.eval_every * c.eval_every, c.eval_every)
     if fits < horizons[name]:
       horizons[name] = fits
@@ -102,7 +106,11 @@ def train(name, sequences, workdir, deadline_s):
   except subprocess.TimeoutExpired:
     print(f"{name}: over its time; stopping it (it saves and can be resumed)")
     proc.send_signal(signal.SIGTERM)
-    proc.wait()
+    try:
+      proc.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+      proc.kill()
+      proc.wait()
   return dict(returncode=proc.returncode, seconds=time.time() - start)
 
 
@@ -139,8 +147,11 @@ def collect(workdir, out):
   if not os.path.exists(metrics_table.path(workdir)):
     return
   for tool in ("plot", "report"):
-    subprocess.run([sys.executable, "-m", f"icl_transience.{tool}",
-                    f"--workdir={workdir}"], cwd=REPO, check=False)
+    try:
+      subprocess.run([sys.executable, "-m", f"icl_transience.{tool}",
+                      f"--workdir={workdir}"], cwd=REPO, check=False, timeout=60)
+    except subprocess.TimeoutExpired:
+      print(f"{tool}: over 60 s, skipped", flush=True)
   for name in ("config.json", "metrics.jsonl", "report.json"):
     if os.path.exists(os.path.join(workdir, name)):
       shutil.copy(os.path.join(workdir, name), out)
@@ -169,6 +180,11 @@ def main():
   left = lambda: args.budget_s - (time.time() - start)
   os.makedirs(args.out, exist_ok=True)
   result = {"device": str(jax.devices()), "jax": jax.__version__}
+
+  def save():  # after every phase: a cut-short check keeps what it measured
+    result["seconds"] = time.time() - start
+    metrics_table.atomic_write_text(os.path.join(args.out, "gpu_check.json"),
+                                    json.dumps(_finite(result), indent=2) + "\n")
   print(f"devices: {jax.devices()}  (jax {jax.__version__})", flush=True)
 
   bench = throughput.measure([int(p) for p in args.populations.split(",")],
@@ -176,6 +192,7 @@ def main():
                              fused_calls=8, population_calls=2)
   throughput.print_table(bench, 625)
   result["benchmark"] = bench
+  save()
   names = args.runs.split(",")
   unknown = set(names) - set(RUNS)
   if unknown:
@@ -188,14 +205,18 @@ def main():
   result["horizons"], result["expected_s"] = horizons, expected
   for name in names:
     print(f"plan: {name} to {horizons[name]:,} sequences, ~{expected[name]:.0f} s")
+  save()
 
   checks = {"coop": coop_checks, "seeds": coop_checks, "transience": transience_checks}
   with tempfile.TemporaryDirectory() as runs:
     for i, name in enumerate(names):
-      # an overrun is stopped in time to leave each later run its start-up
-      deadline = min(1.5 * expected[name], left() - STARTUP_S * (len(names) - i - 1))
+      # an overrun is stopped in time to wrap up and leave each later run
+      # its start-up
+      deadline = min(1.5 * expected[name], left() - WRAP_UP_S - STOP_GRACE_S
+                     - (STARTUP_S + WRAP_UP_S) * (len(names) - i - 1))
       if deadline < STARTUP_S / 2:
         print(f"{name}: skipped, no time left in the budget", flush=True)
+        result[name] = {"skipped": True}
         continue
       workdir = os.path.join(runs, name)
       result[name] = train(name, horizons[name], workdir, deadline)
@@ -208,9 +229,8 @@ def main():
         print(f"{name}/{m}: " + ", ".join(
             f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v:,}"
             for k, v in result[name]["checks"][m].items()), flush=True)
-  result["seconds"] = time.time() - start
-  metrics_table.atomic_write_text(os.path.join(args.out, "gpu_check.json"),
-                                  json.dumps(_finite(result), indent=2) + "\n")
+      save()
+  save()
   print(f"done in {result['seconds']:.0f} s; numbers in {args.out}/gpu_check.json")
 
 

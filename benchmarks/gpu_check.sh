@@ -18,4 +18,10 @@ command -v nvidia-smi >/dev/null && nvidia-smi -L
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # The runs reuse the programs the sizing step compiled.
 export JAX_COMPILATION_CACHE_DIR="${JAX_COMPILATION_CACHE_DIR:-${TMPDIR:-/tmp}/icl_transience_jax_cache}"
-timeout 570 python3 benchmarks/gpu_check.py "$OUT" "${@:2}" 2>&1 | tee "$OUT/gpu_check.log"
+# a hard stop 60 s after the budget (--budget_s=N, default 540)
+budget=540
+for arg in "${@:2}"; do
+  case "$arg" in --budget_s=*) budget=${arg#--budget_s=} ;; esac
+done
+timeout "$(( ${budget%.*} + 60 ))" python3 benchmarks/gpu_check.py "$OUT" "${@:2}" 2>&1 \
+  | tee "$OUT/gpu_check.log"

@@ -46,6 +46,7 @@ VARIANTS = {"cpu": CPU, "smoke": SMOKE}
 def get_config(variant: str = ""):
   c = config.base_config()
   c.task = "dictionary"
+  c.num_devices = 0          # every device: the batch is large enough to split
   c.dictionary = dictionary_task.corpus_block()
   c.model.depth = 6
   c.model.d_model = 256

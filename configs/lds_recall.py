@@ -91,6 +91,7 @@ def preset_config(name: str) -> ml_collections.ConfigDict:
   size, batch, multiplier, steps, remat = PRESETS[name]
   c = config.base_config()
   c.task = "lds"
+  c.num_devices = 0          # every device: the batch is large enough to split
   c.lds = lds_task.lds_block()
   c.model.d_model, c.model.depth, c.model.n_heads = gpt2.SIZES[size]
   c.model.mlp_ratio = 4

@@ -51,6 +51,7 @@ def plateau_config() -> ml_collections.ConfigDict:
   """The baseline D_rnd run of Fu et al."""
   c = config.base_config()
   c.task = "plateau"
+  c.num_devices = 0          # every device: the batch is large enough to split
   c.batch_size = 128
   c.total_sequences = 128 * 100_000        # 100k steps
   c.eval_every = 128 * 1000

@@ -2,7 +2,8 @@
 
 Every number the papers name is a field here. Periods and horizons count
 *sequences seen* (like the icl-dynamics code); optimizer steps = sequences /
-batch_size. Config files in configs/ start from `base_config()`.
+batch_size. Config files in configs/ start from `base_config()` and add
+their task's blocks (tasks.blocks; e.g. classifier_config.coopetition_config).
 """
 import dataclasses
 import json
@@ -19,7 +20,7 @@ MATMUL_PRECISIONS = ("highest", "high", "default")
 
 def base_config() -> ml_collections.ConfigDict:
   """The fields every task shares. A project adds its task's blocks (its
-  data, sequences, evaluators) with tasks.add_blocks, e.g.
+  data, sequences, evaluators): tasks.blocks(c) names them, e.g.
   proj/transience/classifier_config.coopetition_config(); the defaults here
   are those of the coopetition main run (Singh et al. 2025)."""
   c = ml_collections.ConfigDict()
@@ -31,7 +32,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.total_sequences = 20_000_000  # paper main run: 64 M; figures show 20 M
   c.eval_every = 100_000
   c.steps_per_call = 625   # optimizer steps fused into one compiled call
-  c.num_devices = 0        # data-parallel devices (0 = all local devices)
+  # Devices: -1 = one for a single member of a one-process run (its small
+  # batch gains nothing from splitting), else all; 0 = all local devices
+  # (all devices of all processes in a multi-process run); N = the first N.
+  c.num_devices = -1
   # Members trained together: 'field=v,field=v; field=v' (fields: init_seed,
   # data_seed, lr, l2). Empty: one member from the fields above.
   c.population = ""
@@ -109,7 +113,8 @@ def _checkpoint_ref() -> ml_collections.ConfigDict:
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """A run's config.json; fields added since it was written get defaults
-  (the generic ones and those of its task's blocks)."""
+  (the generic ones and those of its task's blocks), and top-level blocks
+  its task no longer has are dropped."""
   from icl_transience import tasks  # pylint: disable=g-import-not-at-top
   path = epath.Path(workdir) / "config.json"
   if not path.exists():
@@ -119,6 +124,8 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   defaults.task = c.get("task", defaults.task)
   for name, block in tasks.blocks(c).items():
     defaults[name] = block
+  for name in [k for k in c if k not in defaults]:  # e.g. the classifier's
+    del c[name]  # blocks, which every task's config carried before
   _fill_defaults(c, defaults)
   return c
 
@@ -247,11 +254,12 @@ def validate(c, n_devices: int = 1):
          "batch_size", f"{c.batch_size} must be a positive multiple of the "
          f"{n_devices} devices it is split over")
   _check(c.steps_per_call > 0, "steps_per_call", "must be positive")
+  _check(c.num_devices >= -1, "num_devices", "-1 (auto), 0 (all) or a count")
   _check(c.eval_members_per_pass > 0, "eval_members_per_pass", "must be positive")
   _check(c.population_map in ("auto", "vmap", "sequential"), "population_map",
          "choose auto, vmap or sequential")
   _check(c.population_map != "sequential" or
-         population_layout(c, n_devices) == "batch" or n_devices == 1,
+         population_layout(c, n_devices) == "batch",
          "population_map", "'sequential' needs the batch layout (members "
          "split over devices are trained together)")
   grid = c.batch_size * c.steps_per_call

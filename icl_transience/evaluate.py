@@ -4,7 +4,7 @@
 
 Reads the run's config.json, restores each member at each checkpoint step
 whose evaluator rows are missing from metrics.jsonl, runs the evaluators
-(--parallel checkpoints at a time, stacked into one vmapped program) and
+(--parallel checkpoints at a time, stacked into one compiled program) and
 appends the rows. Safe to run while training continues, and again later:
 finished work is skipped; an unreadable checkpoint is skipped with a warning.
 """
@@ -34,13 +34,13 @@ def _restore(mngr, step, abstract, name):
 def evaluate_checkpoints(workdir: str, parallel: int = 0, shard: int = 0,
                          num_shards: int = 1) -> int:
   """Evaluates what is missing, `parallel` (member, step) checkpoints per
-  vmapped call; shard i of n takes every n-th of them. Returns the number
+  compiled call; shard i of n takes every n-th of them. Returns the number
   evaluated."""
   try:
     c = config_lib.load_run_config(workdir)
   except UserError as e:
     raise UserError(f"--workdir: {e}") from e
-  mesh = loop.make_mesh(c.num_devices)
+  mesh = loop.run_mesh(c)
   config_lib.validate(c, n_devices=mesh.devices.size)
   members = config_lib.members(c)
   names = [m.name for m in members]
@@ -99,7 +99,7 @@ def define_flags():
       "shard", "0/1", "i/n: this job evaluates every n-th checkpoint, from the "
       "i-th (run n jobs, e.g. one per host, on a shared filesystem).")
   flags.DEFINE_integer(
-      "parallel", 0, "Checkpoints evaluated together in one vmapped program "
+      "parallel", 0, "Checkpoints evaluated together in one compiled program "
       "(0: 1 on CPU, 8 on an accelerator).")
 
 

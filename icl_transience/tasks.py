@@ -21,7 +21,8 @@ model, the data and the evaluators, as an object built from the config with:
       (or None). The trainer adds L2 penalties itself.
   eval_sets(sharding) -> pytree        fixed evaluation data (eval_seed)
   evaluate(weights, consts, eval_sets) -> {evaluator: {metric: scalar}}
-      one member; jittable (the trainer vmaps it over members/checkpoints).
+      one member; jittable (the trainer maps it over members or checkpoints,
+      eval_members_per_pass of them vmapped at a time).
   shown: {evaluator: metric}           what the progress bar shows
 
 `build(c)` picks the task from `c.task`; a classifier config whose

@@ -33,7 +33,7 @@ def copy_run(workdir, dst):
 def final_state(c, workdir, step=None):
   """The population state of the run in workdir at `step` (default: newest)."""
   members = config_lib.members(c)
-  mesh = loop.make_mesh(c.num_devices)
+  mesh = loop.run_mesh(c)
   with jax.set_mesh(mesh), checkpoints.manager(workdir, read_only=True) as mngr:
     step = mngr.latest_step() if step is None else step
     trainer = step_lib.Trainer(c, mesh)

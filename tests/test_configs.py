@@ -15,6 +15,7 @@ from icl_transience import tasks
 from icl_transience.errors import UserError
 from icl_transience.proj.transience import classifier_config
 from icl_transience.proj.transience import probes
+from icl_transience.train import loop
 
 
 @pytest.mark.parametrize("variant", sorted(coopetition.VARIANTS))
@@ -92,3 +93,16 @@ def test_a_project_config_carries_its_own_blocks_and_old_runs_get_their_defaults
     (tmp_path / name / "config.json").write_text(json.dumps(written))
     loaded = config_lib.load_run_config(str(tmp_path / name))
     assert loaded[block][field] == tasks.blocks(c)[block][field]
+
+
+def test_an_old_lds_run_with_the_classifier_blocks_resumes(tmp_path):
+  """Before the package split every task's config.json carried the
+  classifier's data / train / evals blocks; such a run still resumes."""
+  c = lds_recall.get_config("smoke")
+  written = json.loads(c.to_json())
+  written.update({k: json.loads(v.to_json()) for k, v in
+                  classifier_config.blocks(c).items()})
+  (tmp_path / "config.json").write_text(json.dumps(written))
+  loaded = config_lib.load_run_config(str(tmp_path))
+  assert not {"data", "train", "evals"} & set(loaded)
+  loop.save_config(c, str(tmp_path))  # the resume check: no field differs

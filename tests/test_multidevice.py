@@ -36,8 +36,9 @@ SCRIPT = textwrap.dedent("""
     from icl_transience import config
     from icl_transience.train import loop
     assert jax.device_count() == int(sys.argv[2]), jax.devices()
-    # one member in the auto layout takes one device unless told otherwise
+    # one member takes one device with num_devices = -1 (the default), all with 0
     assert loop.run_mesh(smoke_config()).devices.size == 1
+    assert loop.run_mesh(smoke_config(num_devices=0)).devices.size == jax.device_count()
     for name, fields in eval(sys.argv[3]).items():
       c = smoke_config(**eval(sys.argv[4]), **fields)
       assert config.population_layout(c, jax.device_count()) in name

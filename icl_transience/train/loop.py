@@ -37,6 +37,8 @@ RESUMABLE_CHANGES = ("total_sequences", "eval_every", "ckpt", "steps_per_call",
 def make_mesh(num_devices: int = 0):
   """A 1-axis 'data' mesh over the first num_devices devices (0 = all; in a
   multi-process run, all devices of all processes)."""
+  if num_devices < 0:
+    raise UserError(f"num_devices: {num_devices} (use -1 only in a config)")
   if jax.process_count() > 1 and num_devices not in (0, jax.device_count()):
     raise UserError(f"num_devices: a multi-process run uses all "
                     f"{jax.device_count()} devices (set 0)")
@@ -46,12 +48,13 @@ def make_mesh(num_devices: int = 0):
 
 
 def run_mesh(c):
-  """The mesh a run of `c` trains on: num_devices (0 = all), except that a
-  single member in the auto layout takes one device of a one-process run
-  (splitting its small batch over more only adds communication)."""
-  single = (c.population_sharding == "auto" and len(config_lib.members(c)) == 1
-            and jax.process_count() == 1)
-  return make_mesh(1 if single and c.num_devices == 0 else c.num_devices)
+  """The mesh a run of `c` trains and evaluates on: num_devices N (0 = all),
+  or with -1 (auto) one device for a single member of a one-process run
+  (splitting its small batch over more only adds communication), else all."""
+  if c.num_devices != -1:
+    return make_mesh(c.num_devices)
+  single = len(config_lib.members(c)) == 1 and jax.process_count() == 1
+  return make_mesh(1 if single else 0)
 
 
 def _flatten(d: dict, prefix: str = "") -> dict:

@@ -24,10 +24,11 @@ config.population_layout):
   members  the population axis is split over the devices; each device trains
            its own members on whole batches, with no communication. The
            population is padded to a multiple of the device count with copies
-           of its last member that never train (alive = False) and write no
+           of its last member (alive = False: with the divergence guard they
+           never update; without it they train, unread) that write no
            checkpoints or rows.
-  auto     members for a population on more than one device, else batch; a
-           single member trains on one device unless num_devices says more.
+  auto     members for a population on more than one device, else batch
+           (with num_devices = -1 a single member has one device).
 """
 import functools
 
@@ -160,7 +161,7 @@ class Trainer:
 
   def alive(self, flags):
     """The members' alive flags as the (n_slots,) device array training
-    takes; padding slots never train."""
+    takes; padding slots start False."""
     flags = list(flags) + [False] * (self.n_slots - len(flags))
     return jax.device_put(np.array(flags, bool), self.state_sharding)
 

@@ -60,7 +60,7 @@ def read_safetensors(path: str) -> dict[str, np.ndarray]:
   stays bf16); UserError if the file is malformed or holds other dtypes."""
   try:
     tensors = safetensors.numpy.load_file(path)
-  except (safetensors.SafetensorError, OSError) as e:
+  except (safetensors.SafetensorError, OSError, TypeError, ValueError) as e:
     raise UserError(f"{path}: not a readable safetensors file "
                     f"({str(e).splitlines()[0] if str(e) else type(e).__name__})") from e
   for name, array in tensors.items():

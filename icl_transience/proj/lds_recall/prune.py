@@ -81,7 +81,7 @@ def run(workdir: str, sequences: int, member: str, which: tuple, sparsity: float
     raise UserError(f"--sparsity must be in (0, 1), got {sparsity}")
   ref = ml_collections.ConfigDict(dict(workdir=workdir, sequences=sequences,
                                        member=member))
-  mesh = loop.make_mesh(c.num_devices)
+  mesh = loop.run_mesh(c)
   with jax.set_mesh(mesh):
     params, seen = pretrained.load_params(ref, "--workdir", mesh)
   params = jax.device_get(params)

@@ -85,7 +85,7 @@ def ablate(workdir: str, sequences: int = -1, member: str = "",
   custom = ablate_heads or keep or drop_embedding
   named = ({"custom": interventions.parse(ablate_heads, keep, drop_embedding)}
            if custom else interventions.TABLE)
-  mesh = loop.make_mesh(c.num_devices)
+  mesh = loop.run_mesh(c)
   ref = ml_collections.ConfigDict(dict(workdir=workdir, sequences=sequences,
                                        member=member))
   with jax.set_mesh(mesh):
