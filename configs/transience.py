@@ -13,7 +13,10 @@ horizon is 1.6 B sequences.
   python -m icl_transience.report --workdir=runs/transience
 
 Variants: c1600 (the "norotate" 1,600 classes, init seed 2023), mq (matched
-exemplars: persistent ICL), omniglot (below).
+exemplars: persistent ICL), omniglot (below), screen (a short look at a
+dataset setting: 1 M sequences, evaluated every 100 k, e.g.
+`configs/transience.py:screen --config.data.spread=1.0`; about 22 min on 2
+CPU cores, then `python -m icl_transience.report --workdir=...`).
 
 The Chan et al. image pipeline (Chan et al. 2022, as run by Singh et al. 2023: Omniglot
 drawings through a jointly trained ResNet, 12,800 training classes, bursty
@@ -43,6 +46,8 @@ VARIANTS = {
     "c1600": {"train.n_classes": 1600, "evals.n_classes": 1600,
               "init_seed": 2023},
     "mq": {"train.match_query_and_distractors": True},
+    "screen": {"total_sequences": 1_000_000, "eval_every": 100_000,
+               "ckpt.every": 500_000},
     # lr(t) = 3e-4 min(t / 4000, sqrt(4000 / t)) (Chan et al. 2022)
     "omniglot": {"data.source": "omniglot", "optim.warmup_steps": 4000,
                  "optim.schedule": "inverse_sqrt"},
