@@ -57,8 +57,7 @@ def initialize_distributed():
 def main(argv):
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {' '.join(argv[1:])}")
-  logging.set_verbosity(logging.INFO)
-  cli.quiet_library_logs()
+  cli.start_logging()
   if _MULTIHOST.value:
     initialize_distributed()
   loop.train(_CONFIG.value, _WORKDIR.value, _PROFILE.value)

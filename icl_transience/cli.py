@@ -39,6 +39,12 @@ def parse_flags(argv):
   sys.exit(2)
 
 
+def start_logging():
+  """INFO log lines from our code, warnings and errors from the libraries'."""
+  logging.set_verbosity(logging.INFO)
+  quiet_library_logs()
+
+
 def quiet_library_logs():
   """Keeps the log readable: Orbax logs every save, JAX every missing backend."""
   def keep(record):

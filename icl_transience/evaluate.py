@@ -107,8 +107,7 @@ def define_flags():
 def main(argv):
   del argv
   f = flags.FLAGS
-  logging.set_verbosity(logging.INFO)
-  cli.quiet_library_logs()
+  cli.start_logging()
   if f.parallel < 0:
     raise UserError("--parallel: must be >= 0")
   shard, _, num_shards = f.shard.partition("/")

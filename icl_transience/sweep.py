@@ -171,8 +171,7 @@ def define_flags():
 def main(argv):
   del argv
   f = flags.FLAGS
-  logging.set_verbosity(logging.INFO)
-  cli.quiet_library_logs()
+  cli.start_logging()
   all_groups = groups(f.config, f.grid)
   if f.list:
     for i, group in enumerate(all_groups):
