@@ -139,5 +139,72 @@ VARIANTS = {
 }
 
 
+def authors_config() -> ml_collections.ConfigDict:
+  """Fu et al.'s Shapes3D run as their code trains it (frozen embeddings)."""
+  c = config.base_config()
+  c.task = "plateau_authors"
+  c.num_devices = 0
+  c.batch_size = 128
+  c.steps_per_call = 391                   # half an epoch
+  c.eval_every = 128 * 782                 # an epoch: 782 batches of 128
+  c.ckpt.every = 128 * 782
+  c.total_sequences = 128 * 46_920         # 60 epochs
+  c.model.depth = 12
+  c.model.d_model = 128
+  c.model.n_heads = 4
+  c.model.mlp_ratio = 4
+  c.model.positions = "learned"
+  c.model.max_len = 80
+  c.optim.lr = 1e-4                        # constant; no warm-up, no clipping
+  for name, block in config_blocks.authors_blocks(c).items():
+    c[name] = block
+  return c
+
+
+AUTHORS_STRATEGIES = ("context_loss=0, weights_loss=0; context_loss=0.1; "
+                      "weights_loss=0.1; weights_warmup=2000; fixed_fraction=0.25")
+# A 2-core CPU run of the authors' setup on the stand-in (see the paper's
+# README): 4 blocks of d 64, batch 32, 20,000 training sequences, 12,000
+# steps; the four members of `strategies` but warm-up, evaluated every 500.
+AUTHORS_CPU = {
+    "population": "weights_loss=0; context_loss=0.1; weights_loss=0.1; "
+                  "fixed_fraction=0.25",
+    "batch_size": 32, "steps_per_call": 250, "total_sequences": 32 * 12_000,
+    "eval_every": 32 * 500, "ckpt.every": 32 * 2000,
+    "model.depth": 4, "model.d_model": 64,
+    "plateau.train_sequences": 20_000, "plateau.test_sequences": 2048,
+    "plateau.weights_probe_sequences": 2048, "plateau.weights_probe_test": 1024,
+    "plateau.probe_batch_size": 32, "plateau.eval_batch_size": 256,
+    "plateau.weights_probe_block": 1, "plateau.n_classes": 16,
+}
+AUTHORS_SMOKE = {
+    "batch_size": 8, "steps_per_call": 10, "total_sequences": 8 * 40,
+    "eval_every": 8 * 20, "ckpt.every": 8 * 20,
+    "model.depth": 2, "model.d_model": 32, "model.n_heads": 2,
+    "model.mlp_ratio": 1, "model.max_len": 16,
+    "plateau.item_dim": 24, "plateau.n_classes": 16, "plateau.context_len": 8,
+    "plateau.factor_sizes": (4, 3, 5), "plateau.hidden_factors": (0, 1, 2),
+    "plateau.n_maps": 6, "plateau.train_sequences": 64,
+    "plateau.test_sequences": 32, "plateau.icl_min_position": 4,
+    "plateau.weights_probe_block": 0, "plateau.weights_probe_sequences": 32,
+    "plateau.weights_probe_test": 16, "plateau.probe_batch_size": 8,
+    "plateau.eval_batch_size": 16,
+}
+AUTHORS_VARIANTS = {
+    "": {},
+    "strategies": {"population": AUTHORS_STRATEGIES},
+    "fresh": {"plateau.train_sequences": 0},       # an infinite fresh stream
+    "dfix": {"plateau.n_maps": 1},
+    "cpu": AUTHORS_CPU,
+    "smoke": AUTHORS_SMOKE,
+}
+
+
 def get_config(variant: str = ""):
+  """`authors[,v...]` starts from Fu et al.'s code's setup (AUTHORS_VARIANTS);
+  anything else from our pixel task (VARIANTS)."""
+  names = [n.strip() for n in variant.split(",")]
+  if names[0] == "authors":
+    return config.with_variants(authors_config(), ",".join(names[1:]),
+                                AUTHORS_VARIANTS)
   return config.with_variants(plateau_config(), variant, VARIANTS)

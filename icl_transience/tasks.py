@@ -37,6 +37,7 @@ TASKS = {
     "omniglot": "icl_transience.proj.transience.omniglot.task:OmniglotTask",
     "lds": "icl_transience.proj.lds_recall.task:LDSTask",
     "plateau": "icl_transience.proj.plateaus.task:PlateauTask",
+    "plateau_authors": "icl_transience.proj.plateaus.authors_task:AuthorsPlateauTask",
     "dictionary": "icl_transience.proj.lds_recall.dictionary.task:DictionaryTask",
 }
 # Each task's config blocks with their defaults: blocks(c) -> {name: ConfigDict}.
@@ -45,11 +46,13 @@ BLOCKS = {
     "omniglot": "icl_transience.proj.transience.omniglot.task:blocks",
     "lds": "icl_transience.proj.lds_recall.task:blocks",
     "plateau": "icl_transience.proj.plateaus.config_blocks:blocks",
+    "plateau_authors": "icl_transience.proj.plateaus.config_blocks:authors_blocks",
     "dictionary": "icl_transience.proj.lds_recall.dictionary.task:blocks",
 }
 REPORTS = {
     "lds": "icl_transience.proj.lds_recall.report",
     "plateau": "icl_transience.proj.plateaus.report",
+    "plateau_authors": "icl_transience.proj.plateaus.report",
     "dictionary": "icl_transience.proj.lds_recall.dictionary.report",
 }
 

@@ -21,6 +21,22 @@ def test_synthetic_classes_are_low_rank_clusters():
   assert not np.allclose(table, sources.synthetic_table(1, 30, 10, 64, 4, 0.7, 0.0))
 
 
+def test_a_transform_spread_groups_eight_classes_as_one_character():
+  args = (0, 32, 10, 64, 4, 0.1, 0.0)
+  table = np.asarray(sources.synthetic_table(*args, transform_spread=0.2))
+  means = table.mean(1).reshape(4, 8, 64)          # 4 characters x 8 transforms
+  siblings = np.linalg.norm(means - means.mean(1, keepdims=True), axis=-1).mean()
+  characters = np.linalg.norm(means.mean(1) - means.mean((0, 1)), axis=-1).mean()
+  assert characters > 3 * siblings
+  # the default (< 0) keeps the classes independent: the table is unchanged
+  np.testing.assert_array_equal(
+      sources.synthetic_table(*args), sources.synthetic_table(*args,
+                                                              transform_spread=-1.0))
+  independent = np.asarray(sources.synthetic_table(*args)).mean(1).reshape(4, 8, 64)
+  assert np.linalg.norm(independent - independent.mean(1, keepdims=True),
+                        axis=-1).mean() > 3 * siblings
+
+
 def data_cfg(**kw):
   base = dict(source="features", path="", key="resnet18/224/feat", n_classes=0,
               n_exemplars=0, dim=0, layout="intended")

@@ -91,9 +91,12 @@ class Block(nn.Module):
   rope_timescale: float | None = None
 
   @nn.compact
-  def __call__(self, x, patch: Patch | None = None):
-    x = x + Attention(self.n_heads, self.rope_timescale, name="attn")(
-        nn.LayerNorm(epsilon=1e-5, name="ln_attn")(x), patch)
+  def __call__(self, x, patch: Patch | None = None, passthrough: bool = False):
+    """passthrough: the attention sub-layer returns its LayerNorm'd input
+    instead of attending (the weights probe of Fu et al.'s code)."""
+    h = nn.LayerNorm(epsilon=1e-5, name="ln_attn")(x)
+    attention = Attention(self.n_heads, self.rope_timescale, name="attn")
+    x = x + (h if passthrough else attention(h, patch))
     if self.mlp_ratio:
       h = nn.LayerNorm(epsilon=1e-5, name="ln_mlp")(x)
       h = nn.Dense(self.mlp_ratio * x.shape[-1], kernel_init=lecun_normal,

@@ -45,3 +45,41 @@ def blocks(c) -> dict:
   p.probe_l2 = 1e-3                        # ridge only
   p.eval_batch_size = 64                   # sequences per evaluation chunk
   return {"hyper": hyper, "plateau": p}
+
+
+def authors_blocks(c) -> dict:
+  """The blocks of Fu et al.'s setup as their code runs it (task
+  plateau_authors): per-member losses and strategies (`hyper`), `plateau`."""
+  del c
+  hyper = ml_collections.ConfigDict()
+  hyper.context_loss = 0.0               # lambda: the authors' context extra loss
+  hyper.weights_loss = 0.0               # lambda: the authors' extra weights loss
+  hyper.weights_warmup = 0.0             # ours: steps of D_fix (map 0) first
+  hyper.fixed_fraction = 0.0             # ours: D_fix share of every batch
+
+  p = ml_collections.ConfigDict()
+  p.item_source = "embedding"                  # embedding | pixels (the renderer, flat)
+  p.embeddings = ""                      # the authors' repre_vae.npz ('' = stand-in)
+  p.item_dim = 768                       # the stand-in's dims
+  p.standin_entangle = 0.5               # 0: factors additive; 1: a ReLU mixture
+  p.standin_noise = 0.5                  # fixed per-image Gaussian noise
+  p.standin_seed = 0
+  p.image_size = 32                      # pixels items: 3 x size^2 dims
+  p.factor_sizes = (10, 10, 10, 8, 4, 15)
+  p.hidden_factors = (0, 1, 2, 3, 4, 5)
+  p.context_len = 40                     # (item, label) pairs
+  p.n_maps = 20_000                      # the map pool: 1 = D_fix, 20,000 = D_rnd
+  p.train_fraction = 0.8                 # images of training sequences
+  p.dataset_seed = 0                     # split, pool, fixed sets, epoch orders
+  p.train_sequences = 100_000            # the fixed training set (0 = fresh stream)
+  p.test_sequences = 40_000              # held-out test sequences
+  p.n_classes = 768                      # read-out label classes
+  p.icl_min_position = 20                # icl/acc: mean over positions >= this
+  p.weights_probe_block = 2              # the stream after this block index
+  p.weights_probe_sequences = 100_000    # training sequences (one pass)
+  p.weights_probe_test = 40_000          # test sequences it is scored on
+  p.weights_probe_variants = ("pass", "a", "b")
+  p.probe_batch_size = 128
+  p.probe_lr = 1e-3
+  p.eval_batch_size = 128                # sequences per evaluation chunk
+  return {"hyper": hyper, "plateau": p}

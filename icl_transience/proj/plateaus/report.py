@@ -11,9 +11,11 @@ steps = optimizer steps and chance = mean over hidden factors of 1 / n_e:
   near_chance_until  first step at which ICL accuracy exceeds chance + 0.05,
                      and near_chance_fraction = that step / the last step
                      (our acceptance check 1 asks >= 0.2)
-  weights_probe_{a,b}_half   first step at which the weights-probe score
+  weights_probe_{a,b,pass}_half   first step at which the weights-probe score
                      exceeds 50% of its final value (wording of our acceptance check 2)
-  weights_probe_{a,b}_rise   the same on the probe's rise above its chance
+                     (pass: the pass-through probe of Fu et al.'s code,
+                     task plateau_authors)
+  weights_probe_{a,b,pass}_rise   the same on the probe's rise above its chance
                      (mean of 1 / n_f over the factors that vary), like
                      plateau_length
   context_probe_rise the context probe's rise step (chance 1 / n_hidden)
@@ -44,12 +46,13 @@ NEAR_CHANCE = 0.05            # our plateau acceptance check 1: within chance + 
 COLUMNS = {"plateau": "plateau_length", "icl>0.5": "icl_above_half",
            "near_chance": "near_chance_fraction",
            "wprobe_a50%": "weights_probe_a_half",
-           "wprobe_b50%": "weights_probe_b_half", "final_icl": "final_icl",
+           "wprobe_b50%": "weights_probe_b_half",
+           "wprobe_p50%": "weights_probe_pass_half", "final_icl": "final_icl",
            "final_wp_a": "final_weights_probe_a",
            "final_ctx": "final_context_probe", "vs_first": "plateau_vs_first"}
 PANELS = (("icl", "acc", "ICL accuracy (D_rnd)"),
           ("iwl", "acc", "IWL accuracy (D_fix)"),
-          ("weights_probe", "a", "weights probe (a: no attention; b dashed: alone)"),
+          ("weights_probe", "a", "weights probe (a: no attention;\nb dashed: alone; pass dotted)"),
           ("context_probe", "acc", "context probe ({target})"))
 
 
@@ -83,7 +86,7 @@ def member_summary(rows, member: str, chance: float, probe_chance: float,
   out["near_chance_fraction"] = (
       out["near_chance_until"] / steps[-1]
       if out["near_chance_until"] is not None and steps[-1] > 0 else None)
-  for variant in "ab":
+  for variant in ("a", "b", "pass"):
     s, v = curve(rows, member, "weights_probe", variant)
     out[f"weights_probe_{variant}_half"] = _finite(curves.crossing_step(
         s, v, 0.5 * curves.final_value(v))) if len(s) else None
@@ -108,6 +111,7 @@ def figure(rows, members, chance: float, path: str,
       ax.plot(*curve(rows, member, evaluator, metric), color=colour, label=member)
       if evaluator == "weights_probe":
         ax.plot(*curve(rows, member, evaluator, "b"), color=colour, ls="--")
+        ax.plot(*curve(rows, member, evaluator, "pass"), color=colour, ls=":")
     if evaluator in ("icl", "iwl"):
       ax.axhline(chance, color="grey", lw=0.8, ls=":")
     ax.set(title=title.format(target=probe_target), xlabel="step",
@@ -130,7 +134,8 @@ def report(workdir: str, out_dir: str) -> dict:
   p = config_lib.load_run_config(workdir).plateau
   spec = fseq.FactorSequenceSpec(factor_sizes=tuple(p.factor_sizes),
                                  hidden_factors=tuple(p.hidden_factors),
-                                 label_vocab=p.label_vocab)
+                                 label_vocab=p.get("label_vocab",
+                                                   max(p.factor_sizes)))
   chance = fseq.chance_accuracy(spec)
   probe_chance = float(np.mean([1 / n for n in p.factor_sizes if n > 1]))
   members = list(dict.fromkeys(r["member"] for r in rows))

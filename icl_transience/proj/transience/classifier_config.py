@@ -23,6 +23,9 @@ def blocks(c) -> dict:
   data.rank = 16                # synthetic: class subspace dimension R
   data.spread = 0.7             # synthetic: within-class spread s
   data.isotropic_noise = 0.1
+  # synthetic: >= 0 groups classes 8k..8k+7 as one character's 8 transforms,
+  # clusters this far apart around one centre; < 0: independent classes
+  data.transform_spread = -1.0
   data.dataset_seed = 0
   data.path = ""                # features: .h5/.hdf5/.npy/.npz file
   data.key = "resnet18/224/feat"  # features: HDF5 dataset / npz array name

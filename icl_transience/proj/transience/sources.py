@@ -98,15 +98,25 @@ def check_finite(data_cfg, chunk_bytes: int = 1 << 26):
 
 def synthetic_table(seed: int, n_classes: int, n_exemplars: int, dim: int,
                     rank: int, spread: float, isotropic_noise: float,
-                    sharding=None):
+                    sharding=None, transform_spread: float = -1.0):
   """exemplar(c, e) = (z_c + spread * eps_ce) @ A + noise * N(0, I_dim).
 
   z_c, eps_ce ~ N(0, I_rank); A ~ N(0, 1/rank) of shape rank x dim.
+  transform_spread t >= 0 gives the classes a character structure (the
+  intended layout's class = 8 * character + transform, Singh et al. 2023):
+  z_c = u_{c // 8} + t * w_c with u, w ~ N(0, I_rank), so a character's 8
+  transforms are clusters t apart around one centre; t < 0: independent
+  classes.
   """
   @functools.partial(jax.jit, out_shardings=sharding)
   def make(key):
     k_z, k_eps, k_a, k_noise = jax.random.split(key, 4)
     z = jax.random.normal(k_z, (n_classes, 1, rank))
+    if transform_spread >= 0:
+      n_characters = -(-n_classes // 8)
+      centres = jax.random.normal(jax.random.fold_in(key, 1),
+                                  (n_characters, 1, rank))
+      z = jnp.repeat(centres, 8, axis=0)[:n_classes] + transform_spread * z
     eps = jax.random.normal(k_eps, (n_classes, n_exemplars, rank))
     a = jax.random.normal(k_a, (rank, dim)) / np.sqrt(rank)
     noise = jax.random.normal(k_noise, (n_classes, n_exemplars, dim))
@@ -142,7 +152,8 @@ def load_table(data_cfg, sharding=None):
   if data_cfg.source == "synthetic":
     table = synthetic_table(data_cfg.dataset_seed, data_cfg.n_classes,
                             data_cfg.n_exemplars, data_cfg.dim, data_cfg.rank,
-                            data_cfg.spread, data_cfg.isotropic_noise, sharding)
+                            data_cfg.spread, data_cfg.isotropic_noise, sharding,
+                            data_cfg.get("transform_spread", -1.0))
     if data_cfg.layout == "released":
       rows, cols = released_layout_index(*table.shape[:2])
       table = jax.jit(lambda t: t[rows, cols], out_shardings=sharding)(table)
