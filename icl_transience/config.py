@@ -114,20 +114,28 @@ def _checkpoint_ref() -> ml_collections.ConfigDict:
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """A run's config.json; fields added since it was written get defaults
   (the generic ones and those of its task's blocks), and top-level blocks
-  its task no longer has are dropped."""
-  from icl_transience import tasks  # pylint: disable=g-import-not-at-top
+  its task does not have are dropped."""
   path = epath.Path(workdir) / "config.json"
   if not path.exists():
     raise UserError(f"no run in {workdir} (config.json missing)")
   c = ml_collections.ConfigDict(json.loads(path.read_text()))
+  _fill_defaults(c, drop_foreign_blocks(c))
+  return c
+
+
+def drop_foreign_blocks(c) -> ml_collections.ConfigDict:
+  """Removes (in place) the top-level blocks that neither the generic
+  config nor c's task defines (e.g. the classifier's blocks, which every
+  task's config carried before; the omniglot block of a transience config
+  on synthetic features); returns those defaults."""
+  from icl_transience import tasks  # pylint: disable=g-import-not-at-top
   defaults = base_config()
   defaults.task = c.get("task", defaults.task)
   for name, block in tasks.blocks(c).items():
     defaults[name] = block
-  for name in [k for k in c if k not in defaults]:  # e.g. the classifier's
-    del c[name]  # blocks, which every task's config carried before
-  _fill_defaults(c, defaults)
-  return c
+  for name in [k for k in c if k not in defaults]:
+    del c[name]
+  return defaults
 
 
 def _fill_defaults(c, defaults):

@@ -14,6 +14,7 @@ from icl_transience import evaluate
 from icl_transience import metrics_table
 from icl_transience.errors import UserError
 from icl_transience.train import loop
+from icl_transience.proj.transience.omniglot import task as omniglot_task
 
 from helpers import (assert_trees_equal, copy_run, final_state, run_cli,
                      smoke_config, start_smoke_trainer)
@@ -137,3 +138,15 @@ def test_workdir_refuses_another_run_and_accepts_resumable_changes(tmp_path):
       "ckpt.keep": 2, "steps_per_call": 20, "evals.batch_size": 16,
       "num_devices": 1, "population_sharding": "batch"}), workdir)
   assert config_lib.load_run_config(workdir).steps_per_call == 20
+
+
+def test_a_block_the_task_does_not_read_does_not_block_resuming(tmp_path):
+  """A transience config on synthetic features carries the omniglot block
+  (for --config.data.source=omniglot); its run must resume."""
+  workdir = str(tmp_path)
+  with_omniglot = lambda **kw: config_lib.override(
+      smoke_config(**kw), {"omniglot": omniglot_task.default_config()})
+  loop.save_config(with_omniglot(), workdir)
+  loop.save_config(with_omniglot(total_sequences=1600), workdir)
+  with pytest.raises(UserError, match="^data.spread: workdir"):
+    loop.save_config(with_omniglot(**{"data.spread": 0.5}), workdir)

@@ -13,6 +13,7 @@ import signal
 import time
 
 import jax
+import ml_collections
 import numpy as np
 from absl import logging
 from etils import epath
@@ -73,7 +74,10 @@ def save_config(c, workdir: str):
   new = json.loads(c.to_json())
   if epath.Path(path).exists():
     old = json.loads(config_lib.load_run_config(workdir).to_json())
-    flat_old, flat_new = _flatten(old), _flatten(new)
+    # blocks this task does not read (dropped on loading) are not compared
+    ours = ml_collections.ConfigDict(new)
+    config_lib.drop_foreign_blocks(ours)
+    flat_old, flat_new = _flatten(old), _flatten(json.loads(ours.to_json()))
     for field in sorted(set(flat_old) | set(flat_new)):  # every process checks
       if any(field == r or field.startswith(r + ".") for r in RESUMABLE_CHANGES):
         continue
