@@ -171,7 +171,7 @@ AUTHORS_CPU = {
                   "fixed_fraction=0.25",
     "batch_size": 32, "steps_per_call": 250, "total_sequences": 32 * 12_000,
     "eval_every": 32 * 500, "ckpt.every": 32 * 2000,
-    "model.depth": 4, "model.d_model": 64,
+    "model.depth": 3, "model.d_model": 64, "optim.lr": 1e-3,
     "plateau.train_sequences": 20_000, "plateau.test_sequences": 2048,
     "plateau.weights_probe_sequences": 2048, "plateau.weights_probe_test": 1024,
     "plateau.probe_batch_size": 32, "plateau.eval_batch_size": 256,

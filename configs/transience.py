@@ -62,6 +62,7 @@ def transience_config():
       "train.context_len": 8, "train.burstiness": 3,
       "evals.names": ("b2_train_eval", "train_eval", "iwl_copy_avail",
                       "flip_icl", "icl", "pure_iwl"),
+      "evals.standard_burstiness": 3,
       "evals.n_sequences": 1000, "evals.n_classes": 12_800,
       "evals.exemplars": (0, 20),
       "model.depth": 12, "model.mlp_ratio": 4, "model.positions": "sinusoidal",

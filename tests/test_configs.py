@@ -69,6 +69,7 @@ def test_transience_variants_validate(variant):
   b2 = probes.eval_spec("b2_train_eval", c)
   assert (b2.burstiness, b2.n_rest) == (2, 4)
   assert probes.eval_spec("icl", c).burstiness == 4
+  assert probes.eval_spec("train_eval", c) == probes.eval_spec("train_dist", c)
 
 
 @pytest.mark.parametrize("variant", sorted(transience_l2.VARIANTS))

@@ -8,6 +8,7 @@ from icl_transience.proj.transience import probes
 from icl_transience.proj.transience import classifier_config
 
 from helpers import smoke_config
+import coopetition  # pylint: disable=wrong-import-order  (configs/, via helpers)
 
 
 def reference_metrics(logits, labels, target):
@@ -54,6 +55,19 @@ def test_eval_specs_follow_the_paper_table():
   assert ciwl.assign_query_label_random and not iwl.assign_query_label_random
   for s in (ciwl, iwl):
     assert s.burstiness == 0 and s.no_support and s.unique_rest
+
+
+def test_train_eval_is_the_standard_set_whatever_the_variant_trains_on():
+  """Singh et al. 2025 evaluate every 2-layer run on burstiness 1 + a
+  distractor; ciwl_only trains on no-support sequences."""
+  main, ciwl_only = coopetition.get_config(), coopetition.get_config("ciwl_only")
+  for name in ("train_eval", "icl", "flip_icl", "iwl_copy_avail", "pure_iwl"):
+    assert probes.eval_spec(name, ciwl_only) == probes.eval_spec(name, main)
+  standard = probes.eval_spec("train_eval", ciwl_only)
+  assert (standard.burstiness, standard.distractor, standard.no_support) == (1, True, False)
+  own = probes.eval_spec("train_dist", ciwl_only)
+  assert (own.burstiness, own.no_support, own.unique_rest) == (0, True, True)
+  assert probes.eval_spec("train_dist", main) == probes.eval_spec("train_eval", main)
 
 
 def test_eval_sets_follow_the_eval_seed():

@@ -1,8 +1,8 @@
 """Learning plateaus as Fu et al.'s code runs them: frozen item embeddings.
 
 Items are fixed vectors of the Shapes3D images (proj/plateaus/embeddings.py:
-the authors' npz, or a seeded stand-in; or the procedural renderer's pixels
-flattened), read in by one linear layer together with the label one-hots
+the authors' npz, or a seeded stand-in, as a device table; or the procedural
+renderer's pixels flattened, rendered where a batch is drawn), read in by one linear layer together with the label one-hots
 (proj/plateaus/readin_model.py). Sequences are 40 (item, label) pairs of
 distinct images of one split, labelled through a pool of maps
 (proj/plateaus/pool_sequences.py); training reads a fixed set of sequences
@@ -143,6 +143,9 @@ class AuthorsPlateauTask:
     consts = jax.jit(build)()
     if self._file is not None:
       consts["table"] = jnp.asarray(self._file)
+    elif self.p.item_source == "embedding":
+      consts["table"] = jax.jit(embeddings.standin_table, static_argnums=0)(
+          self.standin)
     return jax.device_put(consts, sharding)
 
   def items(self, rows, consts) -> jax.Array:
@@ -151,9 +154,7 @@ class AuthorsPlateauTask:
       factors = embeddings.row_factors(rows, self.factor_sizes)
       images = shapes.render(factors, self.shapes_spec)
       return images.reshape(rows.shape + (-1,))
-    if "table" in consts:
-      return consts["table"][rows]
-    return embeddings.standin(rows, self.standin)
+    return consts["table"][rows]
 
   def _training_sequences(self, key, consts, step) -> pool.Sequences:
     if consts["train_set"] is None:

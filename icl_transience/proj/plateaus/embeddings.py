@@ -17,8 +17,8 @@ of that layout:
               `entangle` e in [0, 1] and `noise` are the difficulty knobs:
               e = 0 makes every factor linearly decodable from the row,
               e = 1 only through the nonlinear mixture.
-The stand-in is a function of the row index (nothing is stored), so a batch
-computes its items where it is sampled.
+`standin_table` computes every row once, in chunks, into a table of the
+file's shape, so both sources are read the same way.
 """
 import dataclasses
 import math
@@ -100,6 +100,15 @@ def standin(rows: jax.Array, spec: StandInSpec) -> jax.Array:
         jax.random.fold_in(noise_key, r), (spec.dim,)))(flat)
     x = x + spec.noise * noise.reshape(rows.shape + (spec.dim,))
   return x
+
+
+def standin_table(spec: StandInSpec, chunk: int = 8192) -> jax.Array:
+  """(n_images, dim) float32: the stand-in of every row, chunk rows at a time."""
+  n = math.prod(spec.factor_sizes)
+  n_chunks = -(-n // chunk)
+  rows = jnp.minimum(jnp.arange(n_chunks * chunk), n - 1).reshape(n_chunks, chunk)
+  table = jax.lax.map(lambda r: standin(r, spec), rows)
+  return table.reshape(-1, spec.dim)[:n]
 
 
 def load_file(path: str, factor_sizes: tuple[int, ...],

@@ -52,6 +52,9 @@ def blocks(c) -> dict:
 
   evals = ml_collections.ConfigDict()
   evals.names = ("train_eval", "icl", "flip_icl", "iwl_copy_avail", "pure_iwl")
+  # train_eval's query items (+ as many distractors), fixed across variants;
+  # train_dist is the variant's own training distribution
+  evals.standard_burstiness = 1
   evals.n_sequences = 5000
   evals.n_classes = 1600
   evals.exemplars = (0, 5)

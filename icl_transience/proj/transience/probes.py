@@ -28,15 +28,24 @@ def register(name: str):
 
 
 @register("train_eval")
-def _train_eval(train: sequences.SequenceSpec) -> sequences.SequenceSpec:
-  """The training distribution."""
-  return train
+def _train_eval(standard: sequences.SequenceSpec) -> sequences.SequenceSpec:
+  """The standard set, the same for every variant of a run (Singh et al.
+  2025 evaluate every 2-layer run on burstiness 1 + a distractor):
+  evals.standard_burstiness query items, as many distractors."""
+  return standard
 
 
 @register("b2_train_eval")
-def _b2_train_eval(train):
-  """The training distribution with burstiness 2 (12-layer runs, K = 8)."""
-  return dataclasses.replace(train, burstiness=2)
+def _b2_train_eval(standard):
+  """The standard set with burstiness 2 (12-layer runs, K = 8)."""
+  return dataclasses.replace(standard, burstiness=2)
+
+
+@register("train_dist")
+def _train_dist(standard):
+  """The run's own training distribution (its variant's sequence type);
+  eval_spec builds it, as it is not derived from the standard set."""
+  return standard
 
 
 @register("icl")
@@ -68,13 +77,21 @@ def _pure_iwl(train):
 
 
 def eval_spec(name: str, c) -> sequences.SequenceSpec:
-  """The evaluator's spec: uniform over eval classes and eval exemplars."""
-  base = dataclasses.replace(
+  """The evaluator's spec: uniform over eval classes and eval exemplars, on
+  the training context length; every evaluator but train_dist starts from
+  the standard set (evals.standard_burstiness + a distractor), so a variant's
+  training data (e.g. ciwl_only) changes none of them."""
+  train = dataclasses.replace(
       classifier_config.train_spec(c), relabel="none", fs_relabel=0,
       assign_query_label_random=False, match_query_and_distractors=False,
       zipf_exponent=0.0, n_classes=c.evals.n_classes,
       exemplars=tuple(c.evals.exemplars))
-  return EVALUATORS[name](base)
+  if name == "train_dist":
+    return train
+  standard = dataclasses.replace(
+      train, burstiness=c.evals.get("standard_burstiness", 1), distractor=True,
+      no_support=False, unique_rest=False)
+  return EVALUATORS[name](standard)
 
 
 def validate(c):
