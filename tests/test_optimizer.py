@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from icl_transience import config as config_lib
+from icl_transience import tasks
 from icl_transience.train import loop
 from icl_transience.train import step as step_lib
 
@@ -80,3 +81,28 @@ def test_three_updates_equal_optax(case):
     np.testing.assert_allclose(got, want, rtol=1e-5, atol=1e-7)
     moved = max(moved, float(np.abs(np.asarray(want) - np.asarray(start)).max()))
   assert moved > 1e-3  # three steps of lr 1e-3 moved the parameters
+
+
+def test_selective_l2_groups_are_whole_sub_modules():
+  """Each group holds every parameter of its sub-modules, LayerNorms
+  included (Singh et al. 2023's selective regularisation); the others none."""
+  task = tasks.build(smoke_config(**{"model.mlp_ratio": 2}))
+  params = jax.eval_shape(task.init_weights, jax.random.PRNGKey(0))["params"]
+  paths = [jax.tree_util.keystr(p) for p, _ in
+           jax.tree_util.tree_flatten_with_path(params)[0]]
+  group = lambda g: {p for p, (path, _) in zip(
+      paths, jax.tree_util.tree_flatten_with_path(params)[0])
+                     if step_lib.in_l2_group(path, g)}
+  first = "['block_0']"
+  assert group("attention") >= {f"{first}['ln_attn']['scale']",
+                                f"{first}['attn']['qkv']['kernel']"}
+  assert group("mlp") >= {f"{first}['ln_mlp']['bias']",
+                          f"{first}['mlp_in']['kernel']"}
+  assert group("embedder") == {"['input_proj']['kernel']", "['input_proj']['bias']",
+                               "['label_embed']['embedding']", "['positions']"}
+  assert not group("attention") & group("mlp")
+  assert not any("mlp" in p for p in group("attention"))
+  rest = set(paths) - group("attention") - group("mlp") - group("embedder")
+  assert rest == {"['ln_final']['scale']", "['ln_final']['bias']",
+                  "['unembed']['kernel']", "['unembed']['bias']"}
+  assert group("all") == set(paths)

@@ -42,15 +42,24 @@ from icl_transience import config as config_lib
 from icl_transience import tasks
 
 # Parameter groups for selective weight decay (Singh et al. 2023): name fragments.
-L2_GROUPS = {"all": ("",), "mlp": ("mlp_in", "mlp_out"), "attention": ("attn",),
-             "embedder": ("input_proj", "embedder")}
+# Selective L2 (Singh et al. 2023): each group is every parameter of its
+# sub-modules, LayerNorms included: a leaf belongs to a group when a module
+# on its path has one of these names (None = every leaf).
+L2_GROUPS = {"all": None, "mlp": ("mlp_in", "mlp_out", "ln_mlp"),
+             "attention": ("attn", "ln_attn"),
+             "embedder": ("input_proj", "embedder", "label_embed", "positions")}
+
+
+def in_l2_group(path, group: str) -> bool:
+  names = L2_GROUPS[group]
+  return names is None or any(getattr(k, "key", None) in names for k in path)
 
 
 def l2_penalty(params, form: str, group: str = "all"):
   """sum ||w|| (icl-dynamics, unsquared) or sum ||w||^2 / 2 over the leaves
   of one parameter group."""
   leaves = [w for path, w in jax.tree_util.tree_flatten_with_path(params)[0]
-            if any(f in jax.tree_util.keystr(path) for f in L2_GROUPS[group])]
+            if in_l2_group(path, group)]
   if form == "norm":  # safe_norm: a zero leaf (e.g. a bias) gets gradient 0
     return sum(optax.safe_norm(w, 0.0) for w in leaves)
   return sum(0.5 * jnp.sum(w * w) for w in leaves)
