@@ -86,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.ckpt = ml_collections.ConfigDict()
   c.ckpt.every = 1_000_000        # sequences; 0 = off
-  c.ckpt.at = ()                  # explicit sequence counts
+  c.ckpt.at = ()                  # explicit sequence counts, landed on exactly
   c.ckpt.log_spaced = 0           # extra log-spaced points over the horizon
   c.ckpt.keep = 0                 # keep the newest N (0 = keep all)
   # On resume, unreadable checkpoints move to checkpoints/corrupt/; with none
@@ -275,6 +275,9 @@ def validate(c, n_devices: int = 1):
     value = c.get(field) if "." not in field else c.ckpt.every
     _check(value >= 0 and value % grid == 0, field,
            f"{value} is not a multiple of batch_size x steps_per_call = {grid}")
+  _check(all(int(a) == a and a > 0 and a % c.batch_size == 0 for a in c.ckpt.at),
+         "ckpt.at", f"{tuple(c.ckpt.at)}: sequence counts must be positive "
+         f"multiples of batch_size = {c.batch_size}")
   _check(c.total_sequences > 0, "total_sequences", "must be positive")
   _check(c.eval_every > 0, "eval_every", "must be positive")
   _check(c.ckpt.keep >= 0, "ckpt.keep", "must be >= 0")

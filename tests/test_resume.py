@@ -125,6 +125,22 @@ def test_steps_per_call_and_eval_batch_size_change_no_result(smoke_run, tmp_path
                                rtol=1e-5, atol=1e-6)
 
 
+def test_an_explicit_checkpoint_off_the_call_grid_changes_no_result(
+    smoke_run, tmp_path):
+  """ckpt.at lands on any step (Singh et al. 2025 graft from 9,750,016
+  sequences, off a 20,000-sequence grid) by shortening one call."""
+  c = smoke_config()
+  landed = str(tmp_path / "landed")
+  loop.train(smoke_config(**{"ckpt.at": (13 * c.batch_size, 57 * c.batch_size)}),
+             landed)
+  assert {13, 57} <= set(checkpoint_steps(landed))
+  assert_trees_equal(final_state(c, smoke_run)["params"],
+                     final_state(c, landed)["params"])
+  assert final_state(c, landed, step=13)["step"] == 13
+  with pytest.raises(UserError, match=r"^ckpt.at: \(100,\): sequence counts"):
+    config_lib.validate(smoke_config(**{"ckpt.at": (100,)}))
+
+
 def test_workdir_refuses_another_run_and_accepts_resumable_changes(tmp_path):
   workdir = str(tmp_path)
   loop.save_config(smoke_config(), workdir)

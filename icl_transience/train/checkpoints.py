@@ -19,20 +19,27 @@ STEP_DIGITS = 8
 
 
 def schedule(ckpt_cfg, batch_size: int, steps_per_call: int, total_steps: int):
-  """Sorted checkpoint steps: every N, explicit, log-spaced; on the call grid."""
+  """Sorted checkpoint steps: every N and log-spaced ones rounded up onto the
+  fused-call grid; explicit ones (`at`, in sequences) exactly where asked
+  (the call before one is shortened to land on it); always the last step."""
   steps = set()
   if ckpt_cfg.every:
     every = ckpt_cfg.every // batch_size
     steps.update(range(every, total_steps + 1, every))
-  for seqs in ckpt_cfg.at:
-    steps.add(int(seqs) // batch_size)
   if ckpt_cfg.log_spaced:
     points = np.geomspace(steps_per_call, total_steps, ckpt_cfg.log_spaced)
     steps.update(int(p) for p in points)
-  grid = steps_per_call  # round up onto the fused-call grid
+  grid = steps_per_call
   steps = {min(-(-s // grid) * grid, total_steps) for s in steps if s > 0}
+  steps.update(s for s in explicit_steps(ckpt_cfg, batch_size, total_steps))
   steps.add(total_steps)
   return sorted(steps)
+
+
+def explicit_steps(ckpt_cfg, batch_size: int, total_steps: int) -> list[int]:
+  """The `at` checkpoints (sequence counts) as steps inside the run."""
+  return sorted({int(seqs) // batch_size for seqs in ckpt_cfg.at
+                 if 0 < int(seqs) // batch_size <= total_steps})
 
 
 def manager(workdir: str, keep: int = 0, read_only: bool = False):

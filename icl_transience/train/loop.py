@@ -244,6 +244,7 @@ class Run:
     bs, k = c.batch_size, c.steps_per_call
     eval_period = c.eval_every // bs
     ckpt_steps = set(checkpoints.schedule(c.ckpt, bs, k, total))
+    landings = checkpoints.explicit_steps(c.ckpt, bs, total)
     alive = trainer.alive([n not in self.diverged for n in self.names])
     pending, in_flight, snapshot = [], None, None
     last_time, last_step = time.time(), step
@@ -252,8 +253,10 @@ class Run:
       while step < total:
         self._profile(calls, state)
         calls += 1
-        # A run resumed with another steps_per_call first steps onto its grid.
+        # A run resumed with another steps_per_call first steps onto its
+        # grid; a call stops short to land on an explicit checkpoint.
         length = k - step % k
+        length = min([length] + [s - step for s in landings if s > step])
         state, alive, metrics = trainer.train_chunk(state, self.table, alive,
                                                     length=length)
         if snapshot is not None:  # copied while this call trains
