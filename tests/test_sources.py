@@ -37,6 +37,15 @@ def test_a_transform_spread_groups_eight_classes_as_one_character():
                         axis=-1).mean() > 3 * siblings
 
 
+
+def test_relu_features_are_the_table_clipped_at_zero():
+  args = (0, 8, 5, 32, 4, 0.7, 0.1)
+  plain = np.asarray(sources.synthetic_table(*args))
+  clipped = np.asarray(sources.synthetic_table(*args, relu=True))
+  np.testing.assert_array_equal(clipped, np.maximum(plain, 0))
+  assert (plain < 0).mean() > 0.3
+
+
 def data_cfg(**kw):
   base = dict(source="features", path="", key="resnet18/224/feat", n_classes=0,
               n_exemplars=0, dim=0, layout="intended")

@@ -98,7 +98,8 @@ def check_finite(data_cfg, chunk_bytes: int = 1 << 26):
 
 def synthetic_table(seed: int, n_classes: int, n_exemplars: int, dim: int,
                     rank: int, spread: float, isotropic_noise: float,
-                    sharding=None, transform_spread: float = -1.0):
+                    sharding=None, transform_spread: float = -1.0,
+                    relu: bool = False):
   """exemplar(c, e) = (z_c + spread * eps_ce) @ A + noise * N(0, I_dim).
 
   z_c, eps_ce ~ N(0, I_rank); A ~ N(0, 1/rank) of shape rank x dim.
@@ -106,7 +107,8 @@ def synthetic_table(seed: int, n_classes: int, n_exemplars: int, dim: int,
   intended layout's class = 8 * character + transform, Singh et al. 2023):
   z_c = u_{c // 8} + t * w_c with u, w ~ N(0, I_rank), so a character's 8
   transforms are clusters t apart around one centre; t < 0: independent
-  classes.
+  classes. relu: every coordinate max(x, 0), non-negative like a ResNet's
+  penultimate features.
   """
   @functools.partial(jax.jit, out_shardings=sharding)
   def make(key):
@@ -123,7 +125,8 @@ def synthetic_table(seed: int, n_classes: int, n_exemplars: int, dim: int,
     # Full float32 precision whatever the backend's default (TF32 on recent
     # GPUs, one bf16 pass on TPUs): one seed, one table, on every machine.
     points = jnp.matmul(z + spread * eps, a, precision=jax.lax.Precision.HIGHEST)
-    return points + isotropic_noise * noise
+    points = points + isotropic_noise * noise
+    return jax.nn.relu(points) if relu else points
 
   return make(jax.random.PRNGKey(seed))
 
@@ -153,7 +156,8 @@ def load_table(data_cfg, sharding=None):
     table = synthetic_table(data_cfg.dataset_seed, data_cfg.n_classes,
                             data_cfg.n_exemplars, data_cfg.dim, data_cfg.rank,
                             data_cfg.spread, data_cfg.isotropic_noise, sharding,
-                            data_cfg.get("transform_spread", -1.0))
+                            data_cfg.get("transform_spread", -1.0),
+                            data_cfg.get("relu_features", False))
     if data_cfg.layout == "released":
       rows, cols = released_layout_index(*table.shape[:2])
       table = jax.jit(lambda t: t[rows, cols], out_shardings=sharding)(table)
