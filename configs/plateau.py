@@ -163,9 +163,9 @@ def authors_config() -> ml_collections.ConfigDict:
 
 AUTHORS_STRATEGIES = ("context_loss=0, weights_loss=0; context_loss=0.1; "
                       "weights_loss=0.1; weights_warmup=2000; fixed_fraction=0.25")
-# A 2-core CPU run of the authors' setup on the stand-in (see the paper's
-# README): 4 blocks of d 64, batch 32, 20,000 training sequences, 12,000
-# steps; the four members of `strategies` but warm-up, evaluated every 500.
+# A 2-core CPU size of the authors' setup on the stand-in (see the paper's
+# README): 3 blocks of d 64, Adam 1e-3, batch 32, 20,000 training sequences,
+# evaluated every 500 steps, smaller test and probe sets.
 AUTHORS_CPU = {
     "population": "weights_loss=0; context_loss=0.1; weights_loss=0.1; "
                   "fixed_fraction=0.25",
@@ -175,15 +175,16 @@ AUTHORS_CPU = {
     "plateau.train_sequences": 20_000, "plateau.test_sequences": 2048,
     "plateau.weights_probe_sequences": 2048, "plateau.weights_probe_test": 1024,
     "plateau.probe_batch_size": 32, "plateau.eval_batch_size": 256,
-    "plateau.weights_probe_block": 1, "plateau.n_classes": 16,
+    "plateau.weights_probe_block": 1,
 }
 AUTHORS_SMOKE = {
     "batch_size": 8, "steps_per_call": 10, "total_sequences": 8 * 40,
     "eval_every": 8 * 20, "ckpt.every": 8 * 20,
     "model.depth": 2, "model.d_model": 32, "model.n_heads": 2,
     "model.mlp_ratio": 1, "model.max_len": 16,
-    "plateau.item_dim": 24, "plateau.n_classes": 16, "plateau.context_len": 8,
-    "plateau.factor_sizes": (4, 3, 5), "plateau.hidden_factors": (0, 1, 2),
+    "plateau.item_dim": 24, "plateau.n_classes": 64,
+    "plateau.extra_dims_start": 16, "plateau.context_len": 8,
+    "plateau.factor_sizes": (4, 4, 10), "plateau.hidden_factors": (0, 1, 2),
     "plateau.n_maps": 6, "plateau.train_sequences": 64,
     "plateau.test_sequences": 32, "plateau.icl_min_position": 4,
     "plateau.weights_probe_block": 0, "plateau.weights_probe_sequences": 32,

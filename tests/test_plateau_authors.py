@@ -21,11 +21,12 @@ from icl_transience.proj.plateaus import authors_task
 from icl_transience.proj.plateaus import embeddings
 from icl_transience.proj.plateaus import pool_sequences as pool
 from icl_transience.proj.plateaus import report as plateau_report
+from icl_transience.proj.plateaus import shapes
 from icl_transience.train import loop
 
 quick_jit = functools.partial(
     jax.jit, compiler_options={"xla_backend_optimization_level": 0})
-SPEC = pool.PoolSpec(factor_sizes=(4, 3, 5), hidden_factors=(0, 1, 2),
+SPEC = pool.PoolSpec(factor_sizes=(4, 4, 10), hidden_factors=(0, 1, 2),
                      context_len=8, n_maps=5)
 
 
@@ -45,9 +46,9 @@ def drawn():
 
 def test_sequences_respect_the_split_and_never_repeat_an_image(drawn):
   train_rows, test_rows, _, seqs, _ = drawn
-  assert (len(train_rows), len(test_rows)) == (48, 12)       # 80 / 20 of 60
+  assert (len(train_rows), len(test_rows)) == (128, 32)      # 80 / 20 of 160
   assert not set(train_rows) & set(test_rows)
-  assert set(train_rows) | set(test_rows) == set(range(60))
+  assert set(train_rows) | set(test_rows) == set(range(160))
   rows = np.asarray(seqs.rows)
   assert rows.shape == (200, 8) and set(rows.ravel()) <= set(train_rows)
   assert all(len(set(r)) == 8 for r in rows)
@@ -72,37 +73,43 @@ def test_labels_are_a_permutation_of_the_hidden_factors_ids(drawn):
   # pool sampling: every map and every hidden factor is used
   assert set(np.asarray(seqs.map_id)) == set(range(5))
   assert set(np.asarray(seqs.hidden)) == {0, 1, 2}
+  # a sequence's labels are that map's: the same value, the same label
+  for i in range(200):
+    e = int(seqs.hidden[i])
+    pairs = set(zip(factors[i, :, e], labels[i]))
+    assert len({v for v, _ in pairs}) == len(pairs)
 
 
 def test_one_map_is_d_fix_and_the_fixed_share_is_map_zero(drawn):
-  train_rows, _, _, _, _ = drawn
+  train_rows, _, _, seqs, _ = drawn
   spec = pool.PoolSpec(factor_sizes=SPEC.factor_sizes, context_len=8, n_maps=1,
                        hidden_factors=(0, 1, 2))
   maps = pool.map_pool(jax.random.PRNGKey(1), spec)
-  seqs = pool.sample_sequences(jax.random.PRNGKey(4), jnp.asarray(train_rows),
-                               100, spec)
-  assert set(np.asarray(seqs.map_id)) == {0}
-  factors = np.stack(np.unravel_index(np.asarray(seqs.rows), spec.factor_sizes), -1)
-  labels = np.asarray(pool.labels(seqs, maps, spec))
+  fixed = pool.sample_sequences(jax.random.PRNGKey(4), jnp.asarray(train_rows),
+                                100, spec)
+  assert set(np.asarray(fixed.map_id)) == {0}
+  factors = np.stack(np.unravel_index(np.asarray(fixed.rows), spec.factor_sizes), -1)
+  labels = np.asarray(pool.labels(fixed, maps, spec))
   seen = {}
   for i in range(100):   # the same (factor, value) gets the same label everywhere
-    e = int(seqs.hidden[i])
+    e = int(fixed.hidden[i])
     for v, y in zip(factors[i, :, e], labels[i]):
       assert seen.setdefault((e, v), y) == y
-  mixed = pool.with_fixed_map(jax.random.PRNGKey(5), drawn[3], 0.25)
-  assert int((np.asarray(mixed.map_id) != np.asarray(drawn[3].map_id)).sum()) <= 50
-  assert int((np.asarray(mixed.map_id) == 0).sum()) >= 50
+  ones = seqs._replace(map_id=jnp.ones_like(seqs.map_id))
+  after = np.asarray(pool.with_fixed_map(jax.random.PRNGKey(5), ones, 0.25).map_id)
+  assert int((after == 0).sum()) == 50 and set(after) == {0, 1}   # a quarter of 200
 
 
 def test_each_epoch_reads_the_fixed_set_once_in_a_new_order():
   n, batch = 10, 4                  # batches straddle epochs
-  key = jax.random.PRNGKey(0)
-  read = np.concatenate([np.asarray(pool.epoch_order(key, s, batch, n))
+  orders = pool.epoch_orders(jax.random.PRNGKey(0), 5, n)
+  read = np.concatenate([np.asarray(pool.batch_index(orders, s, batch))
                          for s in range(10)])        # 40 = 4 epochs
   epochs = read.reshape(4, n)
   for e in epochs:
     assert sorted(e) == list(range(n))
   assert len({tuple(e) for e in epochs}) == 4
+  np.testing.assert_array_equal(epochs, np.asarray(orders)[:4])
 
 
 def test_standin_has_the_authors_shape_and_additive_factors():
@@ -127,6 +134,21 @@ def test_standin_has_the_authors_shape_and_additive_factors():
 
 
 SIZES = (2, 3)
+
+
+def test_pixel_items_are_the_renderers_images():
+  c = smoke_config(**{"plateau.item_source": "pixels", "plateau.image_size": 8,
+                      "plateau.factor_sizes": (2, 2, 2, 2, 4, 3),
+                      "plateau.hidden_factors": (0, 4)})
+  config_lib.validate(c)
+  task = authors_task.AuthorsPlateauTask(c)
+  consts = task.constants(None)
+  rows = jnp.asarray([[0, 5], [191, 7]])
+  items = task.items(rows, consts)
+  assert items.shape == (2, 2, 192) == rows.shape + (task.item_dim(),)
+  factors = embeddings.row_factors(rows[1, 0], (2, 2, 2, 2, 4, 3))
+  np.testing.assert_array_equal(items[1, 0], shapes.render(
+      factors, task.shapes_spec).reshape(-1))
 
 
 @pytest.mark.parametrize("content, match", [
@@ -155,16 +177,19 @@ def test_embedding_file_errors_are_one_line(tmp_path, content, match):
   assert "\n" not in str(e.value)
 
 
-def test_an_embedding_file_in_the_authors_layout_is_read(tmp_path):
-  table = np.random.default_rng(0).standard_normal((60, 24)).astype(np.float16)
+def test_an_embedding_file_in_the_authors_layout_is_what_training_reads(tmp_path):
+  table = np.random.default_rng(0).standard_normal((160, 20)).astype(np.float16)
   np.savez(tmp_path / "repre_vae.npz", repre=table)
   c = smoke_config(**{"plateau.embeddings": str(tmp_path / "repre_vae.npz")})
-  task = authors_task.AuthorsPlateauTask(c)
-  task.validate(1)
+  config_lib.validate(c)
+  task = authors_task.AuthorsPlateauTask(c)        # as the trainer builds it
   consts = task.constants(None)
-  rows = jnp.asarray([[0, 17, 59]])
-  np.testing.assert_array_equal(task.items(rows, consts)[0],
-                                table[[0, 17, 59]].astype(np.float32))
+  batch = task.sample_batch(jax.random.PRNGKey(0), consts, {
+      "weights_warmup": 0.0, "fixed_fraction": 0.0}, 3)
+  assert batch["items"].shape[-1] == 20 == task.item_dim()
+  want = table.astype(np.float32)[np.ravel_multi_index(
+      tuple(np.moveaxis(np.asarray(batch["factors"]), -1, 0)), (4, 4, 10))]
+  np.testing.assert_array_equal(batch["items"], want)
 
 
 @pytest.fixture(scope="module")
@@ -193,12 +218,17 @@ def test_pass_through_equals_attention_returning_its_normalised_input(smoke):
                              rtol=1e-5, atol=1e-5)
   normal = task.model.apply({"params": params}, batch["items"], batch["labels"])
   assert float(jnp.abs(normal["streams"][k + 1] - want["streams"][k + 1]).max()) > 1e-3
-  # every item token then depends only on its own item and position
-  other = batch["items"].at[:, 1:].set(0.0)
+  # a later item token then depends only on its own item and position
+  j = 5
+  other = batch["items"].at[:, :j].set(0.0).at[:, j + 1:].set(0.0)
   alone = task.model.apply({"params": params}, other, batch["labels"] * 0,
                            attention="pass", stop_after=k)
-  np.testing.assert_allclose(alone["streams"][k + 1][:, 0],
-                             got["streams"][k + 1][:, 0], rtol=1e-5, atol=1e-5)
+  np.testing.assert_allclose(alone["streams"][k + 1][:, 2 * j],
+                             got["streams"][k + 1][:, 2 * j], rtol=1e-5, atol=1e-5)
+  attending = task.model.apply({"params": params}, other, batch["labels"] * 0,
+                               stop_after=k)
+  assert float(jnp.abs(attending["streams"][k + 1][:, 2 * j]
+                       - normal["streams"][k + 1][:, 2 * j]).max()) > 1e-3
 
 
 def log_softmax(x):
@@ -207,38 +237,49 @@ def log_softmax(x):
       np.exp(x - x.max(-1, keepdims=True)).sum(-1, keepdims=True))
 
 
-def test_extra_losses_match_a_hand_computation(smoke):
+@pytest.mark.parametrize("hyper", [
+    {"context_loss": 0.3, "weights_loss": 0.0},
+    {"context_loss": 0.0, "weights_loss": 0.7},
+    {"context_loss": 0.0, "weights_loss": 0.0}])
+def test_extra_losses_match_a_hand_computation(smoke, hyper):
+  """The authors' code reads both extra losses off the one read-out: labels
+  over dims ..E (every dim when no extra loss is on), the hidden factor
+  over dims E.., factor f over dims E + 10 f .. E + 10 (f + 1)."""
   task, params, _, batch = smoke
-  hyper = {"context_loss": 0.3, "weights_loss": 0.7}
   total, (metrics, _) = task.loss({"params": params}, batch, hyper, 0)
-  out = task.model.apply({"params": params}, batch["items"], batch["labels"])
+  logits = np.asarray(task.model.apply({"params": params}, batch["items"],
+                                       batch["labels"])["logits"], np.float64)
+  assert logits.shape[-1] == 64 and task.extra == 16     # smoke sizes
   labels, hidden = np.asarray(batch["labels"]), np.asarray(batch["hidden"])
   factors = np.asarray(batch["factors"])
-  lp = log_softmax(out["logits"])
-  label = -np.take_along_axis(lp, labels[..., None], -1).mean()
-  assert out["logits"].shape[-1] == 16                  # plateau.n_classes
-  lc = log_softmax(out["context_logits"])
-  context = -np.mean([lc[b, i, hidden[b]] for b in range(labels.shape[0])
-                      for i in range(labels.shape[1])])
-  lf = log_softmax(out["factor_logits"])                 # (B, L, 3, 5)
-  factor = -np.mean([lf[b, i, f, factors[b, i, f]] for b in range(labels.shape[0])
-                     for i in range(labels.shape[1]) for f in range(3)])
+  n, length = labels.shape
+  extra_on = hyper["context_loss"] > 0 or hyper["weights_loss"] > 0
+  lp = log_softmax(logits[..., :16] if extra_on else logits)
+  label = -np.mean([lp[b, i, labels[b, i]] for b in range(n) for i in range(length)])
+  lc = log_softmax(logits[..., 16:])
+  context = -np.mean([lc[b, i, hidden[b]] for b in range(n) for i in range(length)])
+  factor = -np.mean([log_softmax(logits[b, i, 16 + 10 * f:26 + 10 * f])[factors[b, i, f]]
+                     for b in range(n) for i in range(length) for f in range(3)])
   assert math.isclose(metrics["label_loss"], label, rel_tol=1e-5)
   assert math.isclose(metrics["context_loss"], context, rel_tol=1e-5)
   assert math.isclose(metrics["factor_loss"], factor, rel_tol=1e-5)
-  assert math.isclose(float(total), label + 0.3 * context + 0.7 * factor,
-                      rel_tol=1e-5)
+  want = label + hyper["context_loss"] * context + hyper["weights_loss"] * factor
+  assert math.isclose(float(total), want, rel_tol=1e-5)
 
 
 @pytest.mark.parametrize("field, value, match", [
     ("plateau.item_source", "voxels", r"plateau.item_source: unknown 'voxels'"),
-    ("plateau.context_len", 100, r"plateau.context_len: must be in \[1, 12\]"),
+    ("plateau.context_len", 9, r"plateau.context_len: must be in \[1, 8\] for 32"),
     ("plateau.n_maps", 0, r"plateau.n_maps: must be >= 1"),
     ("plateau.standin_entangle", 1.5, r"plateau.standin_entangle: must be in"),
     ("plateau.weights_probe_block", 2, r"plateau.weights_probe_block: must be"),
     ("plateau.weights_probe_variants", ("pass", "x"),
      r"plateau.weights_probe_variants: choose from"),
-    ("plateau.n_classes", 4, r"plateau.n_classes: the read-out's 4 classes"),
+    ("plateau.n_classes", 40, r"plateau.extra_dims_start: 16: the labels need"),
+    ("plateau.extra_dims_start", 8, r"plateau.extra_dims_start: 8: the labels"),
+    ("population", "context_loss=0.1,weights_loss=0.1", r"hyper: context_loss and"),
+    ("model.positions", "rope", r"model.positions: this model uses 'learned'"),
+    ("plateau.weights_probe_sequences", 65, r"exceeds plateau.train_sequences"),
     ("plateau.embeddings", "/nonexistent.npz", r"plateau.embeddings: no file"),
 ])
 def test_bad_fields_are_user_errors(field, value, match):
@@ -263,7 +304,8 @@ def test_every_authors_variant_validates(variant):
 def run(tmp_path_factory):
   """Two members (the authors' extra losses) of the smoke setup."""
   c = smoke_config(population="context_loss=0.5; weights_loss=0.5,"
-                   "fixed_fraction=0.25", **{"ckpt.every": 0})
+                   "fixed_fraction=0.25", population_map="vmap",
+                   **{"ckpt.every": 0})
   workdir = str(tmp_path_factory.mktemp("authors") / "run")
   loop.train(c, workdir)
   return workdir, metrics_table.read(workdir)

@@ -58,7 +58,7 @@ def authors_blocks(c) -> dict:
   hyper.fixed_fraction = 0.0             # ours: D_fix share of every batch
 
   p = ml_collections.ConfigDict()
-  p.item_source = "embedding"                  # embedding | pixels (the renderer, flat)
+  p.item_source = "embedding"            # embedding | pixels (the renderer, flat)
   p.embeddings = ""                      # the authors' repre_vae.npz ('' = stand-in)
   p.item_dim = 768                       # the stand-in's dims
   p.standin_entangle = 0.5               # 0: factors additive; 1: a ReLU mixture
@@ -73,7 +73,8 @@ def authors_blocks(c) -> dict:
   p.dataset_seed = 0                     # split, pool, fixed sets, epoch orders
   p.train_sequences = 100_000            # the fixed training set (0 = fresh stream)
   p.test_sequences = 40_000              # held-out test sequences
-  p.n_classes = 768                      # read-out label classes
+  p.n_classes = 768                      # read-out width
+  p.extra_dims_start = 128               # labels before, extra losses after
   p.icl_min_position = 20                # icl/acc: mean over positions >= this
   p.weights_probe_block = 2              # the stream after this block index
   p.weights_probe_sequences = 100_000    # training sequences (one pass)
@@ -81,5 +82,6 @@ def authors_blocks(c) -> dict:
   p.weights_probe_variants = ("pass", "a", "b")
   p.probe_batch_size = 128
   p.probe_lr = 1e-3
-  p.eval_batch_size = 128                # sequences per evaluation chunk
+  p.eval_batch_size = 125                # sequences per evaluation chunk (whole
+                                         # chunks are read: 125 divides 40,000)
   return {"hyper": hyper, "plateau": p}

@@ -59,12 +59,6 @@ def row_factors(rows: jax.Array, factor_sizes: tuple[int, ...]) -> jax.Array:
   return jnp.stack(jnp.unravel_index(rows, factor_sizes), axis=-1).astype(jnp.int32)
 
 
-def factor_rows(factors: jax.Array, factor_sizes: tuple[int, ...]) -> jax.Array:
-  """(...) int32 row-major image rows of factor values (..., n_factors)."""
-  return jnp.ravel_multi_index(tuple(jnp.moveaxis(factors, -1, 0)),
-                               factor_sizes, mode="clip").astype(jnp.int32)
-
-
 def _standin_weights(spec: StandInSpec):
   key = jax.random.PRNGKey(spec.seed)
   k_add, k_in, k_bias, k_out = jax.random.split(key, 4)
@@ -102,13 +96,13 @@ def standin(rows: jax.Array, spec: StandInSpec) -> jax.Array:
   return x
 
 
-def standin_table(spec: StandInSpec, chunk: int = 8192) -> jax.Array:
-  """(n_images, dim) float32: the stand-in of every row, chunk rows at a time."""
+def standin_table(spec: StandInSpec, max_chunk: int = 8192) -> jax.Array:
+  """(n_images, dim) float32: the stand-in of every row, in chunks of the
+  largest divisor of n_images up to max_chunk (8,000 for Shapes3D)."""
   n = math.prod(spec.factor_sizes)
-  n_chunks = -(-n // chunk)
-  rows = jnp.minimum(jnp.arange(n_chunks * chunk), n - 1).reshape(n_chunks, chunk)
-  table = jax.lax.map(lambda r: standin(r, spec), rows)
-  return table.reshape(-1, spec.dim)[:n]
+  chunk = next(c for c in range(min(max_chunk, n), 0, -1) if n % c == 0)
+  rows = jnp.arange(n).reshape(n // chunk, chunk)
+  return jax.lax.map(lambda r: standin(r, spec), rows).reshape(n, spec.dim)
 
 
 def load_file(path: str, factor_sizes: tuple[int, ...],

@@ -10,7 +10,7 @@
                 m = 1 is D_fix (one map: storable in weights); Fu et al.'s
                 D_rnd uses m = 20,000; test sequences reuse the pool
   fixed set     a fixed number of training sequences, read in a fresh
-                random order every epoch (`epoch_order`)
+                random order every epoch (`epoch_orders`, `batch_index`)
 
 A sequence is stored as image rows, hidden factor and map id; labels are
 made where it is read (`labels`), so a D_fix share of a batch (map 0)
@@ -52,9 +52,12 @@ class PoolSpec:
       raise UserError(f"plateau.train_fraction: must be in (0, 1), got "
                       f"{self.train_fraction}")
     smaller = min(self.n_train_images(), self.n_images - self.n_train_images())
-    if not 1 <= self.context_len <= smaller:
-      raise UserError(f"plateau.context_len: must be in [1, {smaller}] (the "
-                      f"smaller image split), got {self.context_len}")
+    # pairs of positions <= the split: a draw is repeat-free with odds >= 0.6
+    longest = int((1 + (1 + 8 * smaller) ** 0.5) / 2)
+    if not 1 <= self.context_len <= longest:
+      raise UserError(f"plateau.context_len: must be in [1, {longest}] for "
+                      f"{smaller} images in the smaller split (sequences of "
+                      f"distinct images), got {self.context_len}")
     if self.n_maps < 1:
       raise UserError(f"plateau.n_maps: must be >= 1, got {self.n_maps}")
     if not self.hidden_factors or any(
@@ -93,8 +96,8 @@ def _distinct_draws(key, pool_size: int, n: int, length: int) -> jax.Array:
   a repeat are redrawn whole until none has one (so every row is uniform
   over repeat-free tuples)."""
   def has_repeat(draws):
-    same = draws[:, :, None] == draws[:, None, :]
-    return (same & ~jnp.eye(length, dtype=bool)).any(axis=(1, 2))
+    ordered = jnp.sort(draws, axis=1)
+    return (ordered[:, 1:] == ordered[:, :-1]).any(axis=1)
 
   def redraw(carry):
     k, draws = carry
@@ -137,16 +140,19 @@ def labels(seqs: Sequences, maps: jax.Array, spec: PoolSpec) -> jax.Array:
   return maps[seqs.map_id[:, None], seqs.hidden[:, None], values]
 
 
-def epoch_order(key, step, batch_size: int, n: int) -> jax.Array:
-  """(batch_size,) indices into a fixed set of n sequences for optimizer
-  step `step`: the set read in order of a fresh permutation every epoch
-  (permutation e from fold_in(key, e)); a batch may straddle two epochs."""
+def epoch_orders(key, n_epochs: int, n: int) -> jax.Array:
+  """(n_epochs, n) int32: the order a fixed set of n sequences is read in
+  each epoch, permutation e from fold_in(key, e)."""
+  return jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), n))(
+      jnp.arange(n_epochs)).astype(jnp.int32)
+
+
+def batch_index(orders: jax.Array, step, batch_size: int) -> jax.Array:
+  """(batch_size,) indices into the fixed set for optimizer step `step`: the
+  set read epoch after epoch in `orders`; a batch may straddle two epochs."""
+  n_epochs, n = orders.shape
   t = step * batch_size + jnp.arange(batch_size)
-  epoch, within = t // n, t % n
-  first = epoch[0]
-  perms = jnp.stack([jax.random.permutation(jax.random.fold_in(key, first + i), n)
-                     for i in range(2)])
-  return perms[epoch - first, within].astype(jnp.int32)
+  return orders[jnp.minimum(t // n, n_epochs - 1), t % n]
 
 
 def take(seqs: Sequences, index: jax.Array) -> Sequences:

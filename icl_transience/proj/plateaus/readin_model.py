@@ -5,14 +5,13 @@ dim D), y_i the one-hot of its label id in the same D dims, both through ONE
 linear read-in D -> d; learned absolute positions; `depth` pre-LN GPT-2
 blocks (transformer.Block: causal attention + a GELU MLP of 4d); a final
 LayerNorm and one linear read-out at every ITEM position (y_i is predicted
-from the prefix ending at x_i), whose outputs are
-  logits           n_classes label classes (768 in the authors' code)
-  context_logits   n_hidden extra dims: the hidden factor (their context
-                   extra loss)
-  factor_logits    n_factors x max_values extra dims: every factor value of
-                   the item (their extra weights loss)
+from the prefix ending at x_i), n_classes wide (768 in the authors' code;
+the task reads the labels and their extra losses off slices of it).
 Differences from the authors' PyTorch GPT-2 (HF GPT2Model): the shared
-blocks have no attention biases and lecun-normal initialisers.
+blocks have no attention biases and lecun-normal initialisers (GPT-2:
+N(0, 0.02), the residual projections scaled by 1 / sqrt(2 n_layer)); the
+positions start uniform in +-1/sqrt(80) (GPT-2: N(0, 0.02)); read-in and
+read-out are lecun-normal (PyTorch's nn.Linear: uniform +-1/sqrt(fan_in)).
 
 attention: "on"; "zero" (every attention output zeroed); "pass" (every
 attention sub-layer returns its LayerNorm'd input, the authors' weights
@@ -32,8 +31,6 @@ ATTENTION = ("on", "zero", "pass")
 class ReadInTransformer(nn.Module):
   """items (B, L, D), labels (B, L or L-1) int32 -> the outputs above."""
   n_classes: int = 768
-  n_hidden: int = 6
-  factor_sizes: tuple[int, ...] = (10, 10, 10, 8, 4, 15)
   depth: int = 12
   d_model: int = 128
   n_heads: int = 4
@@ -43,9 +40,11 @@ class ReadInTransformer(nn.Module):
   @nn.compact
   def __call__(self, items, labels, *, attention: str = "on",
                stop_after: int | None = None) -> dict:
-    """{"logits", "context_logits", "factor_logits", "streams"} (streams:
-    after the read-in + positions, then after each block); with stop_after
-    only "streams", up to block index stop_after."""
+    """{"logits": (B, L, n_classes), "streams"} (streams: after the read-in
+    + positions, then after each block); with stop_after only "streams", up
+    to block index stop_after."""
+    if attention not in ATTENTION:
+      raise ValueError(f"attention must be one of {ATTENTION}, got {attention!r}")
     read_in = nn.Dense(self.d_model, kernel_init=transformer.lecun_normal,
                        name="read_in")
     label_hots = jax.nn.one_hot(labels, items.shape[-1], dtype=items.dtype)
@@ -65,13 +64,6 @@ class ReadInTransformer(nn.Module):
       return {"streams": streams}
     at_items = nn.LayerNorm(epsilon=1e-5, name="ln_final")(
         image_sequence.image_tokens(x))
-    n_values = max(self.factor_sizes)
-    out = nn.Dense(self.n_classes + self.n_hidden
-                   + len(self.factor_sizes) * n_values,
-                   kernel_init=transformer.lecun_normal, name="read_out")(at_items)
-    logits, context, factor = jnp.split(
-        out, [self.n_classes, self.n_classes + self.n_hidden], axis=-1)
-    return {"logits": logits, "context_logits": context,
-            "factor_logits": factor.reshape(factor.shape[:-1] + (
-                len(self.factor_sizes), n_values)),
-            "streams": streams}
+    logits = nn.Dense(self.n_classes, kernel_init=transformer.lecun_normal,
+                      name="read_out")(at_items)
+    return {"logits": logits, "streams": streams}
