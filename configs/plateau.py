@@ -24,6 +24,21 @@ Variants:
                 floor hue; context probe on the label), W = 500, 5k steps: a
                 baseline that leaves its plateau on 2 cores
   smoke         seconds; for tests
+Fu et al.'s own setup, as their code runs it (task plateau_authors: frozen
+768-d item embeddings through a linear read-in, 40 pairs, a pool of 20,000
+maps, a fixed set of 100,000 sequences, GPT-2 12 x 128, Adam 1e-4, 46,920
+steps), `authors[,variant...]`:
+  python main.py --config=configs/plateau.py:authors --workdir=runs/fu
+  python main.py --config=configs/plateau.py:authors \
+      --config.plateau.embeddings=PATH/repre_vae.npz --workdir=runs/fu_vae
+  authors,strategies  + the authors' context and weights extra losses and our
+                      warm-up and mixed training, one population
+  authors,fresh       an infinite fresh stream instead of the fixed set
+  authors,dfix        a pool of one map (D_fix)
+  authors,cpu         a 2-core CPU size whose baseline leaves its plateau
+                      (6 factors of 4 values, the easiest stand-in, L = 16,
+                      3 blocks of d 64): see the paper's README
+  authors,smoke       seconds; for tests
 Three seeds: --config.population='init_seed=1; init_seed=2; init_seed=3'.
 Real Shapes3D: --config.plateau.source=shapes3d --config.plateau.shapes3d_dir=DIR
 (a TFDS data_dir holding a prepared `shapes3d`).
@@ -164,14 +179,22 @@ def authors_config() -> ml_collections.ConfigDict:
 AUTHORS_STRATEGIES = ("context_loss=0, weights_loss=0; context_loss=0.1; "
                       "weights_loss=0.1; weights_warmup=2000; fixed_fraction=0.25")
 # A 2-core CPU size of the authors' setup on the stand-in (see the paper's
-# README): 3 blocks of d 64, Adam 1e-3, batch 32, 20,000 training sequences,
-# evaluated every 500 steps, smaller test and probe sets.
+# README), whose baseline plateau ends within the horizon: six factors of 4
+# values (4,096 images), the stand-in at its easiest (additive, noiseless),
+# L = 16; 3 blocks of d 64, Adam 1e-3, batch 32, 20,000 training sequences,
+# 8,000 steps evaluated every 250, smaller test and probe sets. Members: the
+# baseline (weights_loss0), the authors' two extra losses and our mixed
+# training.
 AUTHORS_CPU = {
     "population": "weights_loss=0; context_loss=0.1; weights_loss=0.1; "
                   "fixed_fraction=0.25",
-    "batch_size": 32, "steps_per_call": 250, "total_sequences": 32 * 12_000,
-    "eval_every": 32 * 500, "ckpt.every": 32 * 2000,
-    "model.depth": 3, "model.d_model": 64, "optim.lr": 1e-3,
+    "batch_size": 32, "steps_per_call": 250, "total_sequences": 32 * 8000,
+    "eval_every": 32 * 250, "ckpt.every": 32 * 1000,
+    "model.depth": 3, "model.d_model": 64, "model.max_len": 32,
+    "optim.lr": 1e-3,
+    "plateau.factor_sizes": (4, 4, 4, 4, 4, 4), "plateau.context_len": 16,
+    "plateau.icl_min_position": 8, "plateau.standin_entangle": 0.0,
+    "plateau.standin_noise": 0.0,
     "plateau.train_sequences": 20_000, "plateau.test_sequences": 2048,
     "plateau.weights_probe_sequences": 2048, "plateau.weights_probe_test": 1024,
     "plateau.probe_batch_size": 32, "plateau.eval_batch_size": 256,

@@ -109,7 +109,7 @@ def block_1_by_hand(params, stream, q, k, v):
 
 
 def test_every_row_of_the_ablation_table_by_hand():
-  """The seven interventions of the paper's Fig. 2 table, each against a
+  """The interventions of the paper's Fig. 2 table (and ours), each against a
   computation that edits weights or recombines recorded activations."""
   params = TWO_LAYER.init(jax.random.PRNGKey(0), FEATS, LABELS)["params"]
   without = lambda p, *blocks: jax.tree.map(lambda x: x, p) | {
@@ -129,8 +129,13 @@ def test_every_row_of_the_ablation_table_by_hand():
       "layer1_ablated_recompute_values": block_1_by_hand(params, stream, q, k, v0),
       "all_heads_ablated": TWO_LAYER.apply({"params": without(params, 0, 1)},
                                            FEATS, LABELS),
-      # the blocks' outputs alone, without the embedding stream
+      # the authors': token embeddings zeroed at the input, the positions
+      # and the blocks' (clean-pattern, clean-value) outputs kept
       "direct_embedding_removed": readout(
+          params, clean["residual"][:, -1] - clean["residual"][:, 0]
+          + params["positions"][FEATS.shape[1] * 2 - 2]),
+      # ours: the blocks' outputs alone, without the embedding stream
+      "embedding_subtracted_at_readout": readout(
           params, clean["residual"][:, -1] - clean["residual"][:, 0]),
   }
   assert list(expected) == list(interventions.TABLE)

@@ -5,7 +5,7 @@
       --keep='1:q' --evaluators=flip_icl
   python -m icl_transience.proj.transience.ablate --workdir=runs/coop --record=flip.npz
 
-Without --ablate/--keep/--drop_embedding it runs every intervention of the
+Without --ablate/--keep/--drop_embedding/--zero_tokens it runs every intervention of the
 ablation table (Singh et al. 2025, App. B). Prints in-context accuracy per
 intervention and evaluator and saves every metric to
 workdir/ablations/<sequences>.json. --record saves the
@@ -66,7 +66,8 @@ def save_recording(path, c, params, table, seqs, n):
 
 def ablate(workdir: str, sequences: int = -1, member: str = "",
            evaluators=DEFAULT_EVALUATORS, ablate_heads: str = "",
-           keep: str = "", drop_embedding: bool = False, record: str = "",
+           keep: str = "", drop_embedding: bool = False,
+           zero_tokens: bool = False, record: str = "",
            record_evaluator: str = "flip_icl", record_n: int = 100):
   """Runs the interventions (the table's, or the one the flags describe) at
   one checkpoint; saves workdir/ablations/<sequences>.json and, with record,
@@ -82,8 +83,9 @@ def ablate(workdir: str, sequences: int = -1, member: str = "",
   for name in evaluators + ([record_evaluator] if record else []):
     if name not in probes.EVALUATORS:
       raise UserError(f"--evaluators: unknown evaluator '{name}'")
-  custom = ablate_heads or keep or drop_embedding
-  named = ({"custom": interventions.parse(ablate_heads, keep, drop_embedding)}
+  custom = ablate_heads or keep or drop_embedding or zero_tokens
+  named = ({"custom": interventions.parse(ablate_heads, keep, drop_embedding,
+                                          zero_tokens)}
            if custom else interventions.TABLE)
   mesh = loop.run_mesh(c)
   ref = ml_collections.ConfigDict(dict(workdir=workdir, sequences=sequences,
@@ -117,7 +119,10 @@ def define_flags():
   flags.DEFINE_string("ablate", "", "Heads to ablate: 'block:h,h;block:all'.")
   flags.DEFINE_string("keep", "", "Activations kept clean: 'block:q,k,v,pattern'.")
   flags.DEFINE_bool("drop_embedding", False,
-                    "Remove the direct embedding path at the readout.")
+                    "Subtract the token + position embedding at the readout.")
+  flags.DEFINE_bool("zero_tokens", False,
+                    "Zero the token embeddings at the input, keeping positions "
+                    "(the authors' direct-embedding ablation).")
   flags.DEFINE_string("record", "", "Save activations to this .npz file.")
   flags.DEFINE_string("record_evaluator", "flip_icl", "Evaluator to record.")
   flags.DEFINE_integer("record_n", 100, "Sequences to record.")
@@ -130,7 +135,7 @@ def main(argv):
   cli.quiet_library_logs()
   seen, results, out = ablate(
       f.workdir, f.sequences, f.member, f.evaluators, f.ablate, f.keep,
-      f.drop_embedding, f.record, f.record_evaluator, f.record_n)
+      f.drop_embedding, f.zero_tokens, f.record, f.record_evaluator, f.record_n)
   if f.record:
     print(f"recorded {f.record_n} {f.record_evaluator} sequences to {f.record}")
   width = max(len(n) for n in results)

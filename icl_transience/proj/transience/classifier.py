@@ -30,15 +30,18 @@ class SequenceClassifier(nn.Module):
 
   @nn.compact
   def __call__(self, features, labels, *, stream=None, start: int = 0,
-               stop: int | None = None, patches=(), drop_embedding=False):
+               stop: int | None = None, patches=(), drop_embedding=False,
+               zero_tokens=False):
     """Query logits; given `stop`, the residual stream after block stop-1.
 
     start > 0 runs blocks start.. on `stream` (the residual stream entering
     block `start`) instead of embedding the inputs. patches[i] (a Patch or
     None) acts on block i's attention. drop_embedding subtracts the token +
-    position embedding from the stream the final LayerNorm reads.
+    position embedding from the stream the final LayerNorm reads;
+    zero_tokens zeroes the token embeddings (exemplars and labels) at the
+    input and keeps the positions (the authors' direct-embedding ablation).
     """
-    x = self._embed(features, labels) if start == 0 else stream
+    x = self._embed(features, labels, zero_tokens) if start == 0 else stream
     embedding = x
     self.sow("intermediates", "residual", x)
     rope = self.pos_timescale if self.positions == "rope" else None
@@ -54,12 +57,14 @@ class SequenceClassifier(nn.Module):
     return nn.Dense(self.n_outputs, kernel_init=lecun_normal, name="unembed")(query)
 
   @nn.nowrap
-  def _embed(self, features, labels):
+  def _embed(self, features, labels, zero_tokens=False):
     b, n_items, _ = features.shape
     exemplars = nn.Dense(self.d_model, kernel_init=lecun_normal,
                          name="input_proj")(features)
     label_tokens = nn.Embed(self.n_outputs, self.d_model,
                             embedding_init=label_init, name="label_embed")(labels)
+    if zero_tokens:
+      exemplars, label_tokens = 0 * exemplars, 0 * label_tokens
     pairs = jnp.stack([exemplars[:, :-1], label_tokens], axis=2)
     x = jnp.concatenate(
         [pairs.reshape(b, 2 * (n_items - 1), self.d_model), exemplars[:, -1:]], 1)

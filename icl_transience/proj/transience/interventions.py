@@ -2,7 +2,9 @@
 
 Ablating a head zeroes its value vectors. Other activations can be kept at
 their values from a first clean pass (queries, keys, values, attention
-pattern, per layer), and the readout can drop the direct embedding path.
+pattern, per layer); the token embeddings can be zeroed at the input, with
+the positions kept (the authors' direct-embedding ablation), or the whole
+embedding (tokens and positions) subtracted at the readout (ours).
 `TABLE` holds the interventions of the App. B table (2-layer model; layer 1
 of the paper is block 0 here).
 """
@@ -20,7 +22,8 @@ ACTIVATIONS = ("q", "k", "v", "pattern")
 class Intervention:
   ablate: tuple = ()       # ((block, heads), ...); heads: tuple of ints or "all"
   keep: tuple = ()         # ((block, activations kept clean), ...)
-  drop_embedding: bool = False
+  drop_embedding: bool = False        # ours: subtract token + position at the readout
+  zero_tokens: bool = False           # the authors': zero token embeddings at the input
 
 
 ALL_OF_LAYER_1 = ((0, "all"),)
@@ -32,11 +35,14 @@ TABLE = {
     "layer1_ablated_recompute_values": Intervention(ALL_OF_LAYER_1, ((1, ("q", "k")),)),
     "all_heads_ablated": Intervention(((0, "all"), (1, "all"))),
     "direct_embedding_removed": Intervention(
+        keep=((0, ("pattern", "v")), (1, ("pattern", "v"))), zero_tokens=True),
+    "embedding_subtracted_at_readout": Intervention(
         keep=((0, ("pattern", "v")), (1, ("pattern", "v"))), drop_embedding=True),
 }
 
 
-def parse(ablate: str = "", keep: str = "", drop_embedding: bool = False):
+def parse(ablate: str = "", keep: str = "", drop_embedding: bool = False,
+          zero_tokens: bool = False):
   """From flag text: ablate '0:1,4,7;1:all', keep '1:q,k'."""
 
   def entries(text, field, item):
@@ -60,7 +66,7 @@ def parse(ablate: str = "", keep: str = "", drop_embedding: bool = False):
 
   head = lambda h: h if h == "all" else int(h)
   return Intervention(entries(ablate, "ablate", head), entries(keep, "keep", activation),
-                      drop_embedding)
+                      drop_embedding, zero_tokens)
 
 
 def check(iv: Intervention, depth: int, n_heads: int, name: str = "intervention"):
@@ -96,4 +102,4 @@ def forward(model, params, features, labels, iv: Intervention):
     kept = {a: clean[i][a] for a in keep.get(i, ())}
     patches.append(transformer.Patch(mask, kept))
   return model.apply({"params": params}, features, labels, patches=tuple(patches),
-                     drop_embedding=iv.drop_embedding)
+                     drop_embedding=iv.drop_embedding, zero_tokens=iv.zero_tokens)
