@@ -7,7 +7,6 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from helpers import REPO  # pylint: disable=unused-import  (puts configs/ on the path)

@@ -146,7 +146,7 @@ def test_l2_penalty_forms_and_groups():
             "block_0": {"attn": {"qkv": {"kernel": one(16)}},
                         "mlp_in": {"kernel": one(25)}, "mlp_out": {"kernel": one(36)}}}
   norm = lambda group: float(step_lib.l2_penalty(params, "norm", group))
-  assert norm("embedder") == 2.0 and norm("attention") == 4.0
+  assert norm("embedder") == 2.0 + 3.0 and norm("attention") == 4.0  # + label table
   assert norm("mlp") == 11.0 and norm("all") == 2 + 3 + 4 + 5 + 6
 
 
