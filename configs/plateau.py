@@ -182,13 +182,13 @@ AUTHORS_STRATEGIES = ("context_loss=0, weights_loss=0; context_loss=0.1; "
 # README), whose baseline plateau ends within the horizon: six factors of 4
 # values (4,096 images), the stand-in at its easiest (additive, noiseless),
 # L = 16; 3 blocks of d 64, Adam 1e-3, batch 32, 20,000 training sequences,
-# 8,000 steps evaluated every 250, smaller test and probe sets. Members: the
+# 16,000 steps evaluated every 250, smaller test and probe sets. Members: the
 # baseline (weights_loss0), the authors' two extra losses and our mixed
 # training.
 AUTHORS_CPU = {
     "population": "weights_loss=0; context_loss=0.1; weights_loss=0.1; "
                   "fixed_fraction=0.25",
-    "batch_size": 32, "steps_per_call": 250, "total_sequences": 32 * 8000,
+    "batch_size": 32, "steps_per_call": 250, "total_sequences": 32 * 16_000,
     "eval_every": 32 * 250, "ckpt.every": 32 * 1000,
     "model.depth": 3, "model.d_model": 64, "model.max_len": 32,
     "optim.lr": 1e-3,
