@@ -103,9 +103,11 @@ def member_summary(rows, member: str, chance: float, probe_chance: float,
 
 def figure(rows, members, chance: float, path: str,
            probe_target: str = "hidden factor"):
-  fig, axes = plt.subplots(1, len(PANELS), figsize=(4.2 * len(PANELS), 3.4))
+  logged = {r["evaluator"] for r in rows}
+  panels = [p for p in PANELS if p[0] in logged]   # plateau_authors: no context probe
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.4))
   colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-  for ax, (evaluator, metric, title) in zip(axes, PANELS):
+  for ax, (evaluator, metric, title) in zip(axes, panels):
     for i, member in enumerate(members):
       colour = colours[i % len(colours)]
       ax.plot(*curve(rows, member, evaluator, metric), color=colour, label=member)
