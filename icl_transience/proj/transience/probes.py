@@ -1,5 +1,8 @@
 """Evaluators as plug-ins: name -> sequence spec; fixed sets; query metrics.
 
+An evaluator is fn(standard, train) -> its spec, from the standard set and
+the run's training distribution (both on the eval classes and exemplars).
+
 Each evaluator is a fixed set of sequences built once from the eval seed on
 the eval classes and exemplars (Singh et al. 2025), stored as indices; features are
 gathered at evaluation time.
@@ -28,7 +31,7 @@ def register(name: str):
 
 
 @register("train_eval")
-def _train_eval(standard: sequences.SequenceSpec) -> sequences.SequenceSpec:
+def _train_eval(standard: sequences.SequenceSpec, _train) -> sequences.SequenceSpec:
   """The standard set, the same for every variant of a run (Singh et al.
   2025 evaluate every 2-layer run on burstiness 1 + a distractor):
   evals.standard_burstiness query items, as many distractors."""
@@ -36,43 +39,42 @@ def _train_eval(standard: sequences.SequenceSpec) -> sequences.SequenceSpec:
 
 
 @register("b2_train_eval")
-def _b2_train_eval(standard):
+def _b2_train_eval(standard, _train):
   """The standard set with burstiness 2 (12-layer runs, K = 8)."""
   return dataclasses.replace(standard, burstiness=2)
 
 
 @register("train_dist")
-def _train_dist(standard):
-  """The run's own training distribution (its variant's sequence type);
-  eval_spec builds it, as it is not derived from the standard set."""
-  return standard
+def _train_dist(_standard, train):
+  """The run's own training distribution (its variant's sequence type)."""
+  return train
 
 
 @register("icl")
-def _icl(train):
+def _icl(standard, _train):
   """Two classes labelled 0/1 in random order: needs ICL."""
-  return dataclasses.replace(train, burstiness=train.context_len // 2,
+  return dataclasses.replace(standard, burstiness=standard.context_len // 2,
                              distractor=True, relabel="01")
 
 
 @register("flip_icl")
-def _flip(train):
+def _flip(standard, _train):
   """Query-class items show the distractor's label: ICL -> 1, CIWL -> 0."""
-  return dataclasses.replace(train, burstiness=train.context_len // 2,
+  return dataclasses.replace(standard, burstiness=standard.context_len // 2,
                              distractor=True, relabel="flip")
 
 
 @register("iwl_copy_avail")
-def _ciwl(train):
+def _ciwl(standard, _train):
   """No query-class items; the query's label is put on one context item."""
-  return dataclasses.replace(train, burstiness=0, no_support=True,
+  return dataclasses.replace(standard, burstiness=0, no_support=True,
                              unique_rest=True, assign_query_label_random=True)
 
 
 @register("pure_iwl")
-def _pure_iwl(train):
+def _pure_iwl(standard, _train):
   """Query class and label absent from context: only in-weights recall works."""
-  return dataclasses.replace(train, burstiness=0, no_support=True,
+  return dataclasses.replace(standard, burstiness=0, no_support=True,
                              unique_rest=True)
 
 
@@ -86,12 +88,10 @@ def eval_spec(name: str, c) -> sequences.SequenceSpec:
       assign_query_label_random=False, match_query_and_distractors=False,
       zipf_exponent=0.0, n_classes=c.evals.n_classes,
       exemplars=tuple(c.evals.exemplars))
-  if name == "train_dist":
-    return train
   standard = dataclasses.replace(
       train, burstiness=c.evals.get("standard_burstiness", 1), distractor=True,
       no_support=False, unique_rest=False)
-  return EVALUATORS[name](standard)
+  return EVALUATORS[name](standard, train)
 
 
 def validate(c):
