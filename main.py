@@ -34,10 +34,11 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
                                    "host:port of process 0 (multi-host).")
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Process count (multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process (multi-host).")
-_PROFILE = flags.DEFINE_string(
-    "profile", "", "Write a jax.profiler trace of 3 fused training calls "
-    "(after the first, which compiles) to this folder (TensorBoard: "
-    "tensorboard --logdir=FOLDER, Profile tab).")
+_PROFILE = flags.DEFINE_bool(
+    "profile", False, "Write a jax.profiler trace of 3 fused training calls "
+    "(after the first, which compiles) to WORKDIR/tensorboard/profile/, where "
+    "TensorBoard's profile plugin finds it (tensorboard --logdir=WORKDIR/.., "
+    "Profile tab; pip install xprof).")
 
 
 def initialize_distributed():
@@ -60,7 +61,8 @@ def main(argv):
   cli.start_logging()
   if _MULTIHOST.value:
     initialize_distributed()
-  loop.train(_CONFIG.value, _WORKDIR.value, _PROFILE.value)
+  loop.train(_CONFIG.value, _WORKDIR.value,
+             loop.profile_dir(_WORKDIR.value) if _PROFILE.value else "")
 
 
 if __name__ == "__main__":

@@ -15,8 +15,8 @@ combine left to right, e.g. configs/coopetition.py:mq,rope:
               the main run at 20 M (Fig. 4; --config.graft.workdir=<main run>)
   ciwl_only   no query-class items; the query label on one context item
   mq          matched exemplars (persistent ICL)
-  sinpe, rope sinusoidal / rotary positions, timescale 30
-  depth1      one layer
+  sinpe, rope sinusoidal / rotary positions, timescale 30 (64 M)
+  depth1      one layer (64 M)
   mlp         MLP blocks (ratio 4), 320 M
   c12800_ex5, c1600_ex20, c1600_ex5   data sizes (100 M)
 """
@@ -35,9 +35,10 @@ VARIANTS = {
                   "train.unique_rest": True,
                   "train.assign_query_label_random": True},
     "mq": {"train.match_query_and_distractors": True},
-    "sinpe": {"model.positions": "sinusoidal"},
-    "rope": {"model.positions": "rope"},
-    "depth1": {"model.depth": 1},
+    # the authors' sweep runs these three to 64 M sequences
+    "sinpe": {"model.positions": "sinusoidal", "total_sequences": 64_000_000},
+    "rope": {"model.positions": "rope", "total_sequences": 64_000_000},
+    "depth1": {"model.depth": 1, "total_sequences": 64_000_000},
     "mlp": {"model.mlp_ratio": 4, "total_sequences": 320_000_000},
     "c12800_ex5": {"train.exemplars": (0, 5), "total_sequences": 100_000_000},
     "c1600_ex20": {"train.n_classes": 1600, "total_sequences": 100_000_000},

@@ -12,6 +12,7 @@ import math
 import ml_collections
 from etils import epath
 
+from icl_transience import monitoring
 from icl_transience.errors import UserError
 
 MEMBER_FIELDS = {"init_seed": int, "data_seed": int, "lr": float, "l2": float}
@@ -104,6 +105,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.graft = _checkpoint_ref()
   c.graft.mode = "none"
   c.graft.layer = 0
+  # Live views of the metrics (monitoring.py): TensorBoard event files in
+  # workdir/tensorboard/, and W&B when log.wandb names a project.
+  c.log = monitoring.log_block()
   return c
 
 
@@ -290,4 +294,5 @@ def validate(c, n_devices: int = 1):
     if c[ref].workdir:
       _check((epath.Path(c[ref].workdir) / "config.json").exists(),
              f"{ref}.workdir", f"no run in {c[ref].workdir} (config.json missing)")
+  monitoring.validate(c)
   tasks.build(c).validate(n_devices)

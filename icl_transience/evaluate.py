@@ -17,6 +17,7 @@ from absl import logging
 from icl_transience import cli
 from icl_transience import config as config_lib
 from icl_transience import metrics_table
+from icl_transience import monitoring
 from icl_transience.errors import UserError
 from icl_transience.train import checkpoints
 from icl_transience.train import loop
@@ -46,7 +47,8 @@ def evaluate_checkpoints(workdir: str, parallel: int = 0, shard: int = 0,
   names = [m.name for m in members]
   table_rows = metrics_table.MetricsTable(workdir)
   done = 0
-  with jax.set_mesh(mesh), checkpoints.manager(workdir, read_only=True) as mngr:
+  with jax.set_mesh(mesh), checkpoints.manager(workdir, read_only=True) as mngr, \
+       monitoring.attached(c, workdir, table_rows, "evaluate", names):
     trainer = step_lib.Trainer(c, mesh)
     abstract = trainer.abstract_state(members)
     table = trainer.task.constants(trainer.replicated)

@@ -82,6 +82,9 @@ class MetricsTable:
   def __init__(self, workdir: str, write: bool = True):
     self.workdir = workdir
     self.write = write  # False: keep rows in memory only (non-lead processes)
+    # Called with the rows this table appends, once they are on disk (the
+    # live views of monitoring.py).
+    self.listeners = []
     self.rows, self._keys, self._evaluated = [], set(), set()
     self._file = (None, 0)  # (inode, bytes of whole lines) read so far
     self._take(self._read_new())
@@ -99,12 +102,14 @@ class MetricsTable:
       if fresh:
         atomic_write_text(path(self.workdir), "".join(
             json.dumps(r) + "\n" for r in self.rows))
-      return len(fresh)
-    with _locked(self.workdir):
-      self._take(self._read_new())  # what other jobs appended meanwhile
-      fresh = self._take(rows)
-      if fresh:
-        self._append_lines("".join(json.dumps(r) + "\n" for r in fresh))
+    else:
+      with _locked(self.workdir):
+        self._take(self._read_new())  # what other jobs appended meanwhile
+        fresh = self._take(rows)
+        if fresh:
+          self._append_lines("".join(json.dumps(r) + "\n" for r in fresh))
+    for listener in self.listeners:
+      listener(fresh)
     return len(fresh)
 
   def _take(self, rows) -> list[dict]:

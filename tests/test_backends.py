@@ -60,8 +60,10 @@ def test_the_package_asks_for_deterministic_gpu_kernels_unless_told_otherwise():
 
 
 def test_profile_traces_fused_calls_where_tensorboard_looks(tmp_path):
-  loop.train(smoke_config(), str(tmp_path / "run"), profile_dir=str(tmp_path / "prof"))
-  root = tmp_path / "prof" / "plugins" / "profile"
+  workdir = str(tmp_path / "run")
+  loop.train(smoke_config(), workdir, profile_dir=loop.profile_dir(workdir))
+  # a run of the workdir's TensorBoard folder, where the profile plugin looks
+  root = tmp_path / "run" / "tensorboard" / "profile" / "plugins" / "profile"
   (run,) = os.listdir(root)
   traces = os.listdir(root / run)
   assert any(name.endswith(".xplane.pb") for name in traces), traces

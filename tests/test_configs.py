@@ -48,6 +48,17 @@ def test_main_config_numbers():
   config_lib.validate(smoke.get_config())
 
 
+@pytest.mark.parametrize("variant,horizon", [
+    ("", 20_000_000), ("mq", 20_000_000), ("sinpe", 64_000_000),
+    ("rope", 64_000_000), ("depth1", 64_000_000), ("icl_only", 64_000_000),
+    ("mlp", 320_000_000), ("c1600_ex5", 100_000_000)])
+def test_coopetition_variants_run_the_authors_horizons(variant, horizon):
+  """The horizons of the authors' sweep (Singh et al. 2025, appendix)."""
+  c = coopetition.get_config(variant)
+  assert c.total_sequences == horizon
+  config_lib.validate(c)
+
+
 def test_variants_combine_left_to_right_and_unknown_ones_are_named():
   both = coopetition.get_config("mq,sinpe")
   assert both.train.match_query_and_distractors and both.model.positions == "sinusoidal"

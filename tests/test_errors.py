@@ -74,20 +74,32 @@ def test_programs_exit_2_with_one_line(tmp_path, args, message):
 
 
 def test_every_documented_tool_is_listed_and_answers_help():
-  """`python -m icl_transience` lists every tool the READMEs, configs and
-  launch scripts name, and each tool (and main.py) answers --help."""
+  """`python -m icl_transience` lists every module that has a main() (found
+  here by text, independently of the index's own reading), with an example,
+  and every tool the READMEs, configs and launch scripts name; each tool
+  (and main.py) answers --help."""
+  with_main = set()
+  for path in glob.glob("icl_transience/**/*.py", root_dir=REPO, recursive=True):
+    with open(os.path.join(REPO, path), encoding="utf-8") as f:
+      if re.search(r"^def main\(", f.read(), re.M) and not path.endswith("__main__.py"):
+        with_main.add(path[len("icl_transience/"):-3].replace("/", "."))
+  tools = tool_list.tools()
+  assert set(tools) == with_main and len(tools) >= 8, (tools, with_main)
   documented = set()
   for path in (["README.md"] + glob.glob("icl_transience/proj/*/README.md", root_dir=REPO)
                + glob.glob("configs/*.py", root_dir=REPO)
                + glob.glob("launch/*.sh", root_dir=REPO)):
     with open(os.path.join(REPO, path), encoding="utf-8") as f:
       documented |= set(re.findall(r"python -m icl_transience\.([\w.]+\w)", f.read()))
-  assert documented <= set(tool_list.TOOLS), documented - set(tool_list.TOOLS)
+  assert documented <= set(tools), documented - set(tools)
   listed = run_cli(["-m", "icl_transience"])
   assert listed.returncode == 0
-  for tool in tool_list.TOOLS:
-    assert f"python -m icl_transience.{tool} " in listed.stdout
-  commands = [["main.py"]] + [["-m", f"icl_transience.{t}"] for t in tool_list.TOOLS]
+  for tool in tools:
+    command = f"python -m icl_transience.{tool}"
+    # the command, its one-line summary, and an example of that command
+    assert re.search(rf"^{re.escape(command)}\n    \S.*\n    e\.g\. {re.escape(command)}\b",
+                     listed.stdout, re.M), (tool, listed.stdout)
+  commands = [["main.py"]] + [["-m", f"icl_transience.{t}"] for t in tools]
   procs = [subprocess.Popen([sys.executable, *cmd, "--help"], cwd=REPO,
                             env=dict(os.environ, PYTHONPATH=REPO, JAX_PLATFORMS="cpu"),
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)

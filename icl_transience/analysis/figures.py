@@ -3,6 +3,7 @@ import collections
 import os
 
 import matplotlib
+import numpy as np
 
 from icl_transience import metrics_table
 
@@ -89,10 +90,74 @@ def summary(rows, member: str) -> list[str]:
   return lines
 
 
+# The metric a population panel draws for an evaluator that STRATEGY_CURVES
+# does not name: the first of these it has (else its first metric by name).
+PANEL_METRICS = ("in_context_acc", "acc", "mse", "loss")
+
+
+def panel_metric(rows, evaluator: str) -> str:
+  named = {e: m for e, m, _, _ in STRATEGY_CURVES}
+  have = sorted({r["metric"] for r in rows if r["evaluator"] == evaluator})
+  if named.get(evaluator) in have:
+    return named[evaluator]
+  return next((m for m in PANEL_METRICS if m in have), have[0])
+
+
+def population_curves(rows, members, evaluator: str, metric: str):
+  """Each member's series, and the mean and standard deviation over the
+  members that have a value at each point: (curves, x, mean, std)."""
+  curves = {m: series(rows, m, evaluator, metric) for m in members}
+  points = collections.defaultdict(list)
+  for x, y in curves.values():
+    for xi, yi in zip(x, y):
+      points[xi].append(yi)
+  x = sorted(points)
+  mean = [float(np.mean(points[xi])) for xi in x]
+  std = [float(np.std(points[xi])) for xi in x]
+  return curves, x, mean, std
+
+
+def population_figure(rows, path: str):
+  """One panel per evaluator: every member's curve, their mean and a band
+  of one standard deviation around it."""
+  members = list(dict.fromkeys(r["member"] for r in rows
+                               if r["evaluator"] != metrics_table.DIVERGED))
+  evaluators = sorted({r["evaluator"] for r in rows} - {metrics_table.DIVERGED})
+  cols = min(3, len(evaluators))
+  n_rows = -(-len(evaluators) // cols)
+  fig, axes = plt.subplots(n_rows, cols, figsize=(4.2 * cols, 3.2 * n_rows),
+                           squeeze=False)
+  for ax, evaluator in zip(axes.flat, evaluators):
+    metric = panel_metric(rows, evaluator)
+    curves, x, mean, std = population_curves(rows, members, evaluator, metric)
+    for member, (mx, my) in curves.items():
+      ax.plot(mx, my, lw=0.8, alpha=0.45, label=member)
+    ax.plot(x, mean, color="black", lw=2, label="mean")
+    ax.fill_between(x, np.subtract(mean, std), np.add(mean, std),
+                    color="black", alpha=0.12, lw=0)
+    ax.set(title=f"{evaluator}: {metric}", xlabel="sequences seen",
+           yscale="log" if metric in ("loss", "mse") else "linear")
+    ax.grid(alpha=0.3)
+  for ax in axes.flat[len(evaluators):]:
+    ax.axis("off")
+  handles, labels = axes.flat[0].get_legend_handles_labels()
+  if len(members) > 8:  # the mean only: a legend of every member would hide the panel
+    handles, labels = handles[-1:], labels[-1:]
+  axes.flat[0].legend(handles, labels, fontsize=7, loc="best")
+  fig.suptitle(f"Population of {len(members)} members: each member, mean "
+               "and one standard deviation")
+  fig.tight_layout()
+  save(fig, path)
+
+
 def plot_run(rows, out_dir: str) -> list[str]:
-  """Both figures for every member; returns the written paths."""
+  """Both figures for every member, and the population overview for more
+  than one member; returns the written paths."""
   by_member = collections.OrderedDict((r["member"], None) for r in rows)
   paths = []
+  if len(by_member) > 1:
+    paths.append(os.path.join(out_dir, "population.png"))
+    population_figure(rows, paths[-1])
   for member in by_member:
     for kind, draw in (("fig1b", strategy_figure), ("losses", loss_figure)):
       path = os.path.join(out_dir, f"{kind}_{member}.png")

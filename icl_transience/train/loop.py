@@ -20,6 +20,7 @@ from etils import epath
 
 from icl_transience import config as config_lib
 from icl_transience import metrics_table
+from icl_transience import monitoring
 from icl_transience.errors import Diverged, UserError
 from icl_transience.train import checkpoints
 from icl_transience.train import pretrained
@@ -32,7 +33,13 @@ PROFILED_CALLS = 3  # fused calls traced by --profile
 RESUMABLE_CHANGES = ("total_sequences", "eval_every", "ckpt", "steps_per_call",
                      "evals.batch_size", "num_devices", "population_sharding",
                      "eval_members_per_pass", "population_map", "lds.eval_batch",
-                     "omniglot.eval_batch_size")
+                     "omniglot.eval_batch_size", "log")
+
+
+def profile_dir(workdir: str) -> str:
+  """Where --profile writes its trace: a TensorBoard run of the workdir's
+  tensorboard/ folder, so that the profile plugin finds it there."""
+  return str(epath.Path(workdir) / monitoring.TENSORBOARD_DIR / "profile")
 
 
 def make_mesh(num_devices: int = 0):
@@ -168,6 +175,7 @@ def _train(c, workdir, mesh, profile_dir):
   run = Run(c, workdir, trainer, table, eval_sets, evaluate, table_rows, names,
             profile_dir)
   with checkpoints.manager(workdir, c.ckpt.keep) as mngr, \
+       monitoring.attached(c, workdir, table_rows, "train", names), \
        StopRequest().installed() as stop:
     run.mngr = mngr
     found, unreadable = checkpoints.restore_newest(

@@ -1,0 +1,188 @@
+"""Live views: TensorBoard event files and the W&B logger hold exactly the
+metrics rows; the population overview figure draws them."""
+import glob
+import json
+import os
+import shutil
+import struct
+
+import numpy as np
+import pytest
+from tensorboard.backend.event_processing import event_accumulator
+
+from icl_transience import evaluate
+from icl_transience import metrics_table
+from icl_transience import monitoring
+from icl_transience.analysis import figures
+from icl_transience.errors import UserError
+from icl_transience.train import loop
+
+from helpers import copy_run, smoke_config
+
+POPULATION = "init_seed=1; init_seed=2"
+NAMES = ["init_seed1", "init_seed2"]
+
+
+@pytest.fixture(scope="module")
+def population_run(tmp_path_factory):
+  """A finished two-member smoke run (TensorBoard on, the default)."""
+  workdir = str(tmp_path_factory.mktemp("population") / "run")
+  loop.train(smoke_config(population=POPULATION), workdir)
+  return workdir
+
+
+def scalars(path) -> dict:
+  """{(tag, step): value} of an event file or folder, read by TensorBoard."""
+  acc = event_accumulator.EventAccumulator(
+      str(path), size_guidance={event_accumulator.SCALARS: 0})
+  acc.Reload()
+  out = {}
+  for tag in acc.Tags()["scalars"]:
+    for event in acc.Scalars(tag):
+      assert (tag, event.step) not in out, (tag, event.step)  # each once
+      out[(tag, event.step)] = event.value
+  return out
+
+
+def expected(rows, member) -> dict:
+  """The two views of a member's rows, as float32 like TensorBoard's scalars."""
+  out = {}
+  for r in rows:
+    if r["member"] == member:
+      tag = f"{r['evaluator']}/{r['metric']}"
+      out[(tag, r["sequences"])] = np.float32(r["value"])
+      out[(f"vs_step/{tag}", r["step"])] = np.float32(r["value"])
+  return out
+
+
+def test_tensorboard_holds_exactly_the_rows_of_a_population(population_run):
+  rows = metrics_table.read(population_run)
+  assert {r["member"] for r in rows} == set(NAMES)
+  assert sorted(os.listdir(os.path.join(population_run, "tensorboard"))) == NAMES
+  for member in NAMES:
+    got = scalars(os.path.join(population_run, "tensorboard", member))
+    assert got == expected(rows, member)
+    assert ("icl/in_context_acc", 800) in got and ("vs_step/icl/in_context_acc", 100) in got
+
+
+def test_the_sweep_job_writes_its_rows_to_tensorboard(population_run, tmp_path):
+  workdir = copy_run(population_run, tmp_path / "run")
+  trained = metrics_table.read(workdir)
+  metrics_table.atomic_write_text(metrics_table.path(workdir), "".join(
+      json.dumps(r) + "\n" for r in trained if r["evaluator"] == "train_batch"))
+  assert evaluate.evaluate_checkpoints(workdir) == 6  # 2 members x 3 checkpoints
+  swept = [r for r in metrics_table.read(workdir) if r["evaluator"] != "train_batch"]
+  assert len(swept) == len(trained) - sum(r["evaluator"] == "train_batch" for r in trained)
+  for member in NAMES:
+    folder = os.path.join(workdir, "tensorboard", member)
+    (sweep_file,) = glob.glob(os.path.join(folder, "*.evaluate.*"))
+    assert scalars(sweep_file) == expected(swept, member)
+    # the trainer's file beside it is untouched, and TensorBoard reads both
+    assert len(os.listdir(folder)) == 2
+
+
+def test_a_new_tensorboard_view_first_receives_the_rows_on_disk(population_run, tmp_path):
+  """A run trained with TensorBoard off (or before it existed) gets its
+  whole table when the view is opened on it."""
+  workdir = copy_run(population_run, tmp_path / "run")
+  shutil.rmtree(os.path.join(workdir, "tensorboard"))
+  c = smoke_config(population=POPULATION)
+  table = metrics_table.MetricsTable(workdir)
+  with monitoring.attached(c, workdir, table, "train", NAMES):
+    pass
+  for member in NAMES:
+    got = scalars(os.path.join(workdir, "tensorboard", member))
+    assert got == expected(table.rows, member)
+
+
+def wandb_history(run_dir) -> list[dict]:
+  """The history rows of an offline W&B run: its .wandb file is a LevelDB
+  log (32 KiB blocks; 7-byte record headers: crc, length, type) of Record
+  protos after a 7-byte W&B header."""
+  from wandb.proto import wandb_internal_pb2  # pylint: disable=g-import-not-at-top
+  (path,) = glob.glob(os.path.join(run_dir, "*.wandb"))
+  with open(path, "rb") as f:
+    data = f.read()
+  assert data[:4] == b":W&B"
+  records, pending, offset, block = [], b"", 7, 32768
+  while offset + 7 <= len(data):
+    if block - offset % block < 7:  # a block's tail too short for a header
+      offset += block - offset % block
+      continue
+    _, length, kind = struct.unpack("<IHB", data[offset:offset + 7])
+    pending += data[offset + 7:offset + 7 + length]
+    offset += 7 + length
+    if kind in (1, 4):  # a full record, or the last piece of one
+      records.append(wandb_internal_pb2.Record.FromString(pending))
+      pending = b""
+  return [{item.key or "/".join(item.nested_key): json.loads(item.value_json)
+           for item in r.history.item}
+          for r in records if r.WhichOneof("record_type") == "history"]
+
+
+def test_wandb_offline_logs_the_rows_per_member_and_resumes(tmp_path, monkeypatch):
+  pytest.importorskip("wandb", reason="the optional wandb package is not installed")
+  monkeypatch.setenv("WANDB_MODE", "offline")
+  monkeypatch.setenv("WANDB_SILENT", "true")
+  workdir = str(tmp_path / "run")
+  c = smoke_config(population=POPULATION, total_sequences=400)
+  c.log.update(wandb="icl-test", wandb_tags=("smoke",), tensorboard=False)
+  loop.train(c, workdir)
+  ids = monitoring.read_wandb_ids(workdir)
+  assert sorted(ids) == [f"train/{n}" for n in NAMES]
+  c.total_sequences = 800  # resumed: the same W&B runs go on
+  loop.train(c, workdir)
+  assert monitoring.read_wandb_ids(workdir) == ids
+  assert not os.path.exists(os.path.join(workdir, "tensorboard"))
+  rows = metrics_table.read(workdir)
+  for member in NAMES:
+    runs = sorted(glob.glob(os.path.join(workdir, "wandb", f"offline-run-*-{ids[f'train/{member}']}")))
+    assert len(runs) == 2  # first run and its resumption, one W&B id
+    logged = {}
+    for run_dir in runs:
+      for point in wandb_history(run_dir):
+        for key, value in point.items():
+          if not key.startswith("_") and key not in ("sequences", "step"):
+            logged[(key, point["sequences"], point["step"])] = value
+    assert logged == {(f"{r['evaluator']}/{r['metric']}", r["sequences"], r["step"]):
+                      r["value"] for r in rows if r["member"] == member}
+
+
+def test_a_missing_wandb_package_is_one_line(monkeypatch):
+  c = smoke_config()
+  c.log.wandb = "p"
+  find_spec = monitoring.importlib.util.find_spec
+  monkeypatch.setattr(monitoring.importlib.util, "find_spec",
+                      lambda name, *a: None if name == "wandb" else find_spec(name, *a))
+  with pytest.raises(UserError, match=r"^log.wandb: the wandb package is not installed"):
+    monitoring.validate(c)
+
+
+def test_the_population_figure_draws_every_member_and_their_mean(
+    population_run, tmp_path, monkeypatch):
+  drawn = {}
+  save = figures.save
+
+  def capture(fig, path):
+    drawn[os.path.basename(path)] = {
+        ax.get_title(): {line.get_label(): (list(line.get_xdata()), list(line.get_ydata()))
+                         for line in ax.get_lines()} for ax in fig.axes}
+    save(fig, path)
+  monkeypatch.setattr(figures, "save", capture)
+  rows = metrics_table.read(population_run)
+  paths = figures.plot_run(rows, str(tmp_path / "figs"))
+  assert os.path.basename(paths[0]) == "population.png"
+  panels = drawn["population.png"]
+  evaluators = sorted({r["evaluator"] for r in rows})
+  assert len([t for t in panels if t]) == len(evaluators)
+  for evaluator, metric in (("flip_icl", "in_context_acc"), ("pure_iwl", "acc")):
+    lines = panels[f"{evaluator}: {metric}"]
+    curves = [figures.series(rows, m, evaluator, metric) for m in NAMES]
+    for member, curve in zip(NAMES, curves):
+      assert lines[member] == tuple(map(list, curve))
+    np.testing.assert_allclose(lines["mean"][1], np.mean([y for _, y in curves], 0))
+    assert lines["mean"][0] == curves[0][0]
+  # one member: no population figure
+  one = [r for r in rows if r["member"] == NAMES[0]]
+  assert "population.png" not in [os.path.basename(p) for p in
+                                  figures.plot_run(one, str(tmp_path / "one"))]
