@@ -46,9 +46,7 @@ def evaluate_checkpoints(workdir: str, parallel: int = 0, shard: int = 0,
   members = config_lib.members(c)
   names = [m.name for m in members]
   table_rows = metrics_table.MetricsTable(workdir)
-  done = 0
-  with jax.set_mesh(mesh), checkpoints.manager(workdir, read_only=True) as mngr, \
-       monitoring.attached(c, workdir, table_rows, "evaluate", names):
+  with jax.set_mesh(mesh), checkpoints.manager(workdir, read_only=True) as mngr:
     trainer = step_lib.Trainer(c, mesh)
     abstract = trainer.abstract_state(members)
     table = trainer.task.constants(trainer.replicated)
@@ -68,11 +66,24 @@ def evaluate_checkpoints(workdir: str, parallel: int = 0, shard: int = 0,
     if not todo:
       logging.info("every checkpoint is already evaluated")
       return 0
-    evaluate = trainer.population_eval()
     parallel = parallel or (1 if jax.default_backend() == "cpu" else 8)
     if trainer.members_sharded:  # whole checkpoints on each device
       parallel = -(-parallel // mesh.devices.size) * mesh.devices.size
-    bar = tqdm.tqdm(total=len(todo), unit="ckpt", disable=None)
+    with monitoring.attached(c, workdir, table_rows, "evaluate", names):
+      done = _evaluate(c, mngr, trainer, abstract, (table, eval_sets), todo,
+                       parallel, table_rows)
+  logging.info("evaluated %d member checkpoint(s)", done)
+  return done
+
+
+def _evaluate(c, mngr, trainer, abstract, constants, todo, parallel,
+              table_rows) -> int:
+  """Evaluates the (step, member) checkpoints of todo, `parallel` per
+  compiled call; returns how many."""
+  table, eval_sets = constants
+  evaluate = trainer.population_eval()
+  done = 0
+  with tqdm.tqdm(total=len(todo), unit="ckpt", disable=None) as bar:
     for start in range(0, len(todo), parallel):
       batch = [(step, name, _restore(mngr, step, abstract, name))
                for step, name in todo[start:start + parallel]]
@@ -88,8 +99,6 @@ def evaluate_checkpoints(workdir: str, parallel: int = 0, shard: int = 0,
         table_rows.append(metrics_table.rows_from(
             name, step, step * c.batch_size, jax.tree.map(lambda v: v[i], results)))
       done += len(batch)
-    bar.close()
-  logging.info("evaluated %d member checkpoint(s)", done)
   return done
 
 

@@ -149,6 +149,10 @@ def read_wandb_ids(workdir: str) -> dict:
   return ids
 
 
+def _first_line(e: Exception) -> str:
+  return str(e).splitlines()[0] if str(e) else type(e).__name__
+
+
 class Views:
   """The views a table's appends go to; a failing view is dropped."""
 
@@ -163,7 +167,7 @@ class Views:
         view.write(rows)
       except Exception as e:  # pylint: disable=broad-except
         logging.warning("live view %s stopped: %s (metrics.jsonl is unaffected)",
-                        type(view).__name__, str(e).splitlines()[0] if str(e) else e)
+                        type(view).__name__, _first_line(e))
         self.views.remove(view)
 
   def close(self):
@@ -187,7 +191,13 @@ def attached(c, workdir: str, table: metrics_table.MetricsTable, job: str, names
         views[-1].write(table.rows)
     if c.log.wandb:
       validate(c)
-      views.append(WandB(c, workdir, job, names))
+      try:
+        views.append(WandB(c, workdir, job, names))
+      except UserError:
+        raise
+      except Exception as e:  # pylint: disable=broad-except
+        raise UserError(f"log.wandb: W&B did not start ({_first_line(e)}); "
+                        "run `wandb login`, or set WANDB_MODE=offline") from e
       if job == "train":
         views[-1].write([r for r in table.rows if r["member"] in views[-1].new])
   live = Views(views)

@@ -120,7 +120,18 @@ def wandb_history(run_dir) -> list[dict]:
           for r in records if r.WhichOneof("record_type") == "history"]
 
 
-def test_wandb_offline_logs_the_rows_per_member_and_resumes(tmp_path, monkeypatch):
+def as_logged(rows_or_points, member) -> dict:
+  """{(tag, sequences, step): value} of table rows (member given) or of W&B
+  history points (member None)."""
+  if member is not None:
+    return {(f"{r['evaluator']}/{r['metric']}", r["sequences"], r["step"]): r["value"]
+            for r in rows_or_points if r["member"] == member}
+  return {(key, p["sequences"], p["step"]): value for p in rows_or_points
+          for key, value in p.items()
+          if not key.startswith("_") and key not in ("sequences", "step")}
+
+
+def test_wandb_offline_logs_the_rows_per_member_resumes_and_takes_the_sweep_job(tmp_path, monkeypatch):
   pytest.importorskip("wandb", reason="the optional wandb package is not installed")
   monkeypatch.setenv("WANDB_MODE", "offline")
   monkeypatch.setenv("WANDB_SILENT", "true")
@@ -140,12 +151,17 @@ def test_wandb_offline_logs_the_rows_per_member_and_resumes(tmp_path, monkeypatc
     assert len(runs) == 2  # first run and its resumption, one W&B id
     logged = {}
     for run_dir in runs:
-      for point in wandb_history(run_dir):
-        for key, value in point.items():
-          if not key.startswith("_") and key not in ("sequences", "step"):
-            logged[(key, point["sequences"], point["step"])] = value
-    assert logged == {(f"{r['evaluator']}/{r['metric']}", r["sequences"], r["step"]):
-                      r["value"] for r in rows if r["member"] == member}
+      logged.update(as_logged(wandb_history(run_dir), None))
+    assert logged == as_logged(rows, member)
+  # the checkpoint-sweep job logs its rows to W&B runs of its own
+  metrics_table.atomic_write_text(metrics_table.path(workdir), "".join(
+      json.dumps(r) + "\n" for r in rows if r["member"] != NAMES[0]))
+  assert evaluate.evaluate_checkpoints(workdir) == 3
+  ids = monitoring.read_wandb_ids(workdir)
+  assert sorted(ids) == [f"{job}/{n}" for job in ("evaluate", "train") for n in NAMES]
+  (sweep_run,) = glob.glob(os.path.join(workdir, "wandb", f"offline-run-*-{ids['evaluate/init_seed1']}"))
+  swept = [r for r in metrics_table.read(workdir) if r["member"] == NAMES[0]]
+  assert as_logged(wandb_history(sweep_run), None) == as_logged(swept, NAMES[0])
 
 
 def test_a_missing_wandb_package_is_one_line(monkeypatch):
@@ -156,6 +172,28 @@ def test_a_missing_wandb_package_is_one_line(monkeypatch):
                       lambda name, *a: None if name == "wandb" else find_spec(name, *a))
   with pytest.raises(UserError, match=r"^log.wandb: the wandb package is not installed"):
     monitoring.validate(c)
+
+
+def test_a_failing_view_warns_once_and_the_others_go_on(caplog):
+  class Broken:
+    def write(self, rows):
+      raise OSError(28, "No space left on device")
+
+  class Kept:
+    def __init__(self):
+      self.rows = []
+
+    def write(self, rows):
+      self.rows += rows
+
+  kept = Kept()
+  views = monitoring.Views([Broken(), kept])
+  views.write([{"a": 1}])
+  views.write([{"a": 2}])
+  assert kept.rows == [{"a": 1}, {"a": 2}] and views.views == [kept]
+  warnings = [r.getMessage() for r in caplog.records if "live view" in r.getMessage()]
+  assert warnings == ["live view Broken stopped: [Errno 28] No space left on "
+                      "device (metrics.jsonl is unaffected)"]
 
 
 def test_the_population_figure_draws_every_member_and_their_mean(
