@@ -5,7 +5,8 @@ Daniels et al. 2025: a GPT-2 regressor on 57-d tokens (25 label pairs,
 trajectories; AdamW (weight decay 0.01, torch betas/eps), global-norm clipping
 1.0, constant learning rate lr = sqrt(batch / 512) * multiplier * 1.5849e-5;
 evaluation and checkpoints every 1000 optimizer steps; needle prompts with
-haystack 5 (50 examples x 1000 trials).
+haystack 5 (50 examples x 1000 trials). The paper-size presets also follow
+the OOD prompts over training (OOD below); cpu and smoke do not.
 
   python main.py --config=configs/lds_recall.py --workdir=runs/lds_big
   python main.py --config=configs/lds_recall.py:cpu --workdir=runs/lds_cpu
@@ -38,6 +39,11 @@ STEPS_PER_CALL = 100
 # remat: recompute blocks in the backward pass; without it the attention
 # probabilities of Big (batch 640 x 12 heads x 250^2 x 24 layers, fp32) alone
 # take ~46 GB.
+# The OOD prompts of Daniels et al. 2025 at the haystacks the paper reads them
+# (acceptance checks 8-10): a misdirected label at H = 2, synchronised
+# observations at H = 1-3, an unseen label + new system at H = 5 and 7.
+OOD = ("misdirected_label@2", "synchronised@1,2,3", "unseen_system@5,7")
+
 PRESETS = {
     "big": ("big", 640, 0.8333, 135_000, True),
     "tiny": ("tiny", 2048, 4.0, 50_000, False),
@@ -68,6 +74,7 @@ CPU = {
     "model.max_len": 64,
     "batch_size": 32, "steps_per_call": 500, "optim.lr": 2e-3,
     "total_sequences": 640_000, "eval_every": 32_000, "ckpt.every": 160_000,
+    "lds.ood_variants": (),
 }
 SMOKE = {
     "lds.max_systems": 4, "lds.context_len": 40, "lds.trajectory_len": 40,
@@ -79,6 +86,7 @@ SMOKE = {
     "model.max_len": 40,
     "batch_size": 8, "steps_per_call": 10, "optim.lr": 1e-3,
     "total_sequences": 800, "eval_every": 400, "ckpt.every": 400,
+    "lds.ood_variants": (),
 }
 
 
@@ -93,6 +101,7 @@ def preset_config(name: str) -> ml_collections.ConfigDict:
   c.task = "lds"
   c.num_devices = 0          # every device: the batch is large enough to split
   c.lds = lds_task.lds_block()
+  c.lds.ood_variants = OOD
   c.model.d_model, c.model.depth, c.model.n_heads = gpt2.SIZES[size]
   c.model.mlp_ratio = 4
   c.model.positions = "learned"

@@ -321,3 +321,70 @@ def test_report_two_timescales_and_abruptness(tmp_path):
   with pytest.raises(UserError, match="no metrics"):
     lds_report.report(str(tmp_path / "missing"), str(tmp_path))
 
+
+
+def test_ood_variants_take_their_own_haystacks():
+  c = smoke_config(**{"lds.ood_variants": ("synchronised@1,3", "misdirected_label"),
+                      "lds.ood_haystack_lens": (2,)})
+  assert lds_task.needle_evaluators(c) == {
+      "needle_h2": (2, "normal"), "synchronised_h1": (1, "synchronised"),
+      "synchronised_h3": (3, "synchronised"),
+      "misdirected_label_h2": (2, "misdirected_label")}
+  # the paper-size presets follow the paper's OOD prompts over training
+  ood = {e for e, (_, v) in lds_task.needle_evaluators(lds_recall.get_config("medium")).items()
+         if v != "normal"}
+  assert ood == {"misdirected_label_h2", "synchronised_h1", "synchronised_h2",
+                 "synchronised_h3", "unseen_system_h5", "unseen_system_h7"}
+  with pytest.raises(UserError, match="lds.ood_variants: 'synchronised@x'"):
+    lds_task.LDSTask(smoke_config(**{"lds.ood_variants": ("synchronised@x",)})).validate(1)
+
+
+def ood_rows(values: dict, sequences):
+  """Rows of {(evaluator, metric): [value per evaluation]} medians."""
+  rows = []
+  for step, s in enumerate(sequences):
+    results = {}
+    for (evaluator, metric), series in values.items():
+      results.setdefault(evaluator, {})[f"{metric}_median"] = series[step]
+    rows += metrics_table.rows_from("main", step, s, results)
+  return rows
+
+
+def test_report_checks_the_ood_prompts_over_training(tmp_path):
+  """Acceptance checks 8-10 against hand-set curves, and their figure."""
+  sequences = [0, 1000, 2000, 4000]
+  values = {
+      ("needle_h2", "after_final_1"): [0.9, 0.8, 0.2, 0.1],   # t1 = 2000
+      ("needle_h2", "after_final_2"): [0.9, 0.1, 0.02, 0.01],
+      ("misdirected_label_h2", "after_final_1"): [0.9, 1.0, 1.2, 1.5],
+      ("misdirected_label_h2", "after_final_2"): [0.9, 0.2, 0.1, 0.04],
+      ("synchronised_h2", "after_final_1"): [0.9, 0.8, 0.6, 0.5],
+      ("synchronised_h2", "after_final_2"): [0.9, 0.6, 0.5, 0.45],
+      ("unseen_system_h2", "after_final_1"): [1.0] * 4,
+  }
+  for k, final, initial in ((2, 0.4, 0.3), (3, 0.2, 0.15), (5, 0.5, 0.1)):
+    values[("unseen_system_h2", f"after_final_{k}")] = [1.0, 1.0, 1.0, final]
+    values[("unseen_system_h2", f"after_initial_{k}")] = [1.0, 1.0, 1.0, initial]
+  workdir = str(tmp_path / "run")
+  ood = ("misdirected_label@2", "synchronised@2", "unseen_system@2")
+  write_run(workdir, ood_rows(values, sequences), **{"lds.ood_variants": ood})
+  (member,) = lds_report.report(workdir, workdir)["members"]
+  assert member["two_timescales"]["t1"] == 2000
+  assert member["ood"]["misdirected_label"] == {"misdirected_label_h2": {
+      "at": 4000, "first": 1.5, "second": 0.04, "pass": True}}
+  assert member["ood"]["synchronised"] == {"synchronised_h2": {
+      "second": 0.45, "normal": "needle_h2", "normal_second": 0.01, "pass": True}}
+  unseen = member["ood"]["unseen_system"]["unseen_system_h2"]
+  assert unseen["ratios"] == pytest.approx({"2": 0.4 / 0.3, "3": 0.2 / 0.15, "5": 5.0})
+  assert unseen["pass"] is False   # k = 5: 5x its first-segment error
+  assert os.path.getsize(os.path.join(workdir, "figures", "lds_ood_main.png")) > 10_000
+  # a misdirected second token that follows the label fails check 8; with
+  # no t1 (the first token never recalls) the check is undecided
+  values[("misdirected_label_h2", "after_final_2")][-1] = 0.2
+  write_run(workdir, ood_rows(values, sequences), **{"lds.ood_variants": ood})
+  (member,) = lds_report.report(workdir, workdir)["members"]
+  assert member["ood"]["misdirected_label"]["misdirected_label_h2"]["pass"] is False
+  values[("needle_h2", "after_final_1")] = [0.9] * 4
+  write_run(workdir, ood_rows(values, sequences), **{"lds.ood_variants": ood})
+  (member,) = lds_report.report(workdir, workdir)["members"]
+  assert member["ood"]["misdirected_label"]["misdirected_label_h2"]["pass"] is None

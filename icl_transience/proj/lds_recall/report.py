@@ -9,8 +9,8 @@ From the run's metrics table, per member:
            training examples, log x;
            lds_pretrain_<member>.png: pre-training error on test and training
            systems and the training loss; lds_ood_<member>.png: the
-           "k after final" medians of every OOD evaluator at the last
-           evaluation, beside the normal prompts of the same haystack.
+           "1 / 2 after final" medians of every OOD evaluator over
+           training, beside the normal prompts of the same haystack.
   checks   two timescales (acceptance check 4): t2 / t1 = the first
            evaluated sequences count at which the "2 / 1 after final" median
            falls below `threshold` (0.3); pass iff t2 < t1 and
@@ -20,6 +20,7 @@ From the run's metrics table, per member:
            count before it at which it is > `high` (0.8), pass iff
            t_low / t_high <= `max_span` (1.5). Counts of 0 (the initial
            evaluation) are never t_high.
+           The OOD prompts: acceptance checks 8-10 (ood_report.py).
 The checks read the needle evaluator of haystack length 5 if there is one,
 else the run's first haystack length. Undefined times are null in
 report.json.
@@ -37,6 +38,7 @@ from icl_transience.analysis import figures  # selects matplotlib's Agg backend
 from icl_transience.errors import UserError
 from icl_transience.proj.lds_recall import lds
 from icl_transience.proj.lds_recall import lds_baseline
+from icl_transience.proj.lds_recall import ood_report
 from icl_transience.proj.lds_recall import task as lds_task
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
 
@@ -155,49 +157,6 @@ def pretrain_figure(rows, member: str, path: str, reference: float):
   figures.save(fig, path)
 
 
-def ood_figure(ood: dict, member: str, path: str):
-  """Bars of "k after final" medians (q25-q75 whiskers) per evaluator."""
-  fig, ax = plt.subplots(figsize=(8, 4))
-  width = 0.8 / len(ood)
-  for i, (evaluator, per_step) in enumerate(ood.items()):
-    steps = sorted(per_step)
-    medians = [per_step[k][1] for k in steps]
-    spread = [[m - per_step[k][0] for k, m in zip(steps, medians)],
-              [per_step[k][2] - m for k, m in zip(steps, medians)]]
-    ax.bar([j + i * width for j in range(len(steps))], medians, width,
-           yerr=spread, capsize=2, label=evaluator)
-    ax.set_xticks([j + 0.4 - width / 2 for j in range(len(steps))],
-                  [f"{k} after final" for k in steps])
-  ax.set(ylabel="error (median over examples)",
-         title=f"OOD prompts at the last evaluation: {member}")
-  ax.legend(fontsize=7)
-  ax.grid(alpha=0.3, axis="y")
-  figures.save(fig, path)
-
-
-def _ood_results(rows, member: str, c) -> dict:
-  """{evaluator: {k: (q25, median, q75)}} at each evaluator's last point,
-  for the OOD evaluators and the normal needle of their haystack lengths."""
-  evaluators = lds_task.needle_evaluators(c)
-  chosen = [e for e, (_, variant) in evaluators.items() if variant != "normal"]
-  if not chosen:
-    return {}
-  lengths = {evaluators[e][0] for e in chosen}
-  chosen = [e for e, (h, v) in evaluators.items()
-            if v == "normal" and h in lengths] + chosen
-  out = {}
-  for evaluator in chosen:
-    per_step = {}
-    for k in steps_logged(rows, evaluator, "after_final"):
-      values = [_last(rows, member, evaluator, f"after_final_{k}_{q}")
-                for q in lds_task.QUARTILES]
-      if None not in values:
-        per_step[k] = tuple(values)
-    if per_step:
-      out[evaluator] = per_step
-  return out
-
-
 def _pretrain_summary(rows, member: str) -> dict:
   test = _points(rows, member, "pretrain_test", "mse")
   best = min(test, key=lambda p: p[1]) if test else (None, None)
@@ -236,20 +195,17 @@ def report(workdir: str, out_dir: str, checks: Checks = Checks()) -> dict:
              for kind in ("recall", "pretrain", "ood")]
     recall_figure(rows, member, evaluator, paths[0])
     pretrain_figure(rows, member, paths[1], reference)
-    ood = _ood_results(rows, member, c)
-    if ood:
-      ood_figure(ood, member, paths[2])
-    else:
+    if not ood_report.curves_figure(rows, member, c, paths[2]):
       paths.pop()
     final = {f"after_final_{k}": _last(rows, member, evaluator,
                                         f"after_final_{k}_median")
              for k in steps_logged(rows, evaluator, "after_final")}
+    timescales = two_timescales(first, second, checks)
     summary["members"].append({
-        "member": member, "two_timescales": two_timescales(first, second,
-                                                           checks),
+        "member": member, "two_timescales": timescales,
         "abrupt_first_token": abruptness(first, checks),
         "pretrain": _pretrain_summary(rows, member), "final": final,
-        "ood": {e: {str(k): v for k, v in s.items()} for e, s in ood.items()},
+        "ood": ood_report.report(rows, member, c, timescales["t1"], evaluator),
         "figures": paths})
   for m in summary["members"]:
     row4, row5 = m["two_timescales"], m["abrupt_first_token"]
@@ -263,6 +219,8 @@ def report(workdir: str, out_dir: str, checks: Checks = Checks()) -> dict:
         f"{k}={_fmt(v)}" for k, v in m["final"].items()))
     print("  pre-training: " + ", ".join(
         f"{k}={_fmt(v)}" for k, v in m["pretrain"].items()))
+    for line in ood_report.summary_lines(m["ood"]):
+      print(line)
   metrics_table.atomic_write_text(
       os.path.join(out_dir, metrics_table.REPORT_FILENAME),
       json.dumps(summary, indent=2) + "\n")

@@ -19,7 +19,8 @@ Evaluators (Daniels et al. 2025), from data fixed by `eval_seed`:
                   after_initial_{k}_* -- the 25/50/75th percentiles over
                   examples of the median over trials (Daniels et al. 2025)
   {variant}_h{H}  the same for each OOD variant of lds_prompts.VARIANTS in
-                  `ood_variants`, at every H of `ood_haystack_lens`
+                  `ood_variants`, at every H of `ood_haystack_lens`, or at
+                  its own lengths ('synchronised@1,2,3')
 The pre-training traces are built once in eval_sets; the needle prompts are
 generated inside `evaluate`, one example at a time, from a fixed key (a
 1000-trial prompt set of the longer haystacks would take gigabytes).
@@ -56,10 +57,18 @@ def needle_spec(c, haystack_len: int, variant: str = "normal",
 
 
 def needle_evaluators(c) -> dict[str, tuple[int, str]]:
-  """Evaluator name -> (haystack length, variant)."""
+  """Evaluator name -> (haystack length, variant). An OOD entry is
+  'variant' (at every H of ood_haystack_lens) or 'variant@H,H,...'."""
   out = {f"needle_h{h}": (h, "normal") for h in c.lds.haystack_lens}
-  for variant in c.lds.ood_variants:
-    for h in c.lds.ood_haystack_lens:
+  for entry in c.lds.ood_variants:
+    variant, sep, lengths = entry.partition("@")
+    try:
+      lengths = ([int(h) for h in lengths.split(",")] if sep
+                 else list(c.lds.ood_haystack_lens))
+    except ValueError as e:
+      raise UserError(f"lds.ood_variants: '{entry}' is not variant@H[,H...] "
+                      "with whole haystack lengths") from e
+    for h in lengths:
       out[f"{variant}_h{h}"] = (h, variant)
   return out
 
@@ -234,8 +243,10 @@ def lds_block() -> ml_collections.ConfigDict:
   b.needle_config = 0            # haystack rotation: 0 = needle farthest back
   b.final_steps = (1, 2, 3, 5, 10)    # k of "k after final"
   b.initial_steps = (2, 3, 4, 5, 6)   # k of "k after initial"
-  b.ood_variants = ()            # names of lds_prompts.VARIANTS, e.g.
-  b.ood_haystack_lens = (2,)     # ("misdirected_label", "synchronised")
+  # names of lds_prompts.VARIANTS, each at every H of ood_haystack_lens or
+  # at its own: ("misdirected_label@2", "synchronised@1,2,3")
+  b.ood_variants = ()
+  b.ood_haystack_lens = (2,)
   b.pretrain_traces = 1000       # traces per pre-training error set
   b.pretrain_systems = 1000      # systems (one trajectory each) per set
   b.eval_batch = 250             # sequences per forward pass in evaluation
