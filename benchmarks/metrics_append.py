@@ -10,7 +10,6 @@ then the same with the TensorBoard event files written and flushed at each
 append, and the mean cost of an append with them against without.
 """
 import argparse
-import contextlib
 import tempfile
 import time
 
@@ -40,7 +39,7 @@ def timed_appends(members: int, appends: int, tensorboard: bool) -> list[float]:
       start = time.perf_counter()
       table.append(rows)
       seconds.append(time.perf_counter() - start)
-    with contextlib.suppress(AttributeError):
+    if view:
       view.close()
   return seconds
 

@@ -69,7 +69,9 @@ def evaluate_checkpoints(workdir: str, parallel: int = 0, shard: int = 0,
     parallel = parallel or (1 if jax.default_backend() == "cpu" else 8)
     if trainer.members_sharded:  # whole checkpoints on each device
       parallel = -(-parallel // mesh.devices.size) * mesh.devices.size
-    with monitoring.attached(c, workdir, table_rows, "evaluate", names):
+    job = "evaluate" if num_shards == 1 else f"evaluate_{shard}of{num_shards}"
+    with monitoring.attached(c, workdir, table_rows, job,
+                             list(dict.fromkeys(n for _, n in todo))):
       done = _evaluate(c, mngr, trainer, abstract, (table, eval_sets), todo,
                        parallel, table_rows)
   logging.info("evaluated %d member checkpoint(s)", done)

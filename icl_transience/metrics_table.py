@@ -103,7 +103,7 @@ class MetricsTable:
         atomic_write_text(path(self.workdir), "".join(
             json.dumps(r) + "\n" for r in self.rows))
     else:
-      with _locked(self.workdir):
+      with locked(self.workdir):
         self._take(self._read_new())  # what other jobs appended meanwhile
         fresh = self._take(rows)
         if fresh:
@@ -173,7 +173,7 @@ def _write_all(fd: int, data: bytes):
 
 
 @contextlib.contextmanager
-def _locked(workdir: str):
+def locked(workdir: str):
   """An exclusive lock on workdir/.metrics.lock (local and shared POSIX
   filesystems; object stores have no locks, and one writer is assumed)."""
   if is_remote(workdir):

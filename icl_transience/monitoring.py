@@ -14,18 +14,23 @@ checkpoint-sweep job's) also goes to each view:
   grouped by workdir, x = `sequences`, holding the run's config. The run ids
   are kept in workdir/wandb_runs.json, so a resumed workdir logs into the
   same W&B runs. `WANDB_MODE=offline` works without a network (then
-  `wandb sync workdir/wandb/offline-run-*`).
+  `wandb sync workdir/wandb/offline-run-*`); W&B cannot append to an offline
+  run, so there each resumption is a run of its own (same name and group).
 
 The table stays the record: a view is written after the rows are on disk,
-and a view that fails warns once and is dropped, never stopping training. A
-view opened on a workdir whose table already has rows (a run started before
-the view was turned on) first receives those rows.
+and a view that fails warns once and is dropped, never stopping training.
+The trainer's TensorBoard view notes the last step it wrote per member
+(tensorboard/written.json); on start it first writes the table's rows past
+that mark, so a run trained with the view off, or killed between its table
+and its view, has no gap. A W&B run new to the workdir first receives its
+member's rows.
 """
 import collections
 import contextlib
 import importlib.util
 import json
 import os
+import time
 import uuid
 
 import ml_collections
@@ -36,7 +41,8 @@ from icl_transience import metrics_table
 from icl_transience.errors import UserError
 
 TENSORBOARD_DIR = "tensorboard"   # workdir/tensorboard/<member>/
-WANDB_IDS = "wandb_runs.json"     # {"<job>/<member>": W&B run id}
+WANDB_IDS = "wandb_runs.json"     # {"<entity>/<project>/<job>/<member>": W&B run id}
+WRITTEN = "written.json"          # tensorboard/: {member: last step the trainer wrote}
 VS_STEP = "vs_step"               # tag prefix of the optimizer-step view (listed last)
 
 
@@ -46,7 +52,7 @@ def log_block() -> ml_collections.ConfigDict:
       tensorboard=True,   # workdir/tensorboard/<member>/ event files
       wandb="",           # W&B project ('' = off)
       wandb_entity="",    # W&B entity ('' = your default)
-      wandb_group="",     # W&B group ('' = the workdir's name)
+      wandb_group="",     # W&B group ('' = the workdir)
       wandb_tags=(),      # W&B tags
   ))
 
@@ -62,78 +68,121 @@ def tag(row: dict) -> str:
   return f"{row['evaluator']}/{row['metric']}"
 
 
+def by_evaluation(rows) -> dict:
+  """{(member, step, sequences): [rows]}, in the rows' order."""
+  points = collections.defaultdict(list)
+  for row in rows:
+    points[(row["member"], row["step"], row["sequences"])].append(row)
+  return points
+
+
 class TensorBoard:
-  """One tensorboardX event file per member, under workdir/tensorboard/:
-  one event per (member, evaluation) and view, holding all its scalars."""
+  """One event file per member and job under workdir/tensorboard/<member>/:
+  one event per (member, evaluation) and view, holding all its scalars,
+  written and flushed synchronously."""
 
   def __init__(self, workdir: str, job: str):
-    import tensorboardX  # pylint: disable=g-import-not-at-top
-    from tensorboardX.proto import summary_pb2  # pylint: disable=g-import-not-at-top
-    self._file_writer, self._summary = tensorboardX.FileWriter, summary_pb2.Summary
+    from tensorboardX import event_file_writer  # pylint: disable=g-import-not-at-top
+    from tensorboardX import record_writer  # pylint: disable=g-import-not-at-top
+    from tensorboardX.proto import event_pb2, summary_pb2  # pylint: disable=g-import-not-at-top
+    self._open, self._mkdir = event_file_writer.EventsWriter, record_writer.directory_check
+    self._event, self._summary = event_pb2.Event, summary_pb2.Summary
     self.root = os.path.join(workdir, TENSORBOARD_DIR)
+    self.job = job
     # Two jobs (trainer, sweep job) may write one member's folder at once:
     # each writes its own file (TensorBoard reads them all).
     self.suffix = f".{job}.{os.getpid()}"
     self.writers = {}
+    self.written = self._read_written() if job == "train" else {}
+
+  def _read_written(self) -> dict:
+    path = epath.Path(self.root) / WRITTEN
+    try:
+      return {k: int(v) for k, v in json.loads(path.read_text()).items()}
+    except (FileNotFoundError, ValueError, AttributeError):
+      return {}
+
+  def unwritten(self, rows) -> list:
+    """The rows past the trainer's mark of their member."""
+    return [r for r in rows if r["step"] > self.written.get(r["member"], -1)]
 
   def write(self, rows):
-    points = collections.defaultdict(list)
-    for row in rows:
-      points[(row["member"], row["step"], row["sequences"])].append(row)
+    points = by_evaluation(rows)
     for (member, step, sequences), group in points.items():
       if member not in self.writers:
-        self.writers[member] = self._file_writer(
-            os.path.join(self.root, member), flush_secs=3600,
-            filename_suffix=self.suffix)
+        folder = os.path.join(self.root, member)
+        self._mkdir(folder)
+        self.writers[member] = self._open(os.path.join(folder, "events"), self.suffix)
       for prefix, x in (("", sequences), (f"{VS_STEP}/", step)):
-        self.writers[member].add_summary(self._summary(value=[
-            self._summary.Value(tag=prefix + tag(r), simple_value=r["value"])
-            for r in group]), global_step=x)
+        self.writers[member].write_event(self._event(
+            wall_time=time.time(), step=x, summary=self._summary(value=[
+                self._summary.Value(tag=prefix + tag(r), simple_value=r["value"])
+                for r in group])))
     for member in dict.fromkeys(m for m, _, _ in points):
       self.writers[member].flush()
+    if self.job == "train" and points:
+      for member, step, _ in points:
+        self.written[member] = max(step, self.written.get(member, -1))
+      metrics_table.atomic_write_text(os.path.join(self.root, WRITTEN),
+                                      json.dumps(self.written) + "\n")
 
-  def close(self):
+  def close(self, failed: bool = False):
+    del failed
     for writer in self.writers.values():
-      writer.close()
+      with contextlib.suppress(Exception):
+        writer.close()
+
+
+def offline() -> bool:
+  return os.environ.get("WANDB_MODE", "").lower() in ("offline", "dryrun")
 
 
 class WandB:
-  """One W&B run per member of this job, resumed from workdir/wandb_runs.json."""
+  """One W&B run per member of this job. Online, a resumed workdir logs
+  into the runs whose ids workdir/wandb_runs.json keeps; offline, each
+  start is a new run of the same name (W&B cannot append to an offline run)."""
 
   def __init__(self, c, workdir: str, job: str, names):
     import wandb  # pylint: disable=g-import-not-at-top
     self.runs, self.new = {}, set()
-    ids_path = os.path.join(workdir, WANDB_IDS)
-    ids = read_wandb_ids(workdir)
-    run_name = os.path.basename(os.path.normpath(workdir))
-    for name in names:
-      key = f"{job}/{name}"
-      if key not in ids:
-        ids[key] = uuid.uuid4().hex[:12]
-        self.new.add(name)
-        metrics_table.atomic_write_text(ids_path, json.dumps(ids, indent=2) + "\n")
-      run = wandb.init(
-          project=c.log.wandb, entity=c.log.wandb_entity or None,
-          group=c.log.wandb_group or run_name, job_type=job,
-          name=f"{run_name}/{name}" + ("" if job == "train" else f" ({job})"),
-          id=ids[key], resume="allow", tags=list(c.log.wandb_tags), dir=workdir,
-          config=dict(json.loads(c.to_json()), member=name),
-          reinit="create_new", settings=wandb.Settings(console="off", silent=True))
-      run.define_metric("sequences")
-      run.define_metric("*", step_metric="sequences")
-      self.runs[name] = run
+    run_name = os.path.normpath(workdir)[-100:]  # W&B names: 128 characters
+    known = read_wandb_ids(workdir)
+    ids = {}
+    try:
+      for name in names:
+        key = "/".join((c.log.wandb_entity or "-", c.log.wandb, job, name))
+        if key not in known:
+          self.new.add(name)
+        ids[key] = known.get(key) if key in known and not offline() else uuid.uuid4().hex[:12]
+        run = wandb.init(
+            project=c.log.wandb, entity=c.log.wandb_entity or None,
+            group=c.log.wandb_group or run_name, job_type=job.split("_")[0],
+            name=f"{run_name}/{name}" + ("" if job == "train" else f" ({job})"),
+            id=ids[key], resume="allow", tags=list(c.log.wandb_tags),
+            dir=None if metrics_table.is_remote(workdir) else workdir,
+            config=dict(json.loads(c.to_json()), member=name),
+            reinit="create_new", settings=wandb.Settings(console="off", silent=True))
+        run.define_metric("sequences")
+        run.define_metric("*", step_metric="sequences")
+        self.runs[name] = run
+    except BaseException:
+      self.close(failed=True)
+      raise
+    with metrics_table.locked(workdir):  # other jobs may add their ids
+      merged = dict(read_wandb_ids(workdir), **ids)
+      metrics_table.atomic_write_text(str(epath.Path(workdir) / WANDB_IDS),
+                                      json.dumps(merged, indent=2) + "\n")
 
   def write(self, rows):
-    points = collections.defaultdict(dict)  # one W&B step per evaluation
-    for row in rows:
-      points[(row["member"], row["step"], row["sequences"])][tag(row)] = row["value"]
-    for (member, step, sequences), values in points.items():
-      if member in self.runs:
-        self.runs[member].log(dict(values, sequences=sequences, step=step))
+    for (member, step, sequences), group in by_evaluation(rows).items():
+      if member in self.runs:  # one W&B step per evaluation
+        self.runs[member].log(dict({tag(r): r["value"] for r in group},
+                                   sequences=sequences, step=step))
 
-  def close(self):
+  def close(self, failed: bool = False):
     for run in self.runs.values():
-      run.finish()
+      with contextlib.suppress(Exception):
+        run.finish(exit_code=1 if failed else 0)
 
 
 def read_wandb_ids(workdir: str) -> dict:
@@ -149,20 +198,20 @@ def read_wandb_ids(workdir: str) -> dict:
   return ids
 
 
-def _first_line(e: Exception) -> str:
+def _first_line(e: BaseException) -> str:
   return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
 class Views:
   """The views a table's appends go to; a failing view is dropped."""
 
-  def __init__(self, views):
-    self.views = list(views)
+  def __init__(self):
+    self.views = []
 
-  def write(self, rows):
+  def write(self, rows, views=None):
     if not rows:
       return
-    for view in list(self.views):
+    for view in list(self.views if views is None else views):
       try:
         view.write(rows)
       except Exception as e:  # pylint: disable=broad-except
@@ -170,40 +219,42 @@ class Views:
                         type(view).__name__, _first_line(e))
         self.views.remove(view)
 
-  def close(self):
+  def close(self, failed: bool = False):
     for view in self.views:
       with contextlib.suppress(Exception):
-        view.close()
+        view.close(failed)
 
 
 @contextlib.contextmanager
 def attached(c, workdir: str, table: metrics_table.MetricsTable, job: str, names):
-  """Opens the config's views for this job, sends them every row the table
-  appends from now on, and closes them at the end. Rows already in the
-  table go to a view that is new to the workdir (only for the trainer: the
-  sweep job's views start empty)."""
-  views = []
-  if table.write:
-    if c.log.tensorboard:
-      fresh = not epath.Path(os.path.join(workdir, TENSORBOARD_DIR)).exists()
-      views.append(TensorBoard(workdir, job))
-      if fresh and job == "train":
-        views[-1].write(table.rows)
-    if c.log.wandb:
-      validate(c)
+  """Opens the config's views for this job (train, evaluate, or
+  evaluate_<i>of<n> for a shard), sends them every row the table appends
+  from now on, and closes them at the end. Before that, the trainer's views
+  receive the rows on disk they have not had."""
+  live = Views()
+  failed = False
+  try:
+    if table.write and c.log.tensorboard:
+      live.views.append(TensorBoard(workdir, job))
+      if job == "train":
+        live.write(live.views[-1].unwritten(table.rows), live.views[-1:])
+    if table.write and c.log.wandb:
       try:
-        views.append(WandB(c, workdir, job, names))
+        live.views.append(WandB(c, workdir, job, names))
       except UserError:
         raise
       except Exception as e:  # pylint: disable=broad-except
         raise UserError(f"log.wandb: W&B did not start ({_first_line(e)}); "
                         "run `wandb login`, or set WANDB_MODE=offline") from e
       if job == "train":
-        views[-1].write([r for r in table.rows if r["member"] in views[-1].new])
-  live = Views(views)
-  table.listeners.append(live.write)
-  try:
+        new = live.views[-1].new
+        live.write([r for r in table.rows if r["member"] in new], live.views[-1:])
+    table.listeners.append(live.write)
     yield live
+  except BaseException:
+    failed = True
+    raise
   finally:
-    table.listeners.remove(live.write)
-    live.close()
+    if live.write in table.listeners:
+      table.listeners.remove(live.write)
+    live.close(failed)

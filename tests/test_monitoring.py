@@ -8,7 +8,6 @@ import struct
 
 import numpy as np
 import pytest
-from tensorboard.backend.event_processing import event_accumulator
 
 from icl_transience import evaluate
 from icl_transience import metrics_table
@@ -18,6 +17,10 @@ from icl_transience.errors import UserError
 from icl_transience.train import loop
 
 from helpers import copy_run, smoke_config
+
+event_accumulator = pytest.importorskip(
+    "tensorboard.backend.event_processing.event_accumulator",
+    reason="the tests read event files with TensorBoard (the test extra)")
 
 POPULATION = "init_seed=1; init_seed=2"
 NAMES = ["init_seed1", "init_seed2"]
@@ -58,7 +61,8 @@ def expected(rows, member) -> dict:
 def test_tensorboard_holds_exactly_the_rows_of_a_population(population_run):
   rows = metrics_table.read(population_run)
   assert {r["member"] for r in rows} == set(NAMES)
-  assert sorted(os.listdir(os.path.join(population_run, "tensorboard"))) == NAMES
+  assert sorted(os.listdir(os.path.join(population_run, "tensorboard"))) == NAMES + [
+      "written.json"]
   for member in NAMES:
     got = scalars(os.path.join(population_run, "tensorboard", member))
     assert got == expected(rows, member)
@@ -67,6 +71,8 @@ def test_tensorboard_holds_exactly_the_rows_of_a_population(population_run):
 
 def test_the_sweep_job_writes_its_rows_to_tensorboard(population_run, tmp_path):
   workdir = copy_run(population_run, tmp_path / "run")
+  trainer_files = {p: open(p, "rb").read() for p in glob.glob(
+      os.path.join(workdir, "tensorboard", "*", "*.train.*"))}
   trained = metrics_table.read(workdir)
   metrics_table.atomic_write_text(metrics_table.path(workdir), "".join(
       json.dumps(r) + "\n" for r in trained if r["evaluator"] == "train_batch"))
@@ -77,22 +83,67 @@ def test_the_sweep_job_writes_its_rows_to_tensorboard(population_run, tmp_path):
     folder = os.path.join(workdir, "tensorboard", member)
     (sweep_file,) = glob.glob(os.path.join(folder, "*.evaluate.*"))
     assert scalars(sweep_file) == expected(swept, member)
-    # the trainer's file beside it is untouched, and TensorBoard reads both
-    assert len(os.listdir(folder)) == 2
+    assert len(os.listdir(folder)) == 2  # TensorBoard reads both files
+  assert len(trainer_files) == 2 and all(  # the trainer's files are untouched
+      open(p, "rb").read() == data for p, data in trainer_files.items())
 
 
 def test_a_new_tensorboard_view_first_receives_the_rows_on_disk(population_run, tmp_path):
   """A run trained with TensorBoard off (or before it existed) gets its
-  whole table when the view is opened on it."""
+  whole table when the view is opened on it; a run killed between its table
+  and its view gets the rows past the view's mark; non-lead processes and
+  log.tensorboard=False write nothing."""
   workdir = copy_run(population_run, tmp_path / "run")
   shutil.rmtree(os.path.join(workdir, "tensorboard"))
   c = smoke_config(population=POPULATION)
+  for table, log in ((metrics_table.MetricsTable(workdir, write=False), True),
+                     (metrics_table.MetricsTable(workdir), False)):
+    c.log.tensorboard = log
+    with monitoring.attached(c, workdir, table, "train", NAMES):
+      table.append([dict(table.rows[0], step=7, sequences=56)])
+    assert not os.path.exists(os.path.join(workdir, "tensorboard"))
+  c.log.tensorboard = True
   table = metrics_table.MetricsTable(workdir)
   with monitoring.attached(c, workdir, table, "train", NAMES):
     pass
   for member in NAMES:
     got = scalars(os.path.join(workdir, "tensorboard", member))
     assert got == expected(table.rows, member)
+  # killed after the step-50 evaluation reached the view, before step 100 did
+  shutil.rmtree(os.path.join(workdir, "tensorboard"))
+  os.makedirs(os.path.join(workdir, "tensorboard"))
+  with open(os.path.join(workdir, "tensorboard", "written.json"), "w") as f:
+    json.dump({NAMES[0]: 50}, f)
+  with monitoring.attached(c, workdir, table, "train", NAMES):
+    pass
+  late = [r for r in table.rows if r["member"] != NAMES[0] or r["step"] > 50]
+  for member in NAMES:
+    assert scalars(os.path.join(workdir, "tensorboard", member)) == expected(late, member)
+  marks = json.loads(open(os.path.join(workdir, "tensorboard", "written.json")).read())
+  assert marks == {NAMES[0]: 100, NAMES[1]: 100}
+
+
+def test_each_evaluation_is_on_disk_when_the_append_returns(tmp_path):
+  view = monitoring.TensorBoard(str(tmp_path), "train")
+  rows = [dict(member="m", step=s, sequences=8 * s, evaluator="icl", metric="acc",
+               value=0.5 + s / 100) for s in (1, 2)]
+  view.write(rows[:1])
+  (path,) = glob.glob(str(tmp_path / "tensorboard" / "m" / "events*"))
+  assert scalars(path) == expected(rows[:1], "m")  # read before close()
+  view.write(rows[1:])
+  assert scalars(path) == expected(rows, "m")
+  view.close()
+
+
+def test_a_resumed_run_writes_each_evaluation_once(population_run, tmp_path):
+  workdir = copy_run(population_run, tmp_path / "run")
+  loop.train(smoke_config(population=POPULATION, total_sequences=1200), workdir)
+  rows = metrics_table.read(workdir)
+  assert max(r["sequences"] for r in rows) == 1200
+  for member in NAMES:
+    folder = os.path.join(workdir, "tensorboard", member)
+    assert len(os.listdir(folder)) == 2  # the first run's file and the resumed run's
+    assert scalars(folder) == expected(rows, member)  # each (tag, step) once
 
 
 def wandb_history(run_dir) -> list[dict]:
@@ -120,18 +171,21 @@ def wandb_history(run_dir) -> list[dict]:
           for r in records if r.WhichOneof("record_type") == "history"]
 
 
-def as_logged(rows_or_points, member) -> dict:
-  """{(tag, sequences, step): value} of table rows (member given) or of W&B
-  history points (member None)."""
-  if member is not None:
-    return {(f"{r['evaluator']}/{r['metric']}", r["sequences"], r["step"]): r["value"]
-            for r in rows_or_points if r["member"] == member}
-  return {(key, p["sequences"], p["step"]): value for p in rows_or_points
+def logged_points(run_dirs) -> list:
+  """Every (tag, sequences, step, value) the runs' histories hold."""
+  return [(key, p["sequences"], p["step"], value)
+          for run_dir in run_dirs for p in wandb_history(run_dir)
           for key, value in p.items()
-          if not key.startswith("_") and key not in ("sequences", "step")}
+          if not key.startswith("_") and key not in ("sequences", "step")]
 
 
-def test_wandb_offline_logs_the_rows_per_member_resumes_and_takes_the_sweep_job(tmp_path, monkeypatch):
+def as_points(rows, member) -> list:
+  return [(f"{r['evaluator']}/{r['metric']}", r["sequences"], r["step"], r["value"])
+          for r in rows if r["member"] == member]
+
+
+def test_wandb_offline_logs_the_rows_per_member_resumes_and_takes_the_sweep_job(
+    tmp_path, monkeypatch):
   pytest.importorskip("wandb", reason="the optional wandb package is not installed")
   monkeypatch.setenv("WANDB_MODE", "offline")
   monkeypatch.setenv("WANDB_SILENT", "true")
@@ -139,29 +193,46 @@ def test_wandb_offline_logs_the_rows_per_member_resumes_and_takes_the_sweep_job(
   c = smoke_config(population=POPULATION, total_sequences=400)
   c.log.update(wandb="icl-test", wandb_tags=("smoke",), tensorboard=False)
   loop.train(c, workdir)
-  ids = monitoring.read_wandb_ids(workdir)
-  assert sorted(ids) == [f"train/{n}" for n in NAMES]
-  c.total_sequences = 800  # resumed: the same W&B runs go on
+  keys = [f"-/icl-test/train/{n}" for n in NAMES]
+  first = monitoring.read_wandb_ids(workdir)
+  assert sorted(first) == keys
+  c.total_sequences = 800  # resumed offline: a new W&B run of the same name
   loop.train(c, workdir)
-  assert monitoring.read_wandb_ids(workdir) == ids
+  second = monitoring.read_wandb_ids(workdir)
+  assert sorted(second) == keys and all(first[k] != second[k] for k in keys)
   assert not os.path.exists(os.path.join(workdir, "tensorboard"))
   rows = metrics_table.read(workdir)
-  for member in NAMES:
-    runs = sorted(glob.glob(os.path.join(workdir, "wandb", f"offline-run-*-{ids[f'train/{member}']}")))
-    assert len(runs) == 2  # first run and its resumption, one W&B id
-    logged = {}
-    for run_dir in runs:
-      logged.update(as_logged(wandb_history(run_dir), None))
-    assert logged == as_logged(rows, member)
+  for member, key in zip(NAMES, keys):
+    runs = [glob.glob(os.path.join(workdir, "wandb", f"offline-run-*-{ids[key]}"))[0]
+            for ids in (first, second)]
+    # every row once, none twice, across the run and its resumption
+    assert sorted(logged_points(runs)) == sorted(as_points(rows, member))
   # the checkpoint-sweep job logs its rows to W&B runs of its own
   metrics_table.atomic_write_text(metrics_table.path(workdir), "".join(
       json.dumps(r) + "\n" for r in rows if r["member"] != NAMES[0]))
   assert evaluate.evaluate_checkpoints(workdir) == 3
   ids = monitoring.read_wandb_ids(workdir)
-  assert sorted(ids) == [f"{job}/{n}" for job in ("evaluate", "train") for n in NAMES]
-  (sweep_run,) = glob.glob(os.path.join(workdir, "wandb", f"offline-run-*-{ids['evaluate/init_seed1']}"))
+  assert sorted(ids) == sorted(keys + [f"-/icl-test/evaluate/{NAMES[0]}"])
+  (sweep_run,) = glob.glob(os.path.join(
+      workdir, "wandb", f"offline-run-*-{ids[f'-/icl-test/evaluate/{NAMES[0]}']}"))
   swept = [r for r in metrics_table.read(workdir) if r["member"] == NAMES[0]]
-  assert as_logged(wandb_history(sweep_run), None) == as_logged(swept, NAMES[0])
+  assert sorted(logged_points([sweep_run])) == sorted(as_points(swept, NAMES[0]))
+
+
+def test_a_wandb_run_that_cannot_start_is_one_line(tmp_path, monkeypatch):
+  wandb = pytest.importorskip("wandb", reason="the optional wandb package is not installed")
+  def refuse(**kwargs):
+    raise wandb.errors.UsageError("api_key not configured (no-tty)\nmore")
+  monkeypatch.setattr(wandb, "init", refuse)
+  c = smoke_config()
+  c.log.update(wandb="p", tensorboard=False)
+  table = metrics_table.MetricsTable(str(tmp_path))
+  with pytest.raises(UserError, match=r"^log.wandb: W&B did not start \(api_key "
+                     r"not configured \(no-tty\)\); run `wandb login`"):
+    with monitoring.attached(c, str(tmp_path), table, "train", ["main"]):
+      pass
+  assert not os.path.exists(os.path.join(tmp_path, monitoring.WANDB_IDS))
+  assert table.listeners == []
 
 
 def test_a_missing_wandb_package_is_one_line(monkeypatch):
@@ -187,7 +258,8 @@ def test_a_failing_view_warns_once_and_the_others_go_on(caplog):
       self.rows += rows
 
   kept = Kept()
-  views = monitoring.Views([Broken(), kept])
+  views = monitoring.Views()
+  views.views += [Broken(), kept]
   views.write([{"a": 1}])
   views.write([{"a": 2}])
   assert kept.rows == [{"a": 1}, {"a": 2}] and views.views == [kept]

@@ -110,8 +110,9 @@ def population_curves(rows, members, evaluator: str, metric: str):
   points = collections.defaultdict(list)
   for x, y in curves.values():
     for xi, yi in zip(x, y):
-      points[xi].append(yi)
-  x = sorted(points)
+      if np.isfinite(yi):  # a diverged member's NaN does not spoil the mean
+        points[xi].append(yi)
+  x = sorted(xi for xi in points if points[xi])
   mean = [float(np.mean(points[xi])) for xi in x]
   std = [float(np.std(points[xi])) for xi in x]
   return curves, x, mean, std
@@ -133,10 +134,13 @@ def population_figure(rows, path: str):
     for member, (mx, my) in curves.items():
       ax.plot(mx, my, lw=0.8, alpha=0.45, label=member)
     ax.plot(x, mean, color="black", lw=2, label="mean")
-    ax.fill_between(x, np.subtract(mean, std), np.add(mean, std),
-                    color="black", alpha=0.12, lw=0)
+    log = metric in ("loss", "mse")
+    lower = np.subtract(mean, std)
+    if log:  # a band reaching 0 or below cannot be drawn on a log axis
+      lower = np.where(lower > 0, lower, np.multiply(mean, 0.5))
+    ax.fill_between(x, lower, np.add(mean, std), color="black", alpha=0.12, lw=0)
     ax.set(title=f"{evaluator}: {metric}", xlabel="sequences seen",
-           yscale="log" if metric in ("loss", "mse") else "linear")
+           yscale="log" if log else "linear")
     ax.grid(alpha=0.3)
   for ax in axes.flat[len(evaluators):]:
     ax.axis("off")
