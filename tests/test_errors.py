@@ -34,6 +34,8 @@ from helpers import REPO, run_cli, smoke_config
     ({"optim.schedule": "cosine"}, "^optim.schedule: "),
     ({"batch_size": 0}, "^batch_size: "),
     ({"matmul_precision": "fp8"}, "^matmul_precision: choose highest, high, default"),
+    ({"data.feature_shift": float("nan")}, "^data.feature_shift: must be finite"),
+    ({"data.spread": float("inf")}, "^data.spread: must be finite"),
 ])
 def test_bad_config_fields_are_named(fields, match):
   with pytest.raises(UserError, match=match):

@@ -44,6 +44,10 @@ def test_relu_features_are_the_table_clipped_at_zero():
   clipped = np.asarray(sources.synthetic_table(*args, relu=True))
   np.testing.assert_array_equal(clipped, np.maximum(plain, 0))
   assert (plain < 0).mean() > 0.3
+  # a shift moves every coordinate before the clip: sparser below 0
+  shifted = np.asarray(sources.synthetic_table(*args, relu=True, shift=-0.5))
+  np.testing.assert_allclose(shifted, np.maximum(plain - 0.5, 0), atol=1e-6)
+  assert (shifted == 0).mean() > (clipped == 0).mean() + 0.1
 
 
 def data_cfg(**kw):

@@ -27,6 +27,7 @@ def blocks(c) -> dict:
   # clusters this far apart around one centre; < 0: independent classes
   data.transform_spread = -1.0
   data.relu_features = False    # synthetic: max(x, 0) per coordinate (ResNet-like)
+  data.feature_shift = 0.0      # synthetic: added to every coordinate, before the ReLU
   data.dataset_seed = 0
   data.path = ""                # features: .h5/.hdf5/.npy/.npz file
   data.key = "resnet18/224/feat"  # features: HDF5 dataset / npz array name

@@ -81,8 +81,12 @@ def source_shape(data_cfg) -> SourceShape:
 
 
 def check_finite(data_cfg, chunk_bytes: int = 1 << 26):
-  """Refuses a features file holding NaN or Inf (read class by class, in
-  chunks of about chunk_bytes); other sources are finite by construction."""
+  """Refuses non-finite synthetic parameters, and a features file holding
+  NaN or Inf (read class by class, in chunks of about chunk_bytes)."""
+  if data_cfg.source == "synthetic":
+    for field in ("spread", "isotropic_noise", "transform_spread", "feature_shift"):
+      if not np.isfinite(data_cfg.get(field, 0.0)):
+        raise UserError(f"data.{field}: must be finite, got {data_cfg[field]}")
   if data_cfg.source != "features":
     return
   array = _file_array(data_cfg)
@@ -99,8 +103,8 @@ def check_finite(data_cfg, chunk_bytes: int = 1 << 26):
 def synthetic_table(seed: int, n_classes: int, n_exemplars: int, dim: int,
                     rank: int, spread: float, isotropic_noise: float,
                     sharding=None, transform_spread: float = -1.0,
-                    relu: bool = False):
-  """exemplar(c, e) = (z_c + spread * eps_ce) @ A + noise * N(0, I_dim).
+                    relu: bool = False, shift: float = 0.0):
+  """exemplar(c, e) = (z_c + spread * eps_ce) @ A + noise * N(0, I_dim) + shift.
 
   z_c, eps_ce ~ N(0, I_rank); A ~ N(0, 1/rank) of shape rank x dim.
   transform_spread t >= 0 gives the classes a character structure (the
@@ -108,7 +112,8 @@ def synthetic_table(seed: int, n_classes: int, n_exemplars: int, dim: int,
   z_c = u_{c // 8} + t * w_c with u, w ~ N(0, I_rank), so a character's 8
   transforms are clusters t apart around one centre; t < 0: independent
   classes. relu: every coordinate max(x, 0), non-negative like a ResNet's
-  penultimate features.
+  penultimate features; shift, added before it, makes them sparser (< 0)
+  or denser with a larger common mean (> 0).
   """
   @functools.partial(jax.jit, out_shardings=sharding)
   def make(key):
@@ -125,7 +130,7 @@ def synthetic_table(seed: int, n_classes: int, n_exemplars: int, dim: int,
     # Full float32 precision whatever the backend's default (TF32 on recent
     # GPUs, one bf16 pass on TPUs): one seed, one table, on every machine.
     points = jnp.matmul(z + spread * eps, a, precision=jax.lax.Precision.HIGHEST)
-    points = points + isotropic_noise * noise
+    points = points + isotropic_noise * noise + shift
     return jax.nn.relu(points) if relu else points
 
   return make(jax.random.PRNGKey(seed))
@@ -157,7 +162,8 @@ def load_table(data_cfg, sharding=None):
                             data_cfg.n_exemplars, data_cfg.dim, data_cfg.rank,
                             data_cfg.spread, data_cfg.isotropic_noise, sharding,
                             data_cfg.get("transform_spread", -1.0),
-                            data_cfg.get("relu_features", False))
+                            data_cfg.get("relu_features", False),
+                            data_cfg.get("feature_shift", 0.0))
     if data_cfg.layout == "released":
       rows, cols = released_layout_index(*table.shape[:2])
       table = jax.jit(lambda t: t[rows, cols], out_shardings=sharding)(table)
