@@ -228,6 +228,20 @@ def test_report_of_the_training_run(run):
   pinv = float(lds.position_errors(predictions, traces).mean())
   assert summary["pseudo_inverse_pretrain_mse"] == pytest.approx(pinv, rel=1e-5)
   assert 0 < pinv < test[0]
+  # each needle curve's dotted line: the baseline on the evaluator's own
+  # prompts (median over examples of the trial medians)
+  stats = lds_prompts.needle_statistics(
+      lambda x: lds_baseline.pseudo_inverse_predict(x, task.spec),
+      task.eval_sets(None)["needle"], lds_task.needle_spec(c, 2, "normal", task.spec),
+      c.lds.needle_config)
+  needle = summary["pseudo_inverse_needle"]
+  assert sorted(needle) == sorted([f"after_final_{k}" for k in c.lds.final_steps] +
+                                  [f"after_initial_{k}" for k in c.lds.initial_steps])
+  for k in c.lds.initial_steps:
+    assert needle[f"after_initial_{k}"] == pytest.approx(
+        float(np.median(stats.after_initial[:, k - 1])), rel=1e-5)
+  # the least-squares continuation improves as the segment goes on
+  assert needle["after_initial_6"] < needle["after_initial_2"]
   saved = json.loads(open(os.path.join(workdir, "report.json")).read())
   assert saved == json.loads(json.dumps(summary))
   assert all(os.path.getsize(p) > 10_000 for p in member["figures"])

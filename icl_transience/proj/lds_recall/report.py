@@ -6,7 +6,8 @@ From the run's metrics table, per member:
   figures  in out_dir/figures: lds_recall_<member>.png, the paper's central
            figure: medians over examples (25-75% bands) of the "k after
            final" errors (k = 1, 2, ...) and "k after initial" against
-           training examples, log x;
+           training examples, log x, with the pseudo-inverse baseline's
+           medians on the same prompts dotted;
            lds_pretrain_<member>.png: pre-training error on test and training
            systems and the training loss; lds_ood_<member>.png: the
            "1 / 2 after final" medians of every OOD evaluator over
@@ -31,6 +32,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from icl_transience import config as config_lib
 from icl_transience import metrics_table
@@ -38,6 +40,7 @@ from icl_transience.analysis import figures  # selects matplotlib's Agg backend
 from icl_transience.errors import UserError
 from icl_transience.proj.lds_recall import lds
 from icl_transience.proj.lds_recall import lds_baseline
+from icl_transience.proj.lds_recall import lds_prompts
 from icl_transience.proj.lds_recall import ood_report
 from icl_transience.proj.lds_recall import task as lds_task
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
@@ -63,6 +66,22 @@ def pseudo_inverse_reference(c) -> float:
   predictions = jax.jit(lds_baseline.pseudo_inverse_predict,
                         static_argnames="spec")(test.inputs, task.spec)
   return float(jnp.mean(lds.position_errors(predictions, test)))
+
+
+def pseudo_inverse_needle(c, evaluator: str) -> dict[str, float]:
+  """The pseudo-inverse baseline (Daniels et al. 2025) on the evaluator's own
+  needle prompts, summarised as the model's rows are: the median over
+  examples of the trial-median "k after final" / "k after initial" errors."""
+  task = lds_task.LDSTask(c)
+  haystack, variant = lds_task.needle_evaluators(c)[evaluator]
+  stats = lds_prompts.needle_statistics(
+      jax.jit(lambda x: lds_baseline.pseudo_inverse_predict(x, task.spec)),
+      task.eval_sets(None)["needle"],
+      lds_task.needle_spec(c, haystack, variant, task.spec), c.lds.needle_config)
+  return {f"{kind}_{k}": float(np.median(medians[:, k - 1]))
+          for kind, medians in (("after_final", stats.after_final),
+                                ("after_initial", stats.after_initial))
+          for k in c.lds[f"{kind.split('_')[1]}_steps"]}
 
 
 def first_below(points, threshold: float):
@@ -112,9 +131,11 @@ def _positive(points):
   return [p for p in points if p[0] > 0]
 
 
-def recall_figure(rows, member: str, evaluator: str, path: str):
+def recall_figure(rows, member: str, evaluator: str, path: str,
+                  baseline: dict[str, float]):
   """"k after final" (solid) and "k after initial" (dashed) medians with
-  25-75% bands against training examples (log x)."""
+  25-75% bands against training examples (log x); the pseudo-inverse
+  baseline's median of each curve as a dotted line of its colour."""
   fig, ax = plt.subplots(figsize=(7, 4.5))
   for kind, style, cmap in (("after_final", "o-", "viridis"),
                             ("after_initial", "s--", "autumn")):
@@ -129,9 +150,12 @@ def recall_figure(rows, member: str, evaluator: str, path: str):
       colour = colours(0.85 * i / max(len(steps) - 1, 1))
       ax.plot(x, median, style, color=colour, lw=1.5, ms=3,
               label=f"{k} after {kind.split('_')[1]}")
+      if f"{kind}_{k}" in baseline:
+        ax.axhline(baseline[f"{kind}_{k}"], color=colour, ls=":", lw=1)
       if kind == "after_final" and lines[0] and lines[2]:
         ax.fill_between(x, [y for _, y in lines[0]], [y for _, y in lines[2]],
                         color=colour, alpha=0.15)
+  ax.plot([], [], ":", color="grey", label="pseudo-inverse baseline")
   ax.set(xscale="log", xlabel="training examples (sequences)",
          ylabel="error |y_hat - y|^2 (median)", ylim=(0, None),
          title=f"Recall after the final label: {member}, {evaluator}")
@@ -185,15 +209,17 @@ def report(workdir: str, out_dir: str, checks: Checks = Checks()) -> dict:
       haystacks[0])
   evaluator = f"needle_h{haystack}"
   reference = pseudo_inverse_reference(c)
+  baseline = pseudo_inverse_needle(c, evaluator)
   os.makedirs(os.path.join(out_dir, "figures"), exist_ok=True)
   summary = {"evaluator": evaluator, "checks": dataclasses.asdict(checks),
-             "pseudo_inverse_pretrain_mse": reference, "members": []}
+             "pseudo_inverse_pretrain_mse": reference,
+             "pseudo_inverse_needle": baseline, "members": []}
   for member in dict.fromkeys(r["member"] for r in rows):
     first = _points(rows, member, evaluator, "after_final_1_median")
     second = _points(rows, member, evaluator, "after_final_2_median")
     paths = [os.path.join(out_dir, "figures", f"lds_{kind}_{member}.png")
              for kind in ("recall", "pretrain", "ood")]
-    recall_figure(rows, member, evaluator, paths[0])
+    recall_figure(rows, member, evaluator, paths[0], baseline)
     pretrain_figure(rows, member, paths[1], reference)
     if not ood_report.curves_figure(rows, member, c, paths[2]):
       paths.pop()
