@@ -38,7 +38,7 @@ _PROFILE = flags.DEFINE_bool(
     "profile", False, "Write a jax.profiler trace of 3 fused training calls "
     "(after the first, which compiles) to WORKDIR/tensorboard/profile/, where "
     "TensorBoard's profile plugin finds it (tensorboard --logdir=WORKDIR/.., "
-    "Profile tab; pip install xprof).")
+    "Profile tab; the monitor extra).")
 
 
 def initialize_distributed():
