@@ -14,6 +14,11 @@ combine left to right, e.g. configs/coopetition.py:mq,rope:
   icl_only_graft  icl_only with layer 2, final LN and unembedding frozen from
               the main run at 20 M (Fig. 4; --config.graft.workdir=<main run>)
   ciwl_only   no query-class items; the query label on one context item
+              (64 M, checkpoints at every window source below)
+  ciwl_graft  icl_only with layer 2 frozen from a ciwl_only checkpoint
+              (Fig. 5b window; --config.graft.sequences=<source>)
+  ciwl_warm   the main run warm-started from a ciwl_only checkpoint
+              (Fig. 5c window; --config.warm_start.sequences=<source>)
   mq          matched exemplars (persistent ICL)
   sinpe, rope sinusoidal / rotary positions, timescale 30 (64 M)
   depth1      one layer (64 M)
@@ -23,6 +28,14 @@ combine left to right, e.g. configs/coopetition.py:mq,rope:
 from icl_transience import config
 from icl_transience.proj.transience import classifier_config
 
+# The window experiments (Singh et al. 2025, Sec. 5): the ciwl_only
+# checkpoints that layer-2 grafts (Fig. 5b) and warm starts (Fig. 5c) start
+# from. 9,750,016 is the authors' "9.75 M" checkpoint.
+GRAFT_SOURCES = (4_000_000, 8_000_000, 9_750_016, 9_800_000, 15_000_000,
+                 20_000_000, 25_000_000, 31_500_000, 32_000_000, 48_000_000,
+                 64_000_000)
+WARM_SOURCES = (4_000_000, 5_000_000, 6_000_000, 7_000_000, 8_000_000,
+                9_000_000, 10_000_000, 12_000_000, 16_000_000)
 ICL_ONLY = {"train.relabel": "pairs", "train.fs_relabel": 12_800,
             "total_sequences": 64_000_000}
 VARIANTS = {
@@ -33,7 +46,19 @@ VARIANTS = {
                        "graft.sequences": 20_000_000},
     "ciwl_only": {"train.burstiness": 0, "train.no_support": True,
                   "train.unique_rest": True,
-                  "train.assign_query_label_random": True},
+                  "train.assign_query_label_random": True,
+                  "total_sequences": 64_000_000,
+                  "ckpt.at": tuple(sorted(set(GRAFT_SOURCES + WARM_SOURCES)))},
+    # one run per source: python -m icl_transience.sweep ... --grid=
+    # 'graft.sequences=...' (README), then proj.transience.windows
+    "ciwl_graft": {**ICL_ONLY, "graft.mode": "out", "graft.layer": 0,
+                   "graft.workdir": "runs/ciwl_only",
+                   "graft.sequences": 9_800_000},
+    # 32 M sequences after the latest source (16 M); the warm start keeps
+    # the source's sequence count
+    "ciwl_warm": {"warm_start.workdir": "runs/ciwl_only",
+                  "warm_start.sequences": 4_000_000,
+                  "total_sequences": 48_000_000},
     "mq": {"train.match_query_and_distractors": True},
     # the authors' sweep runs these three to 64 M sequences
     "sinpe": {"model.positions": "sinusoidal", "total_sequences": 64_000_000},

@@ -21,11 +21,12 @@ from icl_transience.train import loop
 @pytest.mark.parametrize("variant", sorted(coopetition.VARIANTS))
 def test_coopetition_variants_validate(variant, tmp_path):
   c = coopetition.get_config(variant)
-  if c.graft.mode != "none":  # needs the main run it grafts from
-    with pytest.raises(UserError, match="graft.workdir: no run in runs/coop"):
-      config_lib.validate(c)
-    (tmp_path / "config.json").write_text("{}")
-    c.graft.workdir = str(tmp_path)
+  for ref in ("graft", "warm_start"):
+    if c[ref].workdir:  # needs the run it grafts or starts from
+      with pytest.raises(UserError, match=f"{ref}.workdir: no run in runs/c"):
+        config_lib.validate(c)
+      (tmp_path / "config.json").write_text("{}")
+      c[ref].workdir = str(tmp_path)
   config_lib.validate(c)
   assert c.batch_size == 32 and c.train.context_len == 2
   if variant == "icl_only":
@@ -51,12 +52,26 @@ def test_main_config_numbers():
 @pytest.mark.parametrize("variant,horizon", [
     ("", 20_000_000), ("mq", 20_000_000), ("sinpe", 64_000_000),
     ("rope", 64_000_000), ("depth1", 64_000_000), ("icl_only", 64_000_000),
-    ("mlp", 320_000_000), ("c1600_ex5", 100_000_000)])
+    ("mlp", 320_000_000), ("c1600_ex5", 100_000_000), ("ciwl_only", 64_000_000)])
 def test_coopetition_variants_run_the_authors_horizons(variant, horizon):
   """The horizons of the authors' sweep (Singh et al. 2025, appendix)."""
   c = coopetition.get_config(variant)
   assert c.total_sequences == horizon
   config_lib.validate(c)
+
+
+def test_the_window_presets_start_from_the_ciwl_only_checkpoints():
+  """Fig. 5b / 5c of Singh et al. 2025: every source checkpoint is saved by
+  ciwl_only, exactly; the graft and warm-start runs read that run."""
+  ciwl = coopetition.get_config("ciwl_only")
+  assert set(coopetition.GRAFT_SOURCES) | set(coopetition.WARM_SOURCES) == set(ciwl.ckpt.at)
+  assert 9_750_016 in ciwl.ckpt.at and max(ciwl.ckpt.at) <= ciwl.total_sequences
+  graft = coopetition.get_config("ciwl_graft")
+  assert (graft.graft.workdir, graft.graft.mode, graft.graft.layer) == ("runs/ciwl_only", "out", 0)
+  assert graft.train.relabel == "pairs" and graft.total_sequences == 64_000_000
+  warm = coopetition.get_config("ciwl_warm")
+  assert warm.warm_start.workdir == "runs/ciwl_only" and warm.train.burstiness == 1
+  assert warm.total_sequences >= max(coopetition.WARM_SOURCES) + 32_000_000
 
 
 def test_variants_combine_left_to_right_and_unknown_ones_are_named():

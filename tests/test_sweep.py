@@ -1,11 +1,13 @@
 """Sweeps: grouping into population programs, one workdir per group, resume."""
 import json
+import os
 
 import pytest
 
 from icl_transience import metrics_table
 from icl_transience import sweep
 from icl_transience.errors import UserError
+from icl_transience.proj.transience import windows
 
 from helpers import run_cli, smoke_config
 
@@ -52,3 +54,39 @@ def test_sweep_cli_lists_groups_and_rejects_bad_grids():
   bad = run_cli(["-m", "icl_transience.sweep", "--config=configs/smoke.py",
                  "--workdir=/tmp/unused", "--grid=lr"])
   assert bad.returncode == 2 and bad.stderr.startswith("error: --grid")
+
+
+def write_source_run(root, name, family, source, values):
+  """A run of a window sweep: its config (source checkpoint) and one curve."""
+  workdir = os.path.join(root, name)
+  os.makedirs(workdir)
+  block = windows.FAMILIES[family][0]
+  c = smoke_config(**{f"{block}.sequences": source})
+  metrics_table.atomic_write_text(os.path.join(workdir, "config.json"), c.to_json())
+  evaluator, metric = windows.FAMILIES[family][1:3]
+  metrics_table.MetricsTable(workdir).append([
+      dict(member="main", step=i, sequences=1000 * i, evaluator=evaluator,
+           metric=metric, value=v) for i, v in enumerate(values)])
+
+
+def test_the_window_tool_reads_a_graft_and_a_warm_start_sweep(tmp_path):
+  graft = str(tmp_path / "graft")
+  for source, last in ((4_000_000, 1.9), (9_800_000, 0.5), (15_000_000, 0.1),
+                       (32_000_000, 0.8)):
+    write_source_run(graft, f"sequences={source}", "graft", source, [0.9, last])
+  out = windows.window(windows.results(graft, "graft"), "graft")
+  assert [r["icl"] for r in out["runs"]] == [False, True, True, False]
+  assert (out["from"], out["to"], out["contiguous"], out["pass"]) == (
+      9_800_000, 15_000_000, True, True)
+  # a success after a failure inside the range: no bounded window
+  write_source_run(graft, "sequences=12000000", "graft", 12_000_000, [0.9, 0.75])
+  assert not windows.window(windows.results(graft, "graft"), "graft")["pass"]
+  warm = str(tmp_path / "warm")
+  for source, flip in ((4_000_000, [0.4, 0.88, 0.1]), (5_000_000, [0.4, 0.81]),
+                       (7_000_000, [0.44, 0.3]), (8_000_000, [0.3, 0.03])):
+    write_source_run(warm, f"sequences={source}", "warm", source, flip)
+  out = windows.window(windows.results(warm, "warm"), "warm")
+  assert [r["flip_icl_in_context_acc"] for r in out["runs"]] == [0.88, 0.81, 0.44, 0.3]
+  assert (out["from"], out["to"], out["pass"]) == (4_000_000, 5_000_000, True)
+  with pytest.raises(UserError, match="no graft runs"):
+    windows.results(str(tmp_path / "warm"), "graft")
