@@ -178,7 +178,7 @@ def test_training_run_logs_every_evaluator(run):
               [(e, m) for e in ("pretrain_test", "pretrain_train", "train_batch")
                for m in ("mse", "loss")])
   assert set(expected) <= set(final)
-  test_error = dict(lds_report._points(rows, "main", "pretrain_test", "mse"))
+  test_error = dict(lds_report.ood_report.points(rows, "main", "pretrain_test", "mse"))
   assert sorted(test_error) == [0, 400, 800]
   assert test_error[800] < 0.8 * test_error[0]
   # recomputed from the step-100 parameters: the needle quartiles over

@@ -30,13 +30,24 @@ class OODChecks:
   unseen_factor: float = 2.0        # check 10: within this factor
 
 
-def _series(rows, member, evaluator, metric):
+def points(rows, member, evaluator, metric) -> list:
+  """[(sequences, value)] of one curve, sorted by sequences."""
   return list(zip(*figures.series(rows, member, evaluator, metric)))
 
 
-def _last(rows, member, evaluator, metric):
-  points = _series(rows, member, evaluator, metric)
-  return points[-1] if points else (None, None)
+def last_point(rows, member, evaluator, metric):
+  """(sequences, value) of a curve's last point, or (None, None)."""
+  curve = points(rows, member, evaluator, metric)
+  return curve[-1] if curve else (None, None)
+
+
+def fmt(value) -> str:
+  """A report value as printed: '-', PASS / fail, 4 significant digits."""
+  if value is None:
+    return "-"
+  if isinstance(value, bool):
+    return "PASS" if value else "fail"
+  return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def ood_evaluators(c) -> dict[str, tuple[int, str]]:
@@ -49,7 +60,7 @@ def curves_figure(rows, member: str, c, path: str) -> bool:
   and those of the normal needle of its haystack, if logged (dashed),
   against training examples. Returns False when there is nothing to draw."""
   chosen = [e for e in ood_evaluators(c)
-            if _series(rows, member, e, "after_final_1_median")]
+            if points(rows, member, e, "after_final_1_median")]
   if not chosen:
     return False
   fig, axes = plt.subplots(1, len(chosen), figsize=(3.6 * len(chosen), 3.4),
@@ -58,10 +69,10 @@ def curves_figure(rows, member: str, c, path: str) -> bool:
     normal = f"needle_h{ood_evaluators(c)[evaluator][0]}"
     for k, colour in ((1, "tab:red"), (2, "tab:blue")):
       for name, style, label in ((evaluator, "-", "OOD"), (normal, "--", "normal")):
-        points = [p for p in _series(rows, member, name, f"after_final_{k}_median")
+        curve = [p for p in points(rows, member, name, f"after_final_{k}_median")
                   if p[0] > 0]
-        if points:
-          ax.plot(*zip(*points), style, color=colour, lw=1.4,
+        if curve:
+          ax.plot(*zip(*curve), style, color=colour, lw=1.4,
                   label=f"{k} after final ({label})")
     ax.set(xscale="log", title=evaluator, xlabel="training examples")
     ax.grid(alpha=0.3)
@@ -80,8 +91,8 @@ def _evaluators_of(c, variant: str) -> list[str]:
 def misdirected(rows, member, c, t1, checks: OODChecks) -> dict:
   out = {}
   for e in _evaluators_of(c, "misdirected_label"):
-    at, first = _last(rows, member, e, "after_final_1_median")
-    _, second = _last(rows, member, e, "after_final_2_median")
+    at, first = last_point(rows, member, e, "after_final_1_median")
+    _, second = last_point(rows, member, e, "after_final_2_median")
     decided = None not in (t1, first, second) and at >= t1
     out[e] = {"at": at, "first": first, "second": second,
               "pass": (first >= checks.misdirected_first and
@@ -93,10 +104,10 @@ def synchronised(rows, member, c, main_evaluator: str, checks: OODChecks) -> dic
   out = {}
   for e in _evaluators_of(c, "synchronised"):
     normal = f"needle_h{ood_evaluators(c)[e][0]}"
-    if not _series(rows, member, normal, "after_final_2_median"):
+    if not points(rows, member, normal, "after_final_2_median"):
       normal = main_evaluator
-    _, second = _last(rows, member, e, "after_final_2_median")
-    _, normal_second = _last(rows, member, normal, "after_final_2_median")
+    _, second = last_point(rows, member, e, "after_final_2_median")
+    _, normal_second = last_point(rows, member, normal, "after_final_2_median")
     decided = None not in (second, normal_second)
     out[e] = {"second": second, "normal": normal, "normal_second": normal_second,
               "pass": (second >= checks.synchronised_second and
@@ -109,8 +120,8 @@ def unseen_system(rows, member, c, checks: OODChecks) -> dict:
   for e in _evaluators_of(c, "unseen_system"):
     ratios = {}
     for k in sorted(set(c.lds.final_steps) & set(c.lds.initial_steps)):
-      _, final = _last(rows, member, e, f"after_final_{k}_median")
-      _, initial = _last(rows, member, e, f"after_initial_{k}_median")
+      _, final = last_point(rows, member, e, f"after_final_{k}_median")
+      _, initial = last_point(rows, member, e, f"after_initial_{k}_median")
       if None not in (final, initial) and initial > 0:
         ratios[str(k)] = final / initial
     f = checks.unseen_factor
@@ -130,8 +141,6 @@ def report(rows, member, c, t1, main_evaluator: str,
 
 
 def summary_lines(result: dict) -> list[str]:
-  fmt = lambda v: "-" if v is None else ("PASS" if v else "fail") if isinstance(
-      v, bool) else f"{v:.4g}" if isinstance(v, float) else str(v)
   lines = []
   for check, per_evaluator in result.items():
     for evaluator, r in per_evaluator.items():

@@ -109,13 +109,8 @@ def abruptness(first, checks: Checks) -> dict:
           "pass": span is not None and span <= checks.max_span}
 
 
-def _points(rows, member, evaluator, metric):
-  return list(zip(*figures.series(rows, member, evaluator, metric)))
-
-
 def _last(rows, member, evaluator, metric):
-  points = _points(rows, member, evaluator, metric)
-  return points[-1][1] if points else None
+  return ood_report.last_point(rows, member, evaluator, metric)[1]
 
 
 def steps_logged(rows, evaluator: str, kind: str) -> list[int]:
@@ -142,7 +137,7 @@ def recall_figure(rows, member: str, evaluator: str, path: str,
     colours = plt.get_cmap(cmap)
     steps = steps_logged(rows, evaluator, kind)
     for i, k in enumerate(steps):
-      lines = [_positive(_points(rows, member, evaluator, f"{kind}_{k}_{q}"))
+      lines = [_positive(ood_report.points(rows, member, evaluator, f"{kind}_{k}_{q}"))
                for q in lds_task.QUARTILES]
       if not lines[1]:
         continue
@@ -169,7 +164,7 @@ def pretrain_figure(rows, member: str, path: str, reference: float):
   for evaluator, metric, label in (("pretrain_test", "mse", "test systems"),
                                    ("pretrain_train", "mse", "train systems"),
                                    ("train_batch", "loss", "training loss")):
-    points = _positive(_points(rows, member, evaluator, metric))
+    points = _positive(ood_report.points(rows, member, evaluator, metric))
     if points:
       ax.plot(*zip(*points), label=label, lw=1.5)
   ax.axhline(reference, color="grey", ls=":", lw=1,
@@ -182,19 +177,11 @@ def pretrain_figure(rows, member: str, path: str, reference: float):
 
 
 def _pretrain_summary(rows, member: str) -> dict:
-  test = _points(rows, member, "pretrain_test", "mse")
+  test = ood_report.points(rows, member, "pretrain_test", "mse")
   best = min(test, key=lambda p: p[1]) if test else (None, None)
   return {"test_final": test[-1][1] if test else None,
           "test_min": best[1], "test_min_at": best[0],
           "train_final": _last(rows, member, "pretrain_train", "mse")}
-
-
-def _fmt(value) -> str:
-  if value is None:
-    return "-"
-  if isinstance(value, bool):
-    return "PASS" if value else "fail"
-  return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def report(workdir: str, out_dir: str, checks: Checks = Checks()) -> dict:
@@ -215,8 +202,8 @@ def report(workdir: str, out_dir: str, checks: Checks = Checks()) -> dict:
              "pseudo_inverse_pretrain_mse": reference,
              "pseudo_inverse_needle": baseline, "members": []}
   for member in dict.fromkeys(r["member"] for r in rows):
-    first = _points(rows, member, evaluator, "after_final_1_median")
-    second = _points(rows, member, evaluator, "after_final_2_median")
+    first = ood_report.points(rows, member, evaluator, "after_final_1_median")
+    second = ood_report.points(rows, member, evaluator, "after_final_2_median")
     paths = [os.path.join(out_dir, "figures", f"lds_{kind}_{member}.png")
              for kind in ("recall", "pretrain", "ood")]
     recall_figure(rows, member, evaluator, paths[0], baseline)
@@ -236,15 +223,15 @@ def report(workdir: str, out_dir: str, checks: Checks = Checks()) -> dict:
   for m in summary["members"]:
     row4, row5 = m["two_timescales"], m["abrupt_first_token"]
     print(f"[{m['member']}] {evaluator}: two timescales: "
-          f"t2={_fmt(row4['t2'])} t1={_fmt(row4['t1'])} "
-          f"ratio={_fmt(row4['ratio'])} {_fmt(row4['pass'])}; abrupt first "
-          f"token: >{checks.high} at {_fmt(row5['t_high'])}, "
-          f"<{checks.low} at {_fmt(row5['t_low'])}, "
-          f"span={_fmt(row5['span'])} {_fmt(row5['pass'])}")
+          f"t2={ood_report.fmt(row4['t2'])} t1={ood_report.fmt(row4['t1'])} "
+          f"ratio={ood_report.fmt(row4['ratio'])} {ood_report.fmt(row4['pass'])}; abrupt first "
+          f"token: >{checks.high} at {ood_report.fmt(row5['t_high'])}, "
+          f"<{checks.low} at {ood_report.fmt(row5['t_low'])}, "
+          f"span={ood_report.fmt(row5['span'])} {ood_report.fmt(row5['pass'])}")
     print("  final medians: " + ", ".join(
-        f"{k}={_fmt(v)}" for k, v in m["final"].items()))
+        f"{k}={ood_report.fmt(v)}" for k, v in m["final"].items()))
     print("  pre-training: " + ", ".join(
-        f"{k}={_fmt(v)}" for k, v in m["pretrain"].items()))
+        f"{k}={ood_report.fmt(v)}" for k, v in m["pretrain"].items()))
     for line in ood_report.summary_lines(m["ood"]):
       print(line)
   metrics_table.atomic_write_text(
