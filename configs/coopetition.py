@@ -24,6 +24,12 @@ combine left to right, e.g. configs/coopetition.py:mq,rope:
   depth1      one layer (64 M)
   mlp         MLP blocks (ratio 4), 320 M
   c12800_ex5, c1600_ex20, c1600_ex5   data sizes (100 M)
+  mlp_c12800_ex5, mlp_c1600_ex20, mlp_c1600_ex5   MLP blocks on those data
+              sizes (320 M)
+  disallow_pt_head_attn_on_labels   throughout training, no layer-1 head
+              attends from a label token to its exemplar (64 M)
+  nol0h147    throughout training, layer-1 heads 1, 4, 7 (0-indexed, the
+              previous-token heads) ablated (64 M)
 """
 from icl_transience import config
 from icl_transience.proj.transience import classifier_config
@@ -36,6 +42,7 @@ GRAFT_SOURCES = (4_000_000, 8_000_000, 9_750_016, 9_800_000, 15_000_000,
                  64_000_000)
 WARM_SOURCES = (4_000_000, 5_000_000, 6_000_000, 7_000_000, 8_000_000,
                 9_000_000, 10_000_000, 12_000_000, 16_000_000)
+MLP = {"model.mlp_ratio": 4, "total_sequences": 320_000_000}
 ICL_ONLY = {"train.relabel": "pairs", "train.fs_relabel": 12_800,
             "total_sequences": 64_000_000}
 VARIANTS = {
@@ -64,11 +71,18 @@ VARIANTS = {
     "sinpe": {"model.positions": "sinusoidal", "total_sequences": 64_000_000},
     "rope": {"model.positions": "rope", "total_sequences": 64_000_000},
     "depth1": {"model.depth": 1, "total_sequences": 64_000_000},
-    "mlp": {"model.mlp_ratio": 4, "total_sequences": 320_000_000},
+    "mlp": MLP,
     "c12800_ex5": {"train.exemplars": (0, 5), "total_sequences": 100_000_000},
     "c1600_ex20": {"train.n_classes": 1600, "total_sequences": 100_000_000},
     "c1600_ex5": {"train.n_classes": 1600, "train.exemplars": (0, 5),
                   "total_sequences": 100_000_000},
+    "mlp_c12800_ex5": {**MLP, "train.exemplars": (0, 5)},
+    "mlp_c1600_ex20": {**MLP, "train.n_classes": 1600},
+    "mlp_c1600_ex5": {**MLP, "train.n_classes": 1600, "train.exemplars": (0, 5)},
+    # the clamps hold in every forward pass, training and evaluation
+    "disallow_pt_head_attn_on_labels": {"clamp.block_label_attention": "0:all",
+                                        "total_sequences": 64_000_000},
+    "nol0h147": {"clamp.ablate_heads": "0:1,4,7", "total_sequences": 64_000_000},
 }
 
 

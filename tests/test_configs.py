@@ -52,7 +52,10 @@ def test_main_config_numbers():
 @pytest.mark.parametrize("variant,horizon", [
     ("", 20_000_000), ("mq", 20_000_000), ("sinpe", 64_000_000),
     ("rope", 64_000_000), ("depth1", 64_000_000), ("icl_only", 64_000_000),
-    ("mlp", 320_000_000), ("c1600_ex5", 100_000_000), ("ciwl_only", 64_000_000)])
+    ("mlp", 320_000_000), ("c1600_ex5", 100_000_000), ("ciwl_only", 64_000_000),
+    ("mlp_c12800_ex5", 320_000_000), ("mlp_c1600_ex20", 320_000_000),
+    ("mlp_c1600_ex5", 320_000_000), ("nol0h147", 64_000_000),
+    ("disallow_pt_head_attn_on_labels", 64_000_000)])
 def test_coopetition_variants_run_the_authors_horizons(variant, horizon):
   """The horizons of the authors' sweep (Singh et al. 2025, appendix)."""
   c = coopetition.get_config(variant)

@@ -6,6 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from icl_transience import config as config_lib
 from icl_transience.proj.transience import ablate
 from icl_transience import metrics_table
 from icl_transience.proj.transience import interventions
@@ -147,6 +148,69 @@ def test_every_row_of_the_ablation_table_by_hand():
   assert not np.allclose(distinct["none"], distinct["all_heads_ablated"], atol=1e-3)
 
 
+def test_fig2b_induction_clamp_by_hand():
+  """Singh et al. 2025, Fig. 2b: layer 1 ablated, one layer-2 head kept with
+  clean values and its query attention clamped to s on the target's label
+  token and 1 - s on the other; the readout sees the embedding plus that
+  head's output alone."""
+  params = TWO_LAYER.init(jax.random.PRNGKey(0), FEATS, LABELS)["params"]
+  target = LABELS[:, 1]
+  clean = interventions.record(TWO_LAYER, params, FEATS, LABELS)
+  v = clean["blocks"][1]["v"][:, :, 2]            # head 2's values (B, T, 4)
+  w_out = params["block_1"]["attn"]["out"]["kernel"][8:12]
+  for s in (0.0, 0.8, 1.0):
+    iv = ablate.fig2b(2, 4, 2, (s,))[f"fig2b_s={s:g}"]
+    row = np.zeros((6, 5))
+    row[:, 1] = np.where(LABELS[:, 0] == target, s, 1 - s)
+    row[:, 3] = np.where(LABELS[:, 1] == target, s, 1 - s)
+    stream = clean["residual"][:, 0] + 0.0
+    stream = stream.at[:, -1].add(jnp.einsum("bk,bkd->bd", row, v) @ w_out)
+    got = interventions.forward(TWO_LAYER, params, FEATS, LABELS, iv, target)
+    np.testing.assert_allclose(got, readout(params, stream), rtol=1e-4,
+                               atol=1e-5, err_msg=f"s={s}")
+  assert list(ablate.fig2b(2, 4, 0, (0, 0.5))) == ["fig2b_s=0", "fig2b_s=0.5"]
+  with pytest.raises(UserError, match="--fig2b: needs the 2-layer model"):
+    ablate.fig2b(3, 4, 0, (1.0,))
+  with pytest.raises(UserError, match="--head: 4"):
+    ablate.fig2b(2, 4, 4, (1.0,))
+  with pytest.raises(UserError, match="strength 1.5"):
+    interventions.check(interventions.parse(induction="1:0",
+                                            induction_strength=1.5), 2, 4)
+
+
+def test_training_clamps_by_hand():
+  """The model's own clamps (Singh et al. 2025, appendix runs): an ablated
+  head is the ablation intervention in every pass and its value weights get
+  no gradient; a blocked head gives a label token no attention to its
+  exemplar and renormalises the rest of that row."""
+  params = init(0)
+  ablated = classifier.SequenceClassifier(n_outputs=12, depth=3, d_model=16,
+                                          n_heads=4, ablated_heads=((0, (1,)),))
+  np.testing.assert_allclose(
+      ablated.apply({"params": params}, FEATS, LABELS),
+      interventions.forward(MODEL, params, FEATS, LABELS,
+                            interventions.parse(ablate="0:1")), rtol=1e-6)
+  grads = jax.grad(lambda p: jnp.sum(ablated.apply({"params": p}, FEATS, LABELS) ** 2))(params)
+  v_columns = grads["block_0"]["attn"]["qkv"]["kernel"].reshape(16, 3, 4, 4)[:, 2]
+  assert (v_columns[:, 1] == 0).all() and (v_columns[:, 0] != 0).any()
+
+  blocked = classifier.SequenceClassifier(
+      n_outputs=12, depth=3, d_model=16, n_heads=4,
+      label_attention_blocked=((0, "all"), (1, (3,))))
+  free = interventions.record(MODEL, params, FEATS, LABELS)["blocks"]
+  held = interventions.record(blocked, params, FEATS, LABELS)["blocks"]
+  for label, exemplar in ((1, 0), (3, 2)):
+    row = np.array(free[0]["pattern"][:, :, label])
+    row[:, :, exemplar] = 0.0
+    np.testing.assert_allclose(held[0]["pattern"][:, :, label],
+                               row / row.sum(-1, keepdims=True), rtol=1e-5, atol=1e-7)
+    assert (held[1]["pattern"][:, 3, label, exemplar] == 0).all()
+    assert (held[1]["pattern"][:, :3, label, exemplar] > 0).all()
+  for row in (0, 2, 4):  # exemplar and query rows are not touched
+    np.testing.assert_allclose(held[0]["pattern"][:, :, row],
+                               free[0]["pattern"][:, :, row], rtol=1e-6)
+
+
 def test_intervention_flags_are_checked():
   with pytest.raises(UserError, match="--ablate"):
     interventions.parse(ablate="zero:1")
@@ -221,3 +285,30 @@ def test_ablation_table_and_recording(source, tmp_path):
     np.testing.assert_array_equal(rec["classes"].shape, (16, 3))
   with pytest.raises(UserError, match="block 7"):
     ablate.ablate(workdir, ablate_heads="7:all")
+  # Fig. 2b at two clamp strengths: the clamp changes what the head reads
+  _, fig2b, _ = ablate.ablate(workdir, sequences=800, evaluators=("flip_icl",),
+                              induction_strength=(0.0, 1.0), fig2b_head=1)
+  assert list(fig2b) == ["fig2b_s=0", "fig2b_s=1"]
+  assert fig2b["fig2b_s=0"]["flip_icl"]["loss"] != fig2b["fig2b_s=1"]["flip_icl"]["loss"]
+  with pytest.raises(UserError, match="--fig2b: sets its own"):
+    ablate.ablate(workdir, ablate_heads="0:all", fig2b_head=1)
+
+
+def test_a_run_trained_under_clamps_keeps_them(tmp_path):
+  """Singh et al. 2025's nol0h147 / disallow_pt_head_attn_on_labels runs:
+  the clamps hold throughout training, so an ablated head's value weights
+  never move, and a config with a bad clamp is one line."""
+  c = smoke_config(**{"clamp.ablate_heads": "0:1",
+                      "clamp.block_label_attention": "1:all",
+                      "total_sequences": 400})
+  loop.train(c, str(tmp_path / "clamped"))
+  start, end = (final_state(c, str(tmp_path / "clamped"), step=s)["params"]
+                for s in (0, 50))
+  d = start["block_0"]["attn"]["qkv"]["kernel"].shape[-1] // 3  # d_model
+  part = lambda p, h: p["block_0"]["attn"]["qkv"]["kernel"].reshape(
+      -1, 3, 2, d // 2)[:, 2, h]  # value columns of head h (2 heads)
+  np.testing.assert_array_equal(part(end, 1), part(start, 1))
+  assert not np.array_equal(part(end, 0), part(start, 0))
+  for bad, field in (("0:9", "clamp.ablate_heads"), ("x", "clamp.block_label_attention")):
+    with pytest.raises(UserError, match=field):
+      loop.train(config_lib.override(smoke_config(), {field: bad}), str(tmp_path / bad))

@@ -3,7 +3,8 @@
 Pre-LN blocks with causal attention; learned, sinusoidal or rotary
 positions; the initialisers of the icl-dynamics code. For grafting and
 ablation (Singh et al. 2025, Figs. 2 and 4) an attention layer takes a Patch
-(zero heads' values, reuse clean queries / keys / values / patterns) and
+(zero heads' values, reuse clean queries / keys / values / patterns, forbid
+or clamp attention) and
 sows q, k, v and its pattern into the "intermediates" collection.
 """
 import jax
@@ -46,16 +47,28 @@ def rotary(x: jax.Array, timescale: float) -> jax.Array:
   return rotated.reshape(x.shape)
 
 
+def head_vector(heads, n_heads: int, value_in: float, value_out: float):
+  """(n_heads,) holding value_in at `heads` ('all' or a tuple), else value_out."""
+  chosen = range(n_heads) if heads == "all" else heads
+  return jnp.full(n_heads, value_out).at[jnp.array(list(chosen))].set(value_in)
+
+
 @flax.struct.dataclass
 class Patch:
   """An intervention on one attention layer (Singh et al. 2025, Fig. 2).
 
   head_mask (n_heads,) multiplies each head's value vectors (0 = ablated);
   clean maps any of "q", "k", "v", "pattern" to activations recorded in a
-  clean pass, used instead of the recomputed ones.
+  clean pass, used instead of the recomputed ones; no_attend (n_heads, T, T),
+  True where a head may not attend (its score set to -1e9 before the
+  softmax); query_pattern (B, T) replaces the query row of the pattern of
+  the heads where query_heads (n_heads,) is True (an attention clamp).
   """
   head_mask: jax.Array | None = None
   clean: dict = flax.struct.field(default_factory=dict)
+  no_attend: jax.Array | None = None
+  query_pattern: jax.Array | None = None
+  query_heads: jax.Array | None = None
 
 
 class Attention(nn.Module):
@@ -76,7 +89,13 @@ class Attention(nn.Module):
     scores = jnp.einsum("bqhd,bkhd->bhqk", q, k) / np.sqrt(head_dim)
     causal = jnp.tril(jnp.ones((t, t), bool))
     scores = jnp.where(causal, scores, -1e20)
+    if patch.no_attend is not None:
+      scores = jnp.where(patch.no_attend[None], -1e9, scores)
     pattern = patch.clean.get("pattern", jax.nn.softmax(scores, axis=-1))
+    if patch.query_pattern is not None:
+      clamped = jnp.where(patch.query_heads[None, :, None],
+                          patch.query_pattern[:, None, :], pattern[:, :, -1])
+      pattern = pattern.at[:, :, -1].set(clamped)
     for name, a in (("q", q), ("k", k), ("v", v), ("pattern", pattern)):
       self.sow("intermediates", name, a)
     if patch.head_mask is not None:

@@ -8,13 +8,18 @@ the query (last) position only.
 For grafting and ablation (Singh et al. 2025, Figs. 2 and 4) a call can run a
 slice of the blocks on a given residual stream, patch attention layers, and
 drop the embedding from the stream the readout sees. Every call sows the
-residual streams into the "intermediates" collection.
+residual streams into the "intermediates" collection. Two clamps hold in
+every pass, training included (Singh et al. 2025, appendix runs):
+ablated_heads zeroes those heads' values, and label_attention_blocked stops
+those heads attending from each label token to its exemplar.
 """
 import flax.linen as nn
 import jax.numpy as jnp
 
-from icl_transience.nn.transformer import (Block, label_init, lecun_normal,
+from icl_transience.nn.transformer import (Block, Patch, head_vector,
+                                           label_init, lecun_normal,
                                            learned_position_init, sinusoids)
+from icl_transience.proj.transience import interventions
 
 
 class SequenceClassifier(nn.Module):
@@ -27,6 +32,8 @@ class SequenceClassifier(nn.Module):
   positions: str = "learned"  # learned | sinusoidal | rope
   max_len: int = 32
   pos_timescale: float = 30.0
+  ablated_heads: tuple = ()            # ((block, heads), ...)
+  label_attention_blocked: tuple = ()  # ((block, heads), ...)
 
   @nn.compact
   def __call__(self, features, labels, *, stream=None, start: int = 0,
@@ -46,7 +53,8 @@ class SequenceClassifier(nn.Module):
     self.sow("intermediates", "residual", x)
     rope = self.pos_timescale if self.positions == "rope" else None
     for i in range(start, self.depth if stop is None else stop):
-      patch = patches[i] if i < len(patches) else None
+      patch = self._clamped(i, patches[i] if i < len(patches) else None,
+                            x.shape[1])
       x = Block(self.n_heads, self.mlp_ratio, rope, name=f"block_{i}")(x, patch)
       self.sow("intermediates", "residual", x)
     if stop is not None:
@@ -55,6 +63,25 @@ class SequenceClassifier(nn.Module):
       x = x - embedding
     query = nn.LayerNorm(epsilon=1e-5, name="ln_final")(x[:, -1])
     return nn.Dense(self.n_outputs, kernel_init=lecun_normal, name="unembed")(query)
+
+  @nn.nowrap
+  def _clamped(self, block: int, patch, length: int):
+    """The block's patch with the model's own clamps added."""
+    ablated = dict(self.ablated_heads).get(block)
+    blocked = dict(self.label_attention_blocked).get(block)
+    if ablated is None and blocked is None:
+      return patch
+    patch = patch or Patch()
+    if ablated is not None:
+      keep = head_vector(ablated, self.n_heads, 0.0, 1.0)
+      patch = patch.replace(head_mask=keep if patch.head_mask is None
+                            else patch.head_mask * keep)
+    if blocked is not None:
+      labels = jnp.arange(1, length, 2)  # label tokens; their exemplar precedes
+      grid = jnp.zeros((length, length), bool).at[labels, labels - 1].set(True)
+      heads = head_vector(blocked, self.n_heads, 1.0, 0.0) > 0
+      patch = patch.replace(no_attend=heads[:, None, None] & grid[None])
+    return patch
 
   @nn.nowrap
   def _embed(self, features, labels, zero_tokens=False):
@@ -78,8 +105,14 @@ class SequenceClassifier(nn.Module):
     return x
 
 
-def build_model(model_cfg, n_outputs: int) -> SequenceClassifier:
+def build_model(model_cfg, n_outputs: int, clamp=None) -> SequenceClassifier:
+  """The model of a config's `model` block, with its `clamp` block's
+  training-time clamps (text such as '0:1,4,7', parsed by interventions)."""
+  parse = lambda field: (interventions.parse_heads(clamp[field], f"clamp.{field}")
+                         if clamp else ())
   return SequenceClassifier(
+      ablated_heads=parse("ablate_heads"),
+      label_attention_blocked=parse("block_label_attention"),
       n_outputs=n_outputs, depth=model_cfg.depth, d_model=model_cfg.d_model,
       n_heads=model_cfg.n_heads, mlp_ratio=model_cfg.mlp_ratio,
       positions=model_cfg.positions, max_len=model_cfg.max_len,

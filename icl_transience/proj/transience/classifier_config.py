@@ -7,6 +7,7 @@ from icl_transience import config
 from icl_transience.errors import UserError
 from icl_transience.nn import transformer
 from icl_transience.proj.transience import graft
+from icl_transience.proj.transience import interventions
 from icl_transience.proj.transience import sequences
 from icl_transience.proj.transience import sources
 
@@ -61,7 +62,13 @@ def blocks(c) -> dict:
   evals.n_classes = 1600
   evals.exemplars = (0, 5)
   evals.batch_size = 1000
-  return {"data": data, "train": train, "evals": evals}
+
+  # Clamps held throughout training (Singh et al. 2025, appendix), as
+  # 'block:heads;...' ('0:1,4,7', '0:all'); blocks and heads 0-indexed.
+  clamp = ml_collections.ConfigDict()
+  clamp.ablate_heads = ""           # those heads' values zeroed
+  clamp.block_label_attention = ""  # no attention from a label token to its exemplar
+  return {"data": data, "train": train, "evals": evals, "clamp": clamp}
 
 
 def coopetition_config() -> ml_collections.ConfigDict:
@@ -137,6 +144,10 @@ def validate(c):
   _check(2 * c.train.context_len + 1 <= c.model.max_len, "model.max_len",
          f"{c.model.max_len} positions, but sequences have "
          f"{2 * c.train.context_len + 1} tokens")
+  for field in ("ablate_heads", "block_label_attention"):
+    heads = interventions.parse_heads(c.clamp[field], f"clamp.{field}")
+    interventions.check(interventions.Intervention(ablate=heads), c.model.depth,
+                        c.model.n_heads, f"clamp.{field}")
   _check(c.graft.mode in graft.MODES, "graft.mode",
          f"unknown '{c.graft.mode}' (choose from {', '.join(graft.MODES)})")
   if c.graft.mode != "none":

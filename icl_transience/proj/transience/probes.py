@@ -152,8 +152,10 @@ def query_metrics(logits, labels, target) -> dict[str, jax.Array]:
   }
 
 
-def make_evaluate(apply_fn, n_classes: int, batch_size: int):
-  """(params, table, eval_sets) -> {evaluator: {metric: mean}} for one member."""
+def make_evaluate(apply_fn, n_classes: int, batch_size: int,
+                  with_target: bool = False):
+  """(params, table, eval_sets) -> {evaluator: {metric: mean}} for one
+  member; with_target: apply_fn also takes the query targets (a clamp)."""
 
   def evaluate_set(params, table, seqs: sequences.Sequences):
     n = seqs.target.shape[0]
@@ -163,7 +165,8 @@ def make_evaluate(apply_fn, n_classes: int, batch_size: int):
     def one_chunk(chunk):
       feats = sources.gather_features(table, chunk.classes, chunk.exemplars,
                                       n_classes)
-      logits = apply_fn(params, feats, chunk.labels)
+      logits = (apply_fn(params, feats, chunk.labels, chunk.target) if with_target
+                else apply_fn(params, feats, chunk.labels))
       return query_metrics(logits, chunk.labels, chunk.target)
 
     per_seq = jax.lax.map(one_chunk, chunks)

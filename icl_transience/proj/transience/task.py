@@ -27,7 +27,8 @@ class ClassifyTask:
   def __init__(self, c):
     self.c = c
     self.spec = classifier_config.train_spec(c)
-    self.model = classifier.build_model(c.model, classifier_config.n_outputs(c))
+    self.model = classifier.build_model(
+        c.model, classifier_config.n_outputs(c), c.clamp)
     self.source_classes = c.data.n_classes  # one-hot width for 'onehot'
 
   def validate(self, n_devices: int):
