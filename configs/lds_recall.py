@@ -21,6 +21,14 @@ Variants (Daniels et al. 2025 sizes, batches, lr multipliers and horizons):
   40m       d 288, 24 layers, 18 heads; batch 96, x0.8333^2; 256 k steps
   cpu       a reduced problem for 2 CPU cores (see CPU below)
   smoke     a few seconds (tests)
+  backstory the authors' later training: the first 10 systems of a trace get
+            7 unlabelled, loss-masked preceding states on first appearance
+            (combines, e.g. 'medium,backstory')
+
+Pre-training error: 40,000 traces on a separate pool of 40,000 test systems
+(and on the 40,000 training systems), as the authors evaluate it; the
+memorisation evaluators train_needle_h5_late{0,1,2} put needle prompts on
+training systems and their own trajectories.
 """
 import math
 
@@ -69,7 +77,8 @@ CPU = {
     "lds.max_cuts": 32, "lds.cuts_per_system": 3.0,
     "lds.haystack_lens": (2,), "lds.needle_examples": 20,
     "lds.needle_trials": 50, "lds.pretrain_traces": 256,
-    "lds.eval_batch": 256,
+    "lds.pretrain_systems": 1000, "lds.eval_batch": 256,
+    "lds.train_needle_examples": 256,
     "model.d_model": 72, "model.depth": 4, "model.n_heads": 6,
     "model.max_len": 64,
     "batch_size": 32, "steps_per_call": 500, "optim.lr": 2e-3,
@@ -82,6 +91,7 @@ SMOKE = {
     "lds.haystack_lens": (2,), "lds.needle_examples": 3,
     "lds.needle_trials": 4, "lds.needle_test_systems": 8,
     "lds.pretrain_traces": 8, "lds.pretrain_systems": 64, "lds.eval_batch": 8,
+    "lds.train_needle_examples": 8,
     "model.d_model": 16, "model.depth": 1, "model.n_heads": 2,
     "model.max_len": 40,
     "batch_size": 8, "steps_per_call": 10, "optim.lr": 1e-3,
@@ -122,7 +132,8 @@ def preset_config(name: str) -> ml_collections.ConfigDict:
   return c
 
 
-VARIANTS = {"cpu": CPU, "smoke": SMOKE}
+BACKSTORY = {"lds.backstory_systems": 10, "lds.backstory_len": 7}
+VARIANTS = {"cpu": CPU, "smoke": SMOKE, "backstory": BACKSTORY}
 
 
 def get_config(variant: str = ""):

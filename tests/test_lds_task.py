@@ -128,9 +128,14 @@ def test_initialisation_and_causal_predictions(run):
   assert (np.abs(np.asarray(out - changed)[:, 7:]).sum(-1) > 1e-4).all()
 
 
+def pretrain_traces(task):
+  """Both pre-training error sets, as the evaluator reads them."""
+  return task.pretrain_traces(eval_sets(task), eval_sets(task, "constants"))
+
+
 def test_loss_is_the_masked_mean_of_summed_squares(run):
   _, _, _, task, params = run
-  batch = jax.tree.map(lambda x: x[1], eval_sets(task)["pretrain"])
+  batch = pretrain_traces(task)["pretrain_train"]
   assert batch.inputs.shape == (8, 40, 15) and batch.mask.shape == (8, 40)
 
   @jax.jit
@@ -154,15 +159,17 @@ def test_loss_is_the_masked_mean_of_summed_squares(run):
 
 def test_eval_sets_follow_the_eval_seed(run):
   _, _, _, task, _ = run
-  first = eval_sets(task)
-  other = eval_sets(lds_task.LDSTask(smoke_config(eval_seed=9)))
-  assert not np.array_equal(first["pretrain"].inputs, other["pretrain"].inputs)
+  first, traces = eval_sets(task), pretrain_traces(task)
+  other_task = lds_task.LDSTask(smoke_config(eval_seed=9))
+  other = eval_sets(other_task)
+  assert not np.array_equal(traces["pretrain_test"].inputs,
+                            pretrain_traces(other_task)["pretrain_test"].inputs)
   assert not np.array_equal(first["needle"], other["needle"])
   # pretrain_train shows the training trajectories (the smoke config's
   # pretrain_systems is the whole pool), pretrain_test none of them.
   trajectories = np.asarray(eval_sets(task, "constants").trajectories)
-  test, train = (x[m] for x, m in zip(np.asarray(first["pretrain"].targets),
-                                       np.asarray(first["pretrain"].mask)))
+  test, train = (np.asarray(traces[n].targets)[np.asarray(traces[n].mask)]
+                 for n in ("pretrain_test", "pretrain_train"))
   seen = lambda x, pool: (np.abs(pool - x).max(-1) < 1e-5).any()
   assert all(seen(x, trajectories.reshape(-1, 5)) for x in train)
   assert not any(seen(x, trajectories.reshape(-1, 5)) for x in test)
@@ -195,8 +202,26 @@ def test_training_run_logs_every_evaluator(run):
       for q, value in zip(lds_task.QUARTILES, quartiles):
         np.testing.assert_allclose(final[("needle_h2", f"after_{kind}_{k}_{q}")],
                                    value, rtol=1e-5, atol=1e-7)
-  for i, name in enumerate(("pretrain_test", "pretrain_train")):
-    batch = jax.tree.map(lambda x: np.asarray(x[i]), sets["pretrain"])
+  # memorisation: needles on the training systems and their own
+  # trajectories, from time k on, one trial per example
+  pool = eval_sets(task, "constants")
+  for late in (0, 1, 2):
+    spec = lds_task.train_needle_spec(c, 2, late, task.spec)
+    stats = lds_prompts.needle_statistics(predict, sets["needle"], spec,
+                                          c.lds.needle_config, pool=pool)
+    median = np.percentile(stats.after_final[:, 0], 50)
+    np.testing.assert_allclose(
+        final[(f"train_needle_h2_late{late}", "after_final_1_median")], median,
+        rtol=1e-5, atol=1e-7)
+    tokens = np.asarray(lds_prompts.needle_prompts(sets["needle"], spec, 5, 0, pool))
+    assert tokens.shape[0] == 1  # example 5: training systems 5, 6 (needle 5)
+    np.testing.assert_allclose(tokens[0, 2:12, -5:],
+                               np.asarray(pool.trajectories)[5, late:late + 10], atol=1e-5)
+    np.testing.assert_allclose(tokens[0, 14:24, -5:],
+                               np.asarray(pool.trajectories)[6, late:late + 10], atol=1e-5)
+  traces = pretrain_traces(task)
+  for name in ("pretrain_test", "pretrain_train"):
+    batch = jax.tree.map(np.asarray, traces[name])
     errors = ((np.asarray(predict(batch.inputs)) - batch.targets) ** 2).sum(-1)
     np.testing.assert_allclose(final[(name, "mse")], (errors * batch.mask).mean(),
                                rtol=1e-5)
@@ -223,7 +248,7 @@ def test_report_of_the_training_run(run):
   # the baseline line is the pseudo-inverse on this run's own test traces,
   # which it predicts better than the untrained model does
   task = lds_task.LDSTask(c)
-  traces = jax.tree.map(lambda x: x[0], task.eval_sets(None)["pretrain"])
+  traces = pretrain_traces(task)["pretrain_test"]
   predictions = lds_baseline.pseudo_inverse_predict(traces.inputs, task.spec)
   pinv = float(lds.position_errors(predictions, traces).mean())
   assert summary["pseudo_inverse_pretrain_mse"] == pytest.approx(pinv, rel=1e-5)
@@ -242,6 +267,14 @@ def test_report_of_the_training_run(run):
         float(np.median(stats.after_initial[:, k - 1])), rel=1e-5)
   # the least-squares continuation improves as the segment goes on
   assert needle["after_initial_6"] < needle["after_initial_2"]
+  # memorisation: the last medians of the training-system needles beside
+  # the test-system ones, and their figure
+  assert member["memorisation"] == {
+      name: {f"after_final_{k}": value(100, name, f"after_final_{k}_median")
+             for k in (1, 2)}
+      for name in ("train_needle_h2_late0", "train_needle_h2_late1",
+                   "train_needle_h2_late2", "needle_h2")}
+  assert member["figures"][-1].endswith("lds_memorisation_main.png")
   saved = json.loads(open(os.path.join(workdir, "report.json")).read())
   assert saved == json.loads(json.dumps(summary))
   assert all(os.path.getsize(p) > 10_000 for p in member["figures"])
@@ -262,8 +295,18 @@ def test_configs_follow_the_paper():
   assert lds_task.lds_spec(lds_recall.get_config()) == lds.LDSSpec()
   assert lds_recall.get_config("big").total_sequences == 86_400_000
   assert lds_recall.get_config("big").model.remat  # fits one 80 GB device
-  for variant in ("cpu", "smoke"):
+  for variant in ("cpu", "smoke", "medium,backstory"):
     lds_task.LDSTask(lds_recall.get_config(variant)).validate(1)
+  # the authors' pre-training error: 40,000 traces on 40,000 test systems
+  big = lds_recall.get_config("big")
+  assert (big.lds.pretrain_traces, big.lds.pretrain_systems) == (40_000, 40_000)
+  assert list(lds_task.train_needle_evaluators(big)) == [
+      "train_needle_h5_late0", "train_needle_h5_late1", "train_needle_h5_late2"]
+  assert not lds_task.train_needle_evaluators(config_lib.override(
+      lds_recall.get_config("smoke"), {"lds.resample_trajectories": True}))
+  backstory = lds_task.lds_spec(lds_recall.get_config("medium,backstory"))
+  assert (backstory.backstory_systems, backstory.backstory_len) == (10, 7)
+  assert lds_task.eval_spec(backstory).backstory_systems == 0  # training only
   with pytest.raises(UserError, match="unknown variant 'huge'.*model size"):
     lds_recall.get_config("huge")
   assert lds_recall.get_config("tiny,cpu") == lds_recall.get_config("cpu")
@@ -280,6 +323,9 @@ def test_configs_follow_the_paper():
     ("model.max_len", 20, "model.max_len"),
     ("model.n_heads", 3, "model.n_heads"),
     ("lds.needle_config", 2, "lds.needle_config"),
+    ("lds.pretrain_traces", 12, "lds.pretrain_traces"),
+    ("lds.train_needle_late_starts", (40,), "lds.train_needle_late_starts"),
+    ("lds.backstory_systems", 6, "lds.backstory_systems"),
 ])
 def test_bad_fields_raise_user_errors(field, value, match):
   with pytest.raises(UserError, match=match):

@@ -12,6 +12,13 @@ system where that system's previous segment stopped. The model sees
 tokens[:-1] and is scored on tokens[1:] states where the next token is an
 observation (the loss mask).
 
+Masked backstories (the authors' later runs): the trace is laid out on
+context_len - backstory_systems * backstory_len positions; then, in segment
+order, the first non-empty segment of each of the first backstory_systems
+systems gets the backstory_len states that precede its first shown state
+(U^T run backwards) right after its open label, formatted as observations
+but kept out of the loss; the end is zero-padded to context_len.
+
 The layout is closed-form rather than a scan over positions: a position's
 segment is the number of cut points at or before it, and a segment's first
 time index is an exclusive cumulative sum of the observations that earlier
@@ -47,6 +54,13 @@ class LDSSpec:
   label_value: float = math.sqrt(2)
   late_start: int = 0              # first trajectory index a trace shows
   resample_trajectories: bool = False  # fresh systems and states every trace
+  backstory_systems: int = 0       # systems given a masked backstory (authors: 10)
+  backstory_len: int = 7           # states per backstory
+
+  @property
+  def base_len(self) -> int:
+    """Positions laid out by the cuts (backstories fill the rest)."""
+    return self.context_len - self.backstory_systems * self.backstory_len
 
   def __post_init__(self):
     for name in ("state_dim", "max_systems", "trajectory_len",
@@ -55,12 +69,18 @@ class LDSSpec:
         raise UserError(f"lds.{name} must be >= 1, got {getattr(self, name)}")
     if self.context_len < 2:
       raise UserError(f"lds.context_len must be >= 2, got {self.context_len}")
-    for name in ("zipf_exponent", "cuts_per_system", "max_cuts", "late_start"):
+    for name in ("zipf_exponent", "cuts_per_system", "max_cuts", "late_start",
+                 "backstory_systems", "backstory_len"):
       if getattr(self, name) < 0:
         raise UserError(f"lds.{name} must be >= 0, got {getattr(self, name)}")
     if self.n_train_systems < self.max_systems:
       raise UserError(f"lds.n_train_systems ({self.n_train_systems}) must be "
                       f">= lds.max_systems ({self.max_systems})")
+    if self.backstory_systems and self.base_len < 2:
+      raise UserError(
+          f"lds.backstory_systems: {self.backstory_systems} backstories of "
+          f"{self.backstory_len} states leave {self.base_len} of the "
+          f"{self.context_len} positions for the trace")
     if self.late_start + self.context_len - 2 > self.trajectory_len:
       raise UserError(
           f"lds.trajectory_len ({self.trajectory_len}) must be >= late_start "
@@ -90,6 +110,7 @@ class LDSPool(NamedTuple):
 
 class LDSTrace(NamedTuple):
   tokens: jax.Array        # (context_len + 1, token_dim) float32
+  hidden: jax.Array        # (context_len + 1,) bool: a backstory state (no loss)
   n_systems: jax.Array     # () int32: the trace uses slots [0, n_systems)
   system_ids: jax.Array    # (max_systems,) int32 pool index (-1: fresh)
   labels: jax.Array        # (max_systems,) int32 label id per slot
@@ -245,8 +266,8 @@ def _draw_words(key, spec: LDSSpec) -> _Words:
 
 
 def _segment_layout(words: _Words, spec: LDSSpec, n_systems):
-  """Per context position: (slot, kind, time) of the training layout."""
-  length = spec.context_len
+  """Per laid-out position: (slot, kind, time) of the training layout."""
+  length = spec.base_len
   n_cuts = _capped_poisson(spec.cuts_per_system * n_systems, spec.max_cuts,
                            _unit(words.n_cuts[0]))
   drawn = _below(words.cuts, length)
@@ -288,22 +309,57 @@ def sample_trace(key, spec: LDSSpec, pool: Optional[LDSPool]) -> LDSTrace:
   if spec.resample_trajectories:
     matrices, trajectories = fresh_systems(k_fresh, spec, spec.max_systems)
     system_ids = jnp.full((spec.max_systems,), -1, jnp.int32)
-    states = trajectories[slot, time]
+    states, first_states = trajectories[slot, time], trajectories[:, spec.late_start]
   else:
     system_ids = _distinct_indices(words.system_ids, pool.matrices.shape[0])
     matrices = pool.matrices[system_ids]
     trajectories = jnp.zeros((0,) + pool.trajectories.shape[1:])
     states = pool.trajectories[system_ids[slot], time]
+    first_states = pool.trajectories[system_ids, spec.late_start]
   rows = token_rows(spec, kind, labels[slot], states)
   tokens = jnp.concatenate([start_token(spec)[None], rows])
-  return LDSTrace(tokens, n_systems, system_ids, labels, matrices, trajectories)
+  hidden = jnp.zeros(tokens.shape[0], bool)
+  if spec.backstory_systems:
+    tokens, hidden = _insert_backstories(spec, tokens, slot, kind, time,
+                                         matrices, first_states)
+  return LDSTrace(tokens, hidden, n_systems, system_ids, labels, matrices,
+                  trajectories)
 
 
-def split_tokens(spec: LDSSpec, tokens) -> LDSBatch:
-  """Model inputs tokens[:-1], target states tokens[1:] and the loss mask."""
+def _insert_backstories(spec: LDSSpec, tokens, slot, kind, time, matrices,
+                        first_states):
+  """(context_len + 1 tokens, hidden) of a laid-out trace with backstories
+  after the open label of each system's first non-empty segment (the first
+  backstory_systems such segments)."""
+  n = spec.backstory_len
+  opens_segment = (kind[:-1] == OPEN) & (kind[1:] == OBSERVATION)
+  first_shown = opens_segment & (time[1:] == spec.late_start)
+  first_shown = jnp.append(first_shown, False)
+  chosen = first_shown & (jnp.cumsum(first_shown) <= spec.backstory_systems)
+  chosen = jnp.concatenate([jnp.array([False]), chosen])  # token coordinates
+  shift = n * (jnp.cumsum(chosen) - chosen)
+  new_index = jnp.arange(tokens.shape[0]) + shift
+  out = jnp.zeros((spec.context_len + 1, tokens.shape[1])).at[new_index].set(tokens)
+  # x_{t0-n} .. x_{t0-1} of every slot, t0 its first shown time
+  back = jax.vmap(lambda m, x: _iterate(m.T, x, n + 1)[1:][::-1])(
+      matrices, first_states)
+  slot_of_token = jnp.concatenate([jnp.zeros(1, slot.dtype), slot])
+  story = token_rows(spec, OBSERVATION, 0, back[slot_of_token])  # (T, n, D)
+  rows = new_index[:, None] + 1 + jnp.arange(n)[None, :]
+  rows = jnp.where(chosen[:, None], rows, spec.context_len + 1)  # dropped
+  out = out.at[rows].set(story, mode="drop")
+  hidden = jnp.zeros(spec.context_len + 1, bool).at[rows].set(True, mode="drop")
+  return out, hidden
+
+
+def split_tokens(spec: LDSSpec, tokens, hidden=None) -> LDSBatch:
+  """Model inputs tokens[:-1], target states tokens[1:] and the loss mask
+  (next token an observation, not a hidden backstory state)."""
+  mask = tokens[..., 1:, spec.observation_index] == 1
+  if hidden is not None:
+    mask = mask & ~hidden[..., 1:]
   return LDSBatch(inputs=tokens[..., :-1, :],
-                  targets=tokens[..., 1:, spec.state_start:],
-                  mask=tokens[..., 1:, spec.observation_index] == 1)
+                  targets=tokens[..., 1:, spec.state_start:], mask=mask)
 
 
 def sample_batch(key, spec: LDSSpec, pool: Optional[LDSPool],
@@ -311,7 +367,7 @@ def sample_batch(key, spec: LDSSpec, pool: Optional[LDSPool],
   """batch_size independent training traces, split for the model."""
   traces = jax.vmap(sample_trace, in_axes=(0, None, None))(
       jax.random.split(key, batch_size), spec, pool)
-  return split_tokens(spec, traces.tokens)
+  return split_tokens(spec, traces.tokens, traces.hidden)
 
 
 def position_errors(predictions, batch: LDSBatch) -> jax.Array:

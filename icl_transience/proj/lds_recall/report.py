@@ -11,7 +11,10 @@ From the run's metrics table, per member:
            lds_pretrain_<member>.png: pre-training error on test and training
            systems and the training loss; lds_ood_<member>.png: the
            "1 / 2 after final" medians of every OOD evaluator over
-           training, beside the normal prompts of the same haystack.
+           training, beside the normal prompts of the same haystack;
+           lds_memorisation_<member>.png: the same medians of the needle
+           prompts on training systems and their own trajectories (each
+           late start) beside those on test systems.
   checks   two timescales (acceptance check 4): t2 / t1 = the first
            evaluated sequences count at which the "2 / 1 after final" median
            falls below `threshold` (0.3); pass iff t2 < t1 and
@@ -31,14 +34,12 @@ import json
 import os
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from icl_transience import config as config_lib
 from icl_transience import metrics_table
 from icl_transience.analysis import figures  # selects matplotlib's Agg backend
 from icl_transience.errors import UserError
-from icl_transience.proj.lds_recall import lds
 from icl_transience.proj.lds_recall import lds_baseline
 from icl_transience.proj.lds_recall import lds_prompts
 from icl_transience.proj.lds_recall import ood_report
@@ -62,10 +63,13 @@ def pseudo_inverse_reference(c) -> float:
   """Mean error of the pseudo-inverse baseline (Daniels et al. 2025) on the
   run's own pretrain_test traces, over all positions like the model's `mse`."""
   task = lds_task.LDSTask(c)
-  test = jax.tree.map(lambda x: x[0], task.eval_sets(None)["pretrain"])
-  predictions = jax.jit(lds_baseline.pseudo_inverse_predict,
-                        static_argnames="spec")(test.inputs, task.spec)
-  return float(jnp.mean(lds.position_errors(predictions, test)))
+  keys = task.eval_sets(None)
+  spec = lds_task.eval_spec(task.spec)
+  test_pool, _ = task.pretrain_pools(keys, None)
+  error = jax.jit(lambda key, pool: lds_task.pretrain_error(
+      lambda x: lds_baseline.pseudo_inverse_predict(x, spec), key, pool, spec,
+      c.lds.pretrain_traces, c.lds.eval_batch))
+  return float(error(jax.random.split(keys["traces"])[0], test_pool)["mse"])
 
 
 def pseudo_inverse_needle(c, evaluator: str) -> dict[str, float]:
@@ -176,6 +180,46 @@ def pretrain_figure(rows, member: str, path: str, reference: float):
   figures.save(fig, path)
 
 
+def memorisation_figure(rows, member: str, c, path: str) -> bool:
+  """"1 / 2 after final" medians over training of the needle prompts on
+  test systems (black) and on training systems and their own trajectories
+  (one colour per late start); False if the run has no memorisation
+  evaluators."""
+  train = lds_task.train_needle_evaluators(c)
+  if not train:
+    return False
+  haystack = next(iter(train.values()))[0]
+  fig, axes = plt.subplots(1, 2, figsize=(11, 4), sharey=True)
+  colours = plt.get_cmap("viridis")
+  for ax, k in zip(axes, (1, 2)):
+    curves = [(f"needle_h{haystack}", "test systems", "black")] + [
+        (name, f"training systems, late start {late}",
+         colours(0.85 * i / max(len(train) - 1, 1)))
+        for i, (name, (_, late)) in enumerate(train.items())]
+    for evaluator, label, colour in curves:
+      points = _positive(ood_report.points(rows, member, evaluator,
+                                           f"after_final_{k}_median"))
+      if points:
+        ax.plot(*zip(*points), "o-", color=colour, ms=3, lw=1.5, label=label)
+    ax.set(xscale="log", xlabel="training examples (sequences)",
+           title=f"{k} after final, H = {haystack}")
+    ax.grid(alpha=0.3)
+  axes[0].set_ylabel("error |y_hat - y|^2 (median)")
+  axes[0].legend(fontsize=7)
+  fig.suptitle(f"Memorisation: needles on training vs test systems ({member})")
+  figures.save(fig, path)
+  return True
+
+
+def memorisation_summary(rows, member: str, c) -> dict:
+  """The last "k after final" medians (k = 1, 2) of every memorisation
+  evaluator and of the test-system prompts of its haystack."""
+  train = lds_task.train_needle_evaluators(c)
+  names = list(train) + list(dict.fromkeys(f"needle_h{h}" for h, _ in train.values()))
+  return {name: {f"after_final_{k}": _last(rows, member, name, f"after_final_{k}_median")
+                 for k in (1, 2)} for name in names}
+
+
 def _pretrain_summary(rows, member: str) -> dict:
   test = ood_report.points(rows, member, "pretrain_test", "mse")
   best = min(test, key=lambda p: p[1]) if test else (None, None)
@@ -210,6 +254,9 @@ def report(workdir: str, out_dir: str, checks: Checks = Checks()) -> dict:
     pretrain_figure(rows, member, paths[1], reference)
     if not ood_report.curves_figure(rows, member, c, paths[2]):
       paths.pop()
+    memorisation = os.path.join(out_dir, "figures", f"lds_memorisation_{member}.png")
+    if memorisation_figure(rows, member, c, memorisation):
+      paths.append(memorisation)
     final = {f"after_final_{k}": _last(rows, member, evaluator,
                                         f"after_final_{k}_median")
              for k in steps_logged(rows, evaluator, "after_final")}
@@ -219,6 +266,7 @@ def report(workdir: str, out_dir: str, checks: Checks = Checks()) -> dict:
         "abrupt_first_token": abruptness(first, checks),
         "pretrain": _pretrain_summary(rows, member), "final": final,
         "ood": ood_report.report(rows, member, c, timescales["t1"], evaluator),
+        "memorisation": memorisation_summary(rows, member, c),
         "figures": paths})
   for m in summary["members"]:
     row4, row5 = m["two_timescales"], m["abrupt_first_token"]
@@ -234,6 +282,11 @@ def report(workdir: str, out_dir: str, checks: Checks = Checks()) -> dict:
         f"{k}={ood_report.fmt(v)}" for k, v in m["pretrain"].items()))
     for line in ood_report.summary_lines(m["ood"]):
       print(line)
+    if m["memorisation"]:
+      print("  memorisation (last 1 / 2 after final): " + "; ".join(
+          f"{name} {ood_report.fmt(v['after_final_1'])} / "
+          f"{ood_report.fmt(v['after_final_2'])}"
+          for name, v in m["memorisation"].items()))
   metrics_table.atomic_write_text(
       os.path.join(out_dir, metrics_table.REPORT_FILENAME),
       json.dumps(summary, indent=2) + "\n")

@@ -7,13 +7,21 @@ the fixed pool of training trajectories (the task's constants; None when
 the state, averaged over the positions whose next token is an observation.
 
 Evaluators (Daniels et al. 2025), from data fixed by `eval_seed`:
-  pretrain_test   traces of the training generator on `pretrain_systems`
-                  unseen systems (one trajectory each): "mse" (over all
-                  positions, label rows counting 0; Daniels et al. 2025) and "loss"
-                  (over observation targets, as in training)
+  pretrain_test   `pretrain_traces` traces of the training generator on a
+                  separate pool of `pretrain_systems` unseen systems (one
+                  trajectory each; the authors: 40,000 traces on 40,000
+                  systems): "mse", the squared error summed over the state
+                  and averaged over every position of every trace, label
+                  rows counting 0, as the authors average it; "loss", over
+                  observation targets, as in training
   pretrain_train  the same on the first `pretrain_systems` systems of the
-                  training pool (memorisation, Daniels et al. 2025; with
-                  resample_trajectories, another unseen pool)
+                  training pool and their own trajectories (memorisation;
+                  with resample_trajectories, another unseen pool)
+  train_needle_h{H}_late{k}  needle prompts on training systems and their own
+                  training trajectories, shown from time k on (the authors'
+                  `train` source with late_start k; H the first haystack
+                  length): memorisation against needle_h{H}; one trial per
+                  example, `train_needle_examples` examples
   needle_h{H}     resume prompts of haystack length H (needle farthest back,
                   `needle_config`): after_final_{k}_{q25,median,q75} and
                   after_initial_{k}_* -- the 25/50/75th percentiles over
@@ -21,9 +29,10 @@ Evaluators (Daniels et al. 2025), from data fixed by `eval_seed`:
   {variant}_h{H}  the same for each OOD variant of lds_prompts.VARIANTS in
                   `ood_variants`, at every H of `ood_haystack_lens`, or at
                   its own lengths ('synchronised@1,2,3')
-The pre-training traces are built once in eval_sets; the needle prompts are
-generated inside `evaluate`, one example at a time, from a fixed key (a
-1000-trial prompt set of the longer haystacks would take gigabytes).
+eval_sets holds keys only: the pre-training traces (eval_batch at a time)
+and the needle prompts (one example at a time) are generated inside
+`evaluate` from fixed keys, since 40,000 traces of 250 57-d tokens, or a
+1000-trial prompt set of the longer haystacks, would take gigabytes.
 """
 import dataclasses
 
@@ -38,7 +47,6 @@ from icl_transience.proj.lds_recall import gpt2
 
 QUARTILES = ("q25", "median", "q75")
 make_pool = jax.jit(lds.make_pool, static_argnums=(1, 2))
-sample_batch = jax.jit(lds.sample_batch, static_argnums=(1, 3))
 
 
 def lds_spec(c) -> lds.LDSSpec:
@@ -54,6 +62,54 @@ def needle_spec(c, haystack_len: int, variant: str = "normal",
       query_len=c.lds.needle_query_len, n_examples=c.lds.needle_examples,
       n_trials=c.lds.needle_trials, n_test_systems=c.lds.needle_test_systems,
       lds_spec=spec or lds_spec(c))
+
+
+def train_needle_evaluators(c) -> dict[str, tuple[int, int]]:
+  """Evaluator name -> (haystack length, late start) of the memorisation
+  prompts (none when trajectories are resampled: no fixed ones to recall)."""
+  if c.lds.resample_trajectories or not c.lds.haystack_lens:
+    return {}
+  h = c.lds.haystack_lens[0]
+  return {f"train_needle_h{h}_late{k}": (h, k) for k in c.lds.train_needle_late_starts}
+
+
+def train_needle_spec(c, haystack_len: int, late_start: int,
+                      spec: lds.LDSSpec | None = None) -> lds_prompts.NeedleSpec:
+  """Needle prompts on the training pool: one trial (the system's own
+  trajectory), examples = consecutive blocks of training systems."""
+  spec = spec or lds_spec(c)
+  return dataclasses.replace(
+      needle_spec(c, haystack_len, "normal", spec), late_start=late_start,
+      n_examples=c.lds.train_needle_examples, n_trials=1,
+      n_test_systems=spec.n_train_systems)
+
+
+def eval_spec(spec: lds.LDSSpec) -> lds.LDSSpec:
+  """The generator of the pre-training error sets: fixed trajectories and
+  no backstories (the authors add those in training only)."""
+  return dataclasses.replace(spec, resample_trajectories=False,
+                             backstory_systems=0)
+
+
+def pretrain_chunk(key, pool: lds.LDSPool, spec: lds.LDSSpec, batch: int,
+                   i) -> lds.LDSBatch:
+  """Traces i * batch .. (i + 1) * batch - 1 of a pre-training error set."""
+  return lds.sample_batch(jax.random.fold_in(key, i), spec, pool, batch)
+
+
+def pretrain_error(predict, key, pool: lds.LDSPool, spec: lds.LDSSpec,
+                   n_traces: int, batch: int) -> dict:
+  """Pre-training error of `predict` (inputs -> predictions) on n_traces
+  traces of the training generator over `pool`, `batch` traces a pass."""
+  def chunk(i):
+    traces = pretrain_chunk(key, pool, spec, batch, i)
+    errors = lds.position_errors(predict(traces.inputs), traces)
+    return jnp.sum(errors), jnp.sum(traces.mask)
+
+  sums, counts = jax.lax.map(chunk, jnp.arange(n_traces // batch))
+  total = jnp.sum(sums)
+  return {"mse": total / (n_traces * spec.context_len),
+          "loss": total / jnp.maximum(jnp.sum(counts), 1)}
 
 
 def needle_evaluators(c) -> dict[str, tuple[int, str]]:
@@ -116,6 +172,9 @@ class LDSTask:
            f"{c.model.max_len} positions, but traces have {spec.context_len}")
     _check(c.lds.pretrain_traces > 0 and c.lds.eval_batch > 0,
            "lds.pretrain_traces", "pretrain_traces and eval_batch must be > 0")
+    _check(c.lds.pretrain_traces % c.lds.eval_batch == 0, "lds.pretrain_traces",
+           f"{c.lds.pretrain_traces} is not a multiple of lds.eval_batch "
+           f"({c.lds.eval_batch})")
     _check(spec.max_systems <= c.lds.pretrain_systems <= spec.n_train_systems,
            "lds.pretrain_systems", f"must lie in [lds.max_systems, "
            f"lds.n_train_systems] = [{spec.max_systems}, "
@@ -136,6 +195,18 @@ class LDSTask:
         needle_spec(c, h, variant, spec)
       except UserError as e:
         raise UserError(f"lds (evaluator {name}): {e}") from e
+    for name, (h, late) in train_needle_evaluators(c).items():
+      _check(late >= 0 and c.lds.train_needle_examples >= 1,
+             "lds.train_needle_late_starts", "late starts must be >= 0 and "
+             "lds.train_needle_examples >= 1")
+      try:
+        train_needle_spec(c, h, late, spec)
+      except UserError as e:
+        raise UserError(f"lds (evaluator {name}): {e}") from e
+      _check(late + c.lds.needle_segment_len + c.lds.needle_query_len
+             <= spec.trajectory_len, "lds.train_needle_late_starts",
+             f"late start {late} runs past the {spec.trajectory_len}-state "
+             "training trajectories")
 
   def init_weights(self, key) -> dict:
     tokens = jnp.zeros((1, self.spec.context_len, self.spec.token_dim))
@@ -162,31 +233,49 @@ class LDSTask:
     return loss, ({"loss": loss, "mse": jnp.mean(errors)}, None)
 
   def eval_sets(self, sharding) -> dict:
-    """{"pretrain": LDSBatch (2, pretrain_traces, ...) of test and train
-    traces, "needle": the key of every needle prompt set}."""
-    spec, lds_c = self.spec, self.c.lds
-    trace_keys, test_pool, other_pool, needle_key = jax.random.split(
-        jax.random.PRNGKey(self.c.eval_seed), 4)
-    train_pool = (other_pool if spec.resample_trajectories else
-                  jax.random.PRNGKey(lds_c.trajectory_seed))
-    fixed = dataclasses.replace(spec, resample_trajectories=False)
-    sets = [sample_batch(key, fixed, make_pool(pool, fixed,
-                                               lds_c.pretrain_systems),
-                         lds_c.pretrain_traces)
-            for key, pool in zip(jax.random.split(trace_keys),
-                                 (test_pool, train_pool))]
-    return jax.device_put(
-        {"pretrain": jax.tree.map(lambda *x: jnp.stack(x), *sets),
-         "needle": needle_key}, sharding)
+    """The keys of the pre-training traces, their test pool (and, when
+    resampling, an unseen "training" pool) and every needle prompt set."""
+    names = ("traces", "test_pool", "other_pool", "needle")
+    keys = jax.random.split(jax.random.PRNGKey(self.c.eval_seed), len(names))
+    return jax.device_put(dict(zip(names, keys)), sharding)
+
+  def pretrain_pools(self, keys, consts) -> tuple[lds.LDSPool, lds.LDSPool]:
+    """(test pool, training pool) of the pre-training error sets."""
+    spec, n = eval_spec(self.spec), self.c.lds.pretrain_systems
+    test = lds.make_pool(keys["test_pool"], spec, n)
+    train = (lds.make_pool(keys["other_pool"], spec, n) if consts is None
+             else jax.tree.map(lambda x: x[:n], consts))
+    return test, train
+
+  def pretrain_traces(self, eval_sets, consts) -> dict[str, lds.LDSBatch]:
+    """Every trace of both pre-training error sets at once, as `evaluate`
+    reads them a chunk at a time (for small sets: inspection and tests)."""
+    lds_c, spec = self.c.lds, eval_spec(self.spec)
+    out = {}
+    for name, key, pool in zip(("pretrain_test", "pretrain_train"),
+                               jax.random.split(eval_sets["traces"]),
+                               self.pretrain_pools(eval_sets, consts)):
+      chunks = [pretrain_chunk(key, pool, spec, lds_c.eval_batch, i)
+                for i in range(lds_c.pretrain_traces // lds_c.eval_batch)]
+      out[name] = jax.tree.map(lambda *x: jnp.concatenate(x), *chunks)
+    return out
 
   def evaluate(self, weights, consts, eval_sets) -> dict:
-    del consts  # the training systems' traces are in eval_sets
-    params = weights["params"]
-    test, train = self._pretrain(params, eval_sets["pretrain"])
-    out = {"pretrain_test": test, "pretrain_train": train}
+    params, lds_c = weights["params"], self.c.lds
+    predict = lambda x: self.model.apply({"params": params}, x)
+    out = {}
+    for name, key, pool in zip(("pretrain_test", "pretrain_train"),
+                               jax.random.split(eval_sets["traces"]),
+                               self.pretrain_pools(eval_sets, consts)):
+      out[name] = pretrain_error(predict, key, pool, eval_spec(self.spec),
+                                 lds_c.pretrain_traces, lds_c.eval_batch)
     for name, (h, variant) in needle_evaluators(self.c).items():
       out[name] = self._needle(params, eval_sets["needle"],
                                needle_spec(self.c, h, variant, self.spec))
+    for name, (h, late) in train_needle_evaluators(self.c).items():
+      out[name] = self._needle(params, eval_sets["needle"],
+                               train_needle_spec(self.c, h, late, self.spec),
+                               pool=consts)
     return out
 
   # --- evaluation internals --------------------------------------------------
@@ -195,21 +284,13 @@ class LDSTask:
     one = lambda x: self.model.apply({"params": params}, x[None])[0]
     return jax.lax.map(one, tokens, batch_size=self.c.lds.eval_batch)
 
-  def _pretrain(self, params, sets: lds.LDSBatch) -> tuple[dict, dict]:
-    """Pre-training error of each set of traces (Daniels et al. 2025)."""
-    n_sets, n_traces, length = sets.mask.shape
-    flat = jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), sets)
-    errors = lds.position_errors(self._predict(params, flat.inputs), flat)
-    errors = errors.reshape(n_sets, n_traces * length)
-    counts = sets.mask.reshape(n_sets, -1).sum(-1)
-    return tuple({"mse": jnp.mean(e), "loss": jnp.sum(e) / jnp.maximum(n, 1)}
-                 for e, n in zip(errors, counts))
-
-  def _needle(self, params, key, spec: lds_prompts.NeedleSpec) -> dict:
-    """Quartiles over examples of trial-median step errors."""
+  def _needle(self, params, key, spec: lds_prompts.NeedleSpec,
+              pool: lds.LDSPool | None = None) -> dict:
+    """Quartiles over examples of trial-median step errors (pool: prompts
+    on its systems and their own trajectories)."""
     def one_example(example):
       tokens = lds_prompts.needle_prompts(key, spec, example,
-                                          self.needle_config)
+                                          self.needle_config, pool)
       errors = lds_prompts.prediction_errors(
           self._predict(params, tokens[:, :-1]), tokens, self.spec)
       return (lds_prompts.trial_medians(
@@ -217,7 +298,10 @@ class LDSTask:
               lds_prompts.trial_medians(lds_prompts.after_initial(
                   errors, spec, self.needle_config, self.initial_steps)))
 
-    final, initial = jax.lax.map(one_example, jnp.arange(spec.n_examples))
+    # several examples a pass when they are small (one trial each)
+    per_pass = max(1, self.c.lds.eval_batch // spec.n_trials)
+    final, initial = jax.lax.map(one_example, jnp.arange(spec.n_examples),
+                                 batch_size=per_pass)
     metrics = {}
     for kind, steps, medians in (
         ("after_final", self.final_steps, final),
@@ -247,8 +331,11 @@ def lds_block() -> ml_collections.ConfigDict:
   # at its own: ("misdirected_label@2", "synchronised@1,2,3")
   b.ood_variants = ()
   b.ood_haystack_lens = (2,)
-  b.pretrain_traces = 1000       # traces per pre-training error set
-  b.pretrain_systems = 1000      # systems (one trajectory each) per set
+  b.pretrain_traces = 40_000     # traces per pre-training error set
+  b.pretrain_systems = 40_000    # systems (one trajectory each) per set
+  # memorisation: needle prompts on training systems, from these start times
+  b.train_needle_late_starts = (0, 1, 2)
+  b.train_needle_examples = 1000
   b.eval_batch = 250             # sequences per forward pass in evaluation
   return b
 
