@@ -20,6 +20,7 @@ from icl_transience.proj.lds_recall import report as lds_report
 from icl_transience.proj.lds_recall import lds
 from icl_transience.errors import UserError
 from icl_transience.proj.lds_recall import lds_prompts
+from icl_transience.proj.lds_recall import needle_positions
 from icl_transience.proj.lds_recall import gpt2
 from icl_transience.proj.lds_recall import task as lds_task
 from icl_transience.train import loop
@@ -448,3 +449,49 @@ def test_report_checks_the_ood_prompts_over_training(tmp_path):
   write_run(workdir, ood_rows(values, sequences), **{"lds.ood_variants": ood})
   (member,) = lds_report.report(workdir, workdir)["members"]
   assert member["ood"]["misdirected_label"]["misdirected_label_h2"]["pass"] is None
+
+
+def test_needle_positions_and_the_extended_control(run):
+  """Daniels et al. 2025's needle-position figure: every rotation at one
+  checkpoint (position = segments between the needle and the query) and
+  the label-free "final segment extended" control at -2."""
+  c, workdir, rows, task, params = run
+  result = needle_positions.run(workdir, -1, "", 2, (1, 2), 0, 0, False)
+  assert result["sequences"] == 800 and sorted(result["positions"]) == [-2, 0, 1]
+  logged = {(r["metric"]): r["value"] for r in rows
+            if r["step"] == 100 and r["evaluator"] == "needle_h2"}
+  for k in (1, 2):  # position 1 = configuration 0, as the evaluator reads it
+    np.testing.assert_allclose(
+        result["positions"][1][str(k)],
+        [logged[f"after_final_{k}_{q}"] for q in lds_task.QUARTILES], rtol=1e-5)
+  predict = jax.jit(lambda x: task.model.apply({"params": params[100]}, x))
+  key, spec = eval_sets(task)["needle"], lds_task.needle_spec(c, 2)
+  stats = lds_prompts.needle_statistics(predict, key, spec, 1)
+  np.testing.assert_allclose(result["positions"][0]["2"][1],
+                             np.median(stats.after_final[:, 1]), rtol=1e-5)
+  # the control: segment of the needle, then system 1 from x_0 without a
+  # break to the prompt's end; observation 10 + k sits 2 rows before the
+  # normal prompt's k-th query observation, at the same trajectory time
+  normal = np.asarray(lds_prompts.needle_prompts(key, spec, 0))
+  extended = np.asarray(lds_prompts.extended_final_prompts(key, spec, 0))
+  assert extended.shape == normal.shape
+  np.testing.assert_array_equal(extended[:, :13], normal[:, :13])
+  np.testing.assert_array_equal(extended[:, 13], normal[:, 13])  # system 1's open label
+  states = extended[:, 14:, -5:]
+  assert states.shape[1] == 23 and (extended[:, 14:, 9] == 1).all()  # no close
+  u = np.asarray(lds_prompts.prompt_systems(key, spec, 0).matrices[1])
+  np.testing.assert_allclose(states[:, 1:], states[:, :-1] @ u.T, atol=1e-5)
+  np.testing.assert_allclose(states[:, :10], normal[:, 14:24, -5:], atol=1e-6)
+  errors = np.arange(normal.shape[1] - 1)[None]
+  assert list(np.asarray(lds_prompts.extended_steps(errors, spec, (1, 2)))[0]) == [
+      v - 2 for v in lds_prompts.after_final(errors, spec, (1, 2))[0]]
+  best = needle_positions.best_checkpoint(workdir, c, "main", 2)
+  at_saved = {r["sequences"]: r["value"] for r in rows
+              if r["evaluator"] == "needle_h2" and r["metric"] == "after_final_2_median"}
+  assert at_saved[best] == min(at_saved.values())
+  assert os.path.getsize(os.path.join(workdir, "needle_positions",
+                                      "800_main_h2.png")) > 10_000
+  with pytest.raises(UserError, match="haystack_len"):
+    needle_positions.run(workdir, -1, "", 9, (1,), 0, 0, False)
+  with pytest.raises(UserError, match="--steps"):
+    needle_positions.run(workdir, -1, "", 2, (11,), 0, 0, False)

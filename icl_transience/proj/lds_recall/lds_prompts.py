@@ -207,6 +207,34 @@ def needle_prompts(key, spec: NeedleSpec, example, config=0,
   return jnp.concatenate([start, rows], axis=1)
 
 
+def extended_final_prompts(key, spec: NeedleSpec, example) -> jax.Array:
+  """(n_trials, prompt_len, token_dim) "final segment extended" prompts
+  (Daniels et al. 2025, the needle-position figure's label-free control):
+  the first H - 1 haystack segments, then haystack system H - 1 shown from
+  its first state to the end of the normal prompt's length, without a close
+  label. Its observation segment_len + k (extended_steps) is at the same
+  trajectory time as "k after final" of the normal prompt."""
+  systems = prompt_systems(key, spec, example)
+  n_final = spec.prompt_len - 2 - (spec.segment_len + 2) * (spec.haystack_len - 1)
+  trajectories = _trajectories(spec, systems, spec.late_start + n_final)
+  slots, kinds, times = [], [], []
+  for slot in range(spec.haystack_len - 1):
+    slots += [slot] * (spec.segment_len + 2)
+    kinds += [lds.OPEN] + [lds.OBSERVATION] * spec.segment_len + [lds.CLOSE]
+    times += [0] + list(range(spec.late_start, spec.late_start + spec.segment_len)) + [0]
+  slots += [spec.haystack_len - 1] * (n_final + 1)
+  kinds += [lds.OPEN] + [lds.OBSERVATION] * n_final
+  times += [0] + list(range(spec.late_start, spec.late_start + n_final))
+  slots, kinds, times = np.array(slots), np.array(kinds), np.array(times)
+  states = trajectories[slots, :, times]  # (rows, n_trials, n)
+  rows = jax.vmap(lambda s: lds.token_rows(spec.lds_spec, kinds,
+                                           systems.labels[slots], s),
+                  in_axes=1)(states)
+  start = jnp.broadcast_to(lds.start_token(spec.lds_spec),
+                           (spec.n_trials, 1, spec.lds_spec.token_dim))
+  return jnp.concatenate([start, rows], axis=1)
+
+
 def single_system_prompts(key, spec: NeedleSpec, example,
                           n_observations: Optional[int] = None,
                           pool: Optional[lds.LDSPool] = None) -> jax.Array:
@@ -253,6 +281,13 @@ def after_final(errors, spec: NeedleSpec, steps=None) -> jax.Array:
 def after_initial(errors, spec: NeedleSpec, config: int = 0, steps=None):
   steps = range(1, spec.segment_len + 1) if steps is None else steps
   return steps_after(errors, spec.needle_row(config), steps)
+
+
+def extended_steps(errors, spec: NeedleSpec, steps=None) -> jax.Array:
+  """Errors of observation segment_len + k of the extended final segment."""
+  steps = range(1, spec.query_len + 1) if steps is None else steps
+  final_row = 1 + (spec.segment_len + 2) * (spec.haystack_len - 1)
+  return steps_after(errors, final_row, np.asarray(steps) + spec.segment_len)
 
 
 def trial_medians(step_errors) -> jax.Array:
