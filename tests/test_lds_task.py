@@ -495,3 +495,21 @@ def test_needle_positions_and_the_extended_control(run):
     needle_positions.run(workdir, -1, "", 9, (1,), 0, 0, False)
   with pytest.raises(UserError, match="--steps"):
     needle_positions.run(workdir, -1, "", 2, (11,), 0, 0, False)
+
+
+def test_backstory_batches_keep_the_backstories_out_of_the_loss():
+  """The backstory option at smoke size (2 backstories of 7 states in a
+  40-position trace): training batches carry them, out of the loss."""
+  c = smoke_config(**{"lds.backstory_systems": 2})
+  task = lds_task.LDSTask(c)
+  batch = jax.jit(task.sample_batch, static_argnums=3)(
+      KEY, eval_sets(task, "constants"), {}, 0)
+  observed = np.asarray(batch.inputs[:, 1:, task.spec.observation_index] == 1)
+  hidden_targets = observed & ~np.asarray(batch.mask[:, :-1])
+  assert hidden_targets.sum() >= 7 * 8  # every trace has at least one backstory
+  weights = task.init_weights(KEY)
+  loss = jax.jit(lambda b: task.loss(weights, b, {}, 0)[0])
+  moved = batch._replace(targets=batch.targets.at[:, :-1].add(
+      5.0 * jnp.asarray(hidden_targets)[..., None]))  # the backstory states
+  assert np.isfinite(float(loss(batch)))
+  np.testing.assert_allclose(loss(moved), loss(batch), rtol=1e-6)
