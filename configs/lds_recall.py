@@ -91,7 +91,7 @@ SMOKE = {
     "lds.haystack_lens": (2,), "lds.needle_examples": 3,
     "lds.needle_trials": 4, "lds.needle_test_systems": 8,
     "lds.pretrain_traces": 8, "lds.pretrain_systems": 64, "lds.eval_batch": 8,
-    "lds.train_needle_examples": 8,
+    "lds.train_needle_examples": 8, "lds.train_needle_late_starts": (2,),
     "model.d_model": 16, "model.depth": 1, "model.n_heads": 2,
     "model.max_len": 40,
     "batch_size": 8, "steps_per_call": 10, "optim.lr": 1e-3,

@@ -83,13 +83,12 @@ TINY = {"data.dim": 16, "model.d_model": 16, "batch_size": 8,
         "ckpt.every": 80, "evals.n_sequences": 16, "evals.batch_size": 16}
 
 
-@pytest.mark.parametrize("variant", ["disallow_pt_head_attn_on_labels",
-                                     "mlp_c1600_ex5"])
-def test_new_appendix_presets_train_at_tiny_width(variant, tmp_path):
-  """The preset itself (its clamp on all 8 layer-1 heads; its MLPs, 1,600
-  classes and 5 exemplars) at width 16 and 10 steps: it trains and logs
+def test_a_clamp_preset_trains_at_tiny_width(tmp_path):
+  """disallow_pt_head_attn_on_labels itself (its clamp on all 8 layer-1
+  heads, data and evaluators) at width 16 and 10 steps: it trains and logs
   every evaluator. (The clamps' effect on training: test_interventions.)"""
-  c = config_lib.override(coopetition.get_config(variant), TINY)
+  c = config_lib.override(
+      coopetition.get_config("disallow_pt_head_attn_on_labels"), TINY)
   loop.train(c, str(tmp_path))
   rows = metrics_table.read(str(tmp_path))
   assert {r["evaluator"] for r in rows} >= set(c.evals.names)

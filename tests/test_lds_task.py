@@ -206,7 +206,7 @@ def test_training_run_logs_every_evaluator(run):
   # memorisation: needles on the training systems and their own
   # trajectories, from time k on, one trial per example
   pool = eval_sets(task, "constants")
-  for late in (0, 1, 2):
+  for late in c.lds.train_needle_late_starts:  # smoke: (2,)
     spec = lds_task.train_needle_spec(c, 2, late, task.spec)
     stats = lds_prompts.needle_statistics(predict, sets["needle"], spec,
                                           c.lds.needle_config, pool=pool)
@@ -273,8 +273,7 @@ def test_report_of_the_training_run(run):
   assert member["memorisation"] == {
       name: {f"after_final_{k}": value(100, name, f"after_final_{k}_median")
              for k in (1, 2)}
-      for name in ("train_needle_h2_late0", "train_needle_h2_late1",
-                   "train_needle_h2_late2", "needle_h2")}
+      for name in ("train_needle_h2_late2", "needle_h2")}
   assert member["figures"][-1].endswith("lds_memorisation_main.png")
   saved = json.loads(open(os.path.join(workdir, "report.json")).read())
   assert saved == json.loads(json.dumps(summary))
