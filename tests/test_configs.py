@@ -11,7 +11,6 @@ import transience  # pylint: disable=wrong-import-order
 import transience_l2  # pylint: disable=wrong-import-order
 
 from icl_transience import config as config_lib
-from icl_transience import metrics_table
 from icl_transience import tasks
 from icl_transience.errors import UserError
 from icl_transience.proj.transience import classifier_config
@@ -76,23 +75,6 @@ def test_the_window_presets_start_from_the_ciwl_only_checkpoints():
   warm = coopetition.get_config("ciwl_warm")
   assert warm.warm_start.workdir == "runs/ciwl_only" and warm.train.burstiness == 1
   assert warm.total_sequences >= max(coopetition.WARM_SOURCES) + 32_000_000
-
-
-TINY = {"data.dim": 16, "model.d_model": 16, "batch_size": 8,
-        "steps_per_call": 5, "total_sequences": 80, "eval_every": 80,
-        "ckpt.every": 80, "evals.n_sequences": 16, "evals.batch_size": 16}
-
-
-def test_a_clamp_preset_trains_at_tiny_width(tmp_path):
-  """disallow_pt_head_attn_on_labels itself (its clamp on all 8 layer-1
-  heads, data and evaluators) at width 16 and 10 steps: it trains and logs
-  every evaluator. (The clamps' effect on training: test_interventions.)"""
-  c = config_lib.override(
-      coopetition.get_config("disallow_pt_head_attn_on_labels"), TINY)
-  loop.train(c, str(tmp_path))
-  rows = metrics_table.read(str(tmp_path))
-  assert {r["evaluator"] for r in rows} >= set(c.evals.names)
-  assert max(r["sequences"] for r in rows) == 80
 
 
 def test_variants_combine_left_to_right_and_unknown_ones_are_named():
