@@ -15,6 +15,7 @@ sys.path.insert(0, os.path.join(REPO, "configs"))
 import smoke  # pylint: disable=wrong-import-position
 
 from icl_transience import config as config_lib  # pylint: disable=wrong-import-position
+from icl_transience.proj.lds_recall import lds  # pylint: disable=wrong-import-position
 from icl_transience.train import checkpoints  # pylint: disable=wrong-import-position
 from icl_transience.train import loop  # pylint: disable=wrong-import-position
 from icl_transience.train import step as step_lib  # pylint: disable=wrong-import-position
@@ -90,3 +91,15 @@ def zipf_exponent_fit(ranks, n_ranks: int):
   p = np.exp(-s * log_k)
   p /= p.sum()
   return s, 1 / np.sqrt(counts.sum() * (p @ log_k ** 2 - (p @ log_k) ** 2))
+
+
+# LDS traces of a batch of keys, and training batches (one compile per spec).
+lds_traces = jax.jit(jax.vmap(lds.sample_trace, in_axes=(0, None, None)),
+                     static_argnums=1)
+lds_batch = jax.jit(lds.sample_batch, static_argnums=(1, 3))
+
+
+def lds_pool(spec, seed: int = 7):
+  """A training pool of spec's n_train_systems systems, as numpy arrays."""
+  return jax.tree.map(np.asarray, jax.jit(lds.make_pool, static_argnums=1)(
+      jax.random.PRNGKey(seed), spec))

@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+import helpers
 from helpers import zipf_exponent_fit
 
 from icl_transience.proj.lds_recall import lds
@@ -28,15 +29,12 @@ NEEDLE = dict(haystack_len=3, n_examples=4, n_trials=8)
 # k = 1..8.
 PINV_MEDIANS = (0.863, 0.863, 0.673, 0.468, 0.288, 0.099, 0.0, 0.0)
 
-_traces = jax.jit(jax.vmap(lds.sample_trace, in_axes=(0, None, None)),
-                  static_argnums=1)
-_batch = jax.jit(lds.sample_batch, static_argnums=(1, 3))
+_traces, _batch = helpers.lds_traces, helpers.lds_batch
 
 
 @pytest.fixture(scope="module")
 def pool():
-  return jax.tree.map(np.asarray, jax.jit(lds.make_pool, static_argnums=1)(
-      jax.random.PRNGKey(7), SPEC))
+  return helpers.lds_pool(SPEC)
 
 
 @pytest.fixture(scope="module")

@@ -12,7 +12,7 @@ from icl_transience.errors import UserError
 from icl_transience.proj.lds_recall import lds
 from icl_transience.proj.lds_recall import task as lds_task
 
-from helpers import REPO  # pylint: disable=unused-import  (puts configs/ on the path)
+import helpers  # puts configs/ on the path
 import lds_recall  # pylint: disable=wrong-import-order
 
 SPEC = lds.LDSSpec(n_train_systems=200)
@@ -20,15 +20,12 @@ KEY = jax.random.PRNGKey(0)
 SQRT2 = np.float32(math.sqrt(2))
 STATE = slice(SPEC.state_start, None)
 
-_traces = jax.jit(jax.vmap(lds.sample_trace, in_axes=(0, None, None)),
-                  static_argnums=1)
-_batch = jax.jit(lds.sample_batch, static_argnums=(1, 3))
+_traces, _batch = helpers.lds_traces, helpers.lds_batch
 
 
 @pytest.fixture(scope="module")
 def pool():
-  return jax.tree.map(np.asarray, jax.jit(lds.make_pool, static_argnums=1)(
-      jax.random.PRNGKey(7), SPEC))
+  return helpers.lds_pool(SPEC)
 
 
 def test_masked_backstories(pool):

@@ -199,6 +199,12 @@ def needle_prompts(key, spec: NeedleSpec, example, config=0,
   slot = jnp.where(haystack, (positions - config) % spec.haystack_len,
                    query_slot)
   label = jnp.where(haystack, systems.labels[slot], systems.query_label)
+  return _prompt_tokens(spec, trajectories, slot, kinds, times, label)
+
+
+def _prompt_tokens(spec: NeedleSpec, trajectories, slot, kinds, times, label):
+  """(n_trials, 1 + rows, token_dim): the start token, then per row the
+  token of (slot, kind, time, label) in every trial."""
   states = trajectories[slot, :, times]  # (rows, n_trials, n)
   rows = jax.vmap(lambda s: lds.token_rows(spec.lds_spec, kinds, label, s),
                   in_axes=1)(states)
@@ -226,13 +232,8 @@ def extended_final_prompts(key, spec: NeedleSpec, example) -> jax.Array:
   kinds += [lds.OPEN] + [lds.OBSERVATION] * n_final
   times += [0] + list(range(spec.late_start, spec.late_start + n_final))
   slots, kinds, times = np.array(slots), np.array(kinds), np.array(times)
-  states = trajectories[slots, :, times]  # (rows, n_trials, n)
-  rows = jax.vmap(lambda s: lds.token_rows(spec.lds_spec, kinds,
-                                           systems.labels[slots], s),
-                  in_axes=1)(states)
-  start = jnp.broadcast_to(lds.start_token(spec.lds_spec),
-                           (spec.n_trials, 1, spec.lds_spec.token_dim))
-  return jnp.concatenate([start, rows], axis=1)
+  return _prompt_tokens(spec, trajectories, slots, kinds, times,
+                        systems.labels[slots])
 
 
 def single_system_prompts(key, spec: NeedleSpec, example,
@@ -300,6 +301,16 @@ def example_quartiles(medians) -> jax.Array:
   return jnp.percentile(medians, jnp.array([25.0, 50.0, 75.0]), axis=0)
 
 
+def prompt_errors(predict, tokens, lds_spec: lds.LDSSpec,
+                  batch_size: Optional[int] = None) -> jax.Array:
+  """(N, L - 1) errors of predict on (N, L, token_dim) prompts, batch_size
+  prompts a call (default: all at once)."""
+  chunk = batch_size or tokens.shape[0]
+  return jnp.concatenate([
+      prediction_errors(predict(part[:, :-1]), part, lds_spec)
+      for part in jnp.split(tokens, list(range(chunk, tokens.shape[0], chunk)))])
+
+
 class NeedleStats(NamedTuple):
   after_final: np.ndarray    # (n_examples, K) median over trials per step
   after_initial: np.ndarray  # (n_examples, K)
@@ -321,15 +332,11 @@ def needle_statistics(predict: Callable[[jax.Array], jax.Array], key,
   if pool is not None and n_needed > pool.matrices.shape[0]:
     raise UserError(f"needle: the pool has {pool.matrices.shape[0]} systems, "
                     f"fewer than n_examples + haystack_len = {n_needed + 1}")
-  chunk = batch_size or spec.n_trials
-  splits = list(range(chunk, spec.n_trials, chunk))
   final, initial = [], []
   for example in range(spec.n_examples):
     tokens = _needle_prompts(key, spec=spec, example=example, config=config,
                              pool=pool)
-    errors = jnp.concatenate([
-        prediction_errors(predict(part[:, :-1]), part, spec.lds_spec)
-        for part in jnp.split(tokens, splits)])
+    errors = prompt_errors(predict, tokens, spec.lds_spec, batch_size)
     final.append(trial_medians(after_final(errors, spec)))
     initial.append(trial_medians(after_initial(errors, spec, config)))
   return NeedleStats(np.asarray(jnp.stack(final)),

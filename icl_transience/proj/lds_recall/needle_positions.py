@@ -73,10 +73,8 @@ def positions(predict, key, spec: lds_prompts.NeedleSpec, steps,
   make = jax.jit(lds_prompts.extended_final_prompts, static_argnames="spec")
   medians = []
   for example in range(spec.n_examples):
-    tokens = make(key, spec=spec, example=example)
-    errors = jnp.concatenate([
-        lds_prompts.prediction_errors(predict(part[:, :-1]), part, spec.lds_spec)
-        for part in jnp.split(tokens, list(range(batch, spec.n_trials, batch)))])
+    errors = lds_prompts.prompt_errors(
+        predict, make(key, spec=spec, example=example), spec.lds_spec, batch)
     medians.append(lds_prompts.trial_medians(
         lds_prompts.extended_steps(errors, spec, steps)))
   out[EXTENDED] = _quartiles(jnp.stack(medians), steps)
