@@ -99,6 +99,16 @@ def test_transience_variants_validate(variant):
   assert (b2.burstiness, b2.n_rest) == (2, 4)
   assert probes.eval_spec("icl", c).burstiness == 4
   assert probes.eval_spec("train_eval", c) == probes.eval_spec("train_dist", c)
+  if variant != "omniglot":  # the 12-layer runs' own calibrated features
+    assert (c.data.rank, c.data.subclusters, c.data.relu_features) == (8, 3, True)
+
+
+def test_the_coopetition_runs_keep_their_features_and_the_transience_runs_theirs():
+  coop, l2 = coopetition.get_config(), transience_l2.get_config()
+  assert (coop.data.rank, coop.data.spread, coop.data.isotropic_noise) == (16, 0.7, 0.1)
+  assert (coop.data.subclusters, coop.data.relu_features) == (1, False)
+  for field, value in transience.CALIBRATED_DATA.items():
+    assert l2[field.split(".")[0]][field.split(".")[1]] == value, field
 
 
 @pytest.mark.parametrize("variant", sorted(transience_l2.VARIANTS))

@@ -36,6 +36,8 @@ from helpers import REPO, run_cli, smoke_config
     ({"matmul_precision": "fp8"}, "^matmul_precision: choose highest, high, default"),
     ({"data.feature_shift": float("nan")}, "^data.feature_shift: must be finite"),
     ({"data.spread": float("inf")}, "^data.spread: must be finite"),
+    ({"data.feature_scale": float("nan")}, "^data.feature_scale: must be finite"),
+    ({"data.subclusters": 0}, "^data.subclusters: must be >= 1"),
 ])
 def test_bad_config_fields_are_named(fields, match):
   with pytest.raises(UserError, match=match):

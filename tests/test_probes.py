@@ -80,3 +80,22 @@ def test_eval_sets_follow_the_eval_seed():
     assert np.asarray(a[name].classes).max() < c.evals.n_classes
   flip = a["flip_icl"]
   assert ((np.asarray(flip.item_types) == BURSTY).sum(1) == 1).all()
+
+
+def test_pairs_icl_shows_the_flip_sequences_under_a_random_trained_label_pair():
+  c = smoke_config(**{"evals.names": ("flip_icl", "pairs_icl")})
+  sets = probes.build_eval_sets(c)
+  pairs, flip = sets["pairs_icl"], sets["flip_icl"]
+  spec = probes.eval_spec("pairs_icl", c)
+  assert (spec.burstiness, spec.fs_relabel) == (c.train.context_len // 2, c.evals.n_classes)
+  types, labels = np.asarray(pairs.item_types)[:, :-1], np.asarray(pairs.labels)
+  target = np.asarray(pairs.target)
+  query_items, distractor_items = types == BURSTY, ~(types == BURSTY)
+  # every query-class item shows the target, every distractor item one other label
+  assert (np.where(query_items, labels, target[:, None]) == target[:, None]).all()
+  other = np.where(distractor_items, labels, -1).max(1)
+  assert (np.where(distractor_items, labels, other[:, None]) == other[:, None]).all()
+  assert (other != target).all() and labels.max() < c.evals.n_classes
+  # the labels are drawn, not the classes' own: most targets are not the query's
+  assert (target != np.asarray(pairs.classes)[:, -1]).mean() > 0.8
+  assert np.asarray(flip.item_types).shape == np.asarray(pairs.item_types).shape

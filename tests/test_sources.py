@@ -48,6 +48,24 @@ def test_relu_features_are_the_table_clipped_at_zero():
   shifted = np.asarray(sources.synthetic_table(*args, relu=True, shift=-0.5))
   np.testing.assert_allclose(shifted, np.maximum(plain - 0.5, 0), atol=1e-6)
   assert (shifted == 0).mean() > (clipped == 0).mean() + 0.1
+  # a scale multiplies the finished features, after the clip
+  scaled = np.asarray(sources.synthetic_table(*args, relu=True, shift=-0.5, scale=-2.0))
+  np.testing.assert_allclose(scaled, -2.0 * shifted, atol=1e-6)
+
+
+def test_subclusters_split_a_class_into_groups_of_near_duplicates():
+  args = (0, 6, 12, 32, 4, 0.05, 0.0)
+  table = np.asarray(sources.synthetic_table(*args, subclusters=3,
+                                             subcluster_spread=1.0))
+  dist = np.linalg.norm(table[:, :, None] - table[:, None], axis=-1)  # c, e, e
+  group = np.arange(12) % 3
+  same = (group[:, None] == group[None]) & ~np.eye(12, dtype=bool)
+  differ = group[:, None] != group[None]
+  assert dist[:, same].max() < dist[:, differ].min()
+  # one subcluster (the default) leaves the table as it was
+  np.testing.assert_array_equal(
+      sources.synthetic_table(*args), sources.synthetic_table(*args, subclusters=1,
+                                                              subcluster_spread=1.0))
 
 
 def data_cfg(**kw):

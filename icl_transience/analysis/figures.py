@@ -10,11 +10,13 @@ from icl_transience import metrics_table
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# The paper's Figure 1b: (evaluator, metric, legend, colour).
+# The paper's Figure 1b (and our pairs eval, drawn when a run has it):
+# (evaluator, metric, legend, colour).
 STRATEGY_CURVES = (
     ("train_eval", "in_context_acc", "Train", "black"),
     ("icl", "in_context_acc", "ICL eval", "tab:blue"),
     ("flip_icl", "in_context_acc", "Flip eval", "tab:purple"),
+    ("pairs_icl", "in_context_acc", "Pairs eval (trained labels)", "tab:green"),
     ("iwl_copy_avail", "in_context_acc", "CIWL eval", "tab:orange"),
     ("pure_iwl", "acc", "IWL eval* (full-vocabulary acc)", "tab:red"),
 )

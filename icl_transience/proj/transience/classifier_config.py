@@ -29,6 +29,9 @@ def blocks(c) -> dict:
   data.transform_spread = -1.0
   data.relu_features = False    # synthetic: max(x, 0) per coordinate (ResNet-like)
   data.feature_shift = 0.0      # synthetic: added to every coordinate, before the ReLU
+  data.feature_scale = 1.0      # synthetic: multiplies every feature (last)
+  data.subclusters = 1          # synthetic: groups of near-duplicates per class
+  data.subcluster_spread = 0.0  # synthetic: their centres' distance from the class centre
   data.dataset_seed = 0
   data.path = ""                # features: .h5/.hdf5/.npy/.npz file
   data.key = "resnet18/224/feat"  # features: HDF5 dataset / npz array name

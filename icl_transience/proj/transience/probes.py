@@ -64,6 +64,16 @@ def _flip(standard, _train):
                              distractor=True, relabel="flip")
 
 
+@register("pairs_icl")
+def _pairs(standard, _train):
+  """As flip_icl, but the two classes show a random pair of trained labels
+  (almost never their own): ICL on trained classes without the in-weights
+  pull, so flip_icl below pairs_icl measures that pull."""
+  return dataclasses.replace(standard, burstiness=standard.context_len // 2,
+                             distractor=True, relabel="pairs",
+                             fs_relabel=standard.n_classes)
+
+
 @register("iwl_copy_avail")
 def _ciwl(standard, _train):
   """No query-class items; the query's label is put on one context item."""

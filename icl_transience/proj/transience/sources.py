@@ -84,9 +84,12 @@ def check_finite(data_cfg, chunk_bytes: int = 1 << 26):
   """Refuses non-finite synthetic parameters, and a features file holding
   NaN or Inf (read class by class, in chunks of about chunk_bytes)."""
   if data_cfg.source == "synthetic":
-    for field in ("spread", "isotropic_noise", "transform_spread", "feature_shift"):
+    for field in ("spread", "isotropic_noise", "transform_spread", "feature_shift",
+                  "feature_scale", "subcluster_spread"):
       if not np.isfinite(data_cfg.get(field, 0.0)):
         raise UserError(f"data.{field}: must be finite, got {data_cfg[field]}")
+    if data_cfg.get("subclusters", 1) < 1:
+      raise UserError(f"data.subclusters: must be >= 1, got {data_cfg.subclusters}")
   if data_cfg.source != "features":
     return
   array = _file_array(data_cfg)
@@ -103,8 +106,9 @@ def check_finite(data_cfg, chunk_bytes: int = 1 << 26):
 def synthetic_table(seed: int, n_classes: int, n_exemplars: int, dim: int,
                     rank: int, spread: float, isotropic_noise: float,
                     sharding=None, transform_spread: float = -1.0,
-                    relu: bool = False, shift: float = 0.0):
-  """exemplar(c, e) = (z_c + spread * eps_ce) @ A + noise * N(0, I_dim) + shift.
+                    relu: bool = False, shift: float = 0.0, scale: float = 1.0,
+                    subclusters: int = 1, subcluster_spread: float = 0.0):
+  """exemplar(c, e) = scale * ((z_c + spread * eps_ce) @ A + noise * N(0, I_dim) + shift).
 
   z_c, eps_ce ~ N(0, I_rank); A ~ N(0, 1/rank) of shape rank x dim.
   transform_spread t >= 0 gives the classes a character structure (the
@@ -113,7 +117,11 @@ def synthetic_table(seed: int, n_classes: int, n_exemplars: int, dim: int,
   transforms are clusters t apart around one centre; t < 0: independent
   classes. relu: every coordinate max(x, 0), non-negative like a ResNet's
   penultimate features; shift, added before it, makes them sparser (< 0)
-  or denser with a larger common mean (> 0).
+  or denser with a larger common mean (> 0). scale sets the features' norm
+  against the fixed sinusoidal positions they are added to. subclusters
+  M > 1 splits each class into M groups of near-duplicates, like several
+  views of one drawing: exemplar e scatters (by spread) around the centre
+  z_c + subcluster_spread * v_{c, e % M}, v ~ N(0, I_rank).
   """
   @functools.partial(jax.jit, out_shardings=sharding)
   def make(key):
@@ -124,6 +132,10 @@ def synthetic_table(seed: int, n_classes: int, n_exemplars: int, dim: int,
       centres = jax.random.normal(jax.random.fold_in(key, 1),
                                   (n_characters, 1, rank))
       z = jnp.repeat(centres, 8, axis=0)[:n_classes] + transform_spread * z
+    if subclusters > 1:
+      offsets = jax.random.normal(jax.random.fold_in(key, 2),
+                                  (n_classes, subclusters, rank))
+      z = z + subcluster_spread * offsets[:, np.arange(n_exemplars) % subclusters]
     eps = jax.random.normal(k_eps, (n_classes, n_exemplars, rank))
     a = jax.random.normal(k_a, (rank, dim)) / np.sqrt(rank)
     noise = jax.random.normal(k_noise, (n_classes, n_exemplars, dim))
@@ -131,7 +143,7 @@ def synthetic_table(seed: int, n_classes: int, n_exemplars: int, dim: int,
     # GPUs, one bf16 pass on TPUs): one seed, one table, on every machine.
     points = jnp.matmul(z + spread * eps, a, precision=jax.lax.Precision.HIGHEST)
     points = points + isotropic_noise * noise + shift
-    return jax.nn.relu(points) if relu else points
+    return scale * (jax.nn.relu(points) if relu else points)
 
   return make(jax.random.PRNGKey(seed))
 
@@ -163,7 +175,10 @@ def load_table(data_cfg, sharding=None):
                             data_cfg.spread, data_cfg.isotropic_noise, sharding,
                             data_cfg.get("transform_spread", -1.0),
                             data_cfg.get("relu_features", False),
-                            data_cfg.get("feature_shift", 0.0))
+                            data_cfg.get("feature_shift", 0.0),
+                            data_cfg.get("feature_scale", 1.0),
+                            data_cfg.get("subclusters", 1),
+                            data_cfg.get("subcluster_spread", 0.0))
     if data_cfg.layout == "released":
       rows, cols = released_layout_index(*table.shape[:2])
       table = jax.jit(lambda t: t[rows, cols], out_shardings=sharding)(table)

@@ -22,7 +22,8 @@ class ClassifyTask:
   """Query classification of bursty exemplar-label sequences."""
 
   shown = {"icl": "in_context_acc", "flip_icl": "in_context_acc",
-           "iwl_copy_avail": "in_context_acc", "pure_iwl": "acc"}
+           "pairs_icl": "in_context_acc", "iwl_copy_avail": "in_context_acc",
+           "pure_iwl": "acc"}
 
   def __init__(self, c):
     self.c = c
