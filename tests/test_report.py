@@ -83,6 +83,23 @@ def test_verdicts_numbers_json_and_figures(tmp_path, capsys, monkeypatch):
   assert not [f for f in os.listdir(tmp_path) if f.startswith(".tmp-")]
 
 
+def test_each_curve_of_a_transience_figure_has_its_own_colour(tmp_path, monkeypatch):
+  # pairs_icl has a fixed colour; the evaluators without one (b2_train_eval,
+  # a plug-in) must not be given the same one
+  names = ("icl", "flip_icl", "pairs_icl", "iwl_copy_avail", "b2_train_eval", "extra")
+  rows = [r for step in (0, 1) for r in metrics_table.rows_from(
+      "main", step, step * BATCH, {**{n: {"in_context_acc": 0.5} for n in names},
+                                   "train_batch": {"loss": 1.0}})]
+  colours = {}
+  monkeypatch.setattr(figures, "save", lambda fig, path: colours.update(
+      {line.get_label(): line.get_color() for line in fig.axes[0].get_lines()
+       if not line.get_label().startswith("_")}))
+  figures.transience_figure(rows, "main", [(n, "in_context_acc", n, (0, 0.5))
+                                           for n in names], str(tmp_path / "f.png"))
+  assert set(colours) == set(names)
+  assert len(set(colours.values())) == len(names)
+
+
 @pytest.mark.parametrize("peak,final,expected", [
     (0.59, 0.59, "never emerged"),   # below chance + 0.2 * 0.5
     (0.6, 0.6, "persistent"),        # exactly at the emergence threshold

@@ -195,8 +195,8 @@ def transience_figure(rows, member: str, curves, path: str):
   curves: (evaluator, metric, label, (peak_sequences, peak_value)) per curve.
   """
   colours = {evaluator: colour for evaluator, _, _, colour in STRATEGY_CURVES}
-  spare = iter(("tab:green", "tab:brown", "tab:pink", "tab:olive", "tab:cyan",
-                "tab:gray"))
+  spare = iter(c for c in ("tab:green", "tab:brown", "tab:pink", "tab:olive",
+                           "tab:cyan", "tab:gray") if c not in colours.values())
   colours.update({evaluator: next(spare, None) for evaluator, *_ in curves
                   if evaluator not in colours})
   fig, (acc_ax, loss_ax) = plt.subplots(2, 1, figsize=(7, 6), sharex=True,
