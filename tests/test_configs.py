@@ -109,7 +109,8 @@ def test_the_coopetition_runs_keep_their_features_and_the_transience_runs_theirs
   assert (coop.data.rank, coop.data.spread, coop.data.isotropic_noise) == (16, 0.7, 0.1)
   assert (coop.data.subclusters, coop.data.relu_features) == (1, False)
   for field, value in transience.CALIBRATED_DATA.items():
-    assert l2[field.split(".")[0]][field.split(".")[1]] == value, field
+    block, name = field.split(".")
+    assert l2[block][name] == value, field
 
 
 @pytest.mark.parametrize("variant", sorted(transience_l2.VARIANTS))

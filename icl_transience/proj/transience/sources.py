@@ -173,12 +173,12 @@ def load_table(data_cfg, sharding=None):
     table = synthetic_table(data_cfg.dataset_seed, data_cfg.n_classes,
                             data_cfg.n_exemplars, data_cfg.dim, data_cfg.rank,
                             data_cfg.spread, data_cfg.isotropic_noise, sharding,
-                            data_cfg.get("transform_spread", -1.0),
-                            data_cfg.get("relu_features", False),
-                            data_cfg.get("feature_shift", 0.0),
-                            data_cfg.get("feature_scale", 1.0),
-                            data_cfg.get("subclusters", 1),
-                            data_cfg.get("subcluster_spread", 0.0))
+                            transform_spread=data_cfg.get("transform_spread", -1.0),
+                            relu=data_cfg.get("relu_features", False),
+                            shift=data_cfg.get("feature_shift", 0.0),
+                            scale=data_cfg.get("feature_scale", 1.0),
+                            subclusters=data_cfg.get("subclusters", 1),
+                            subcluster_spread=data_cfg.get("subcluster_spread", 0.0))
     if data_cfg.layout == "released":
       rows, cols = released_layout_index(*table.shape[:2])
       table = jax.jit(lambda t: t[rows, cols], out_shardings=sharding)(table)
