@@ -1,24 +1,20 @@
-"""The first run on an accelerator: the benchmark, then three science runs
-sized from its numbers to end within the time budget.
+"""The first run on an accelerator: phases in order of value, each in a
+process of its own, gpu_check.json rewritten the moment a number comes.
 
-  bash benchmarks/gpu_check.sh OUT_DIR          # the usual entry point
-  python benchmarks/gpu_check.py OUT_DIR [--budget_s=540]
-  python benchmarks/gpu_check.py OUT_DIR --populations=2 --runs=coop,seeds \
-      --budget_s=420                              # a quick try on a CPU
+  bash benchmarks/gpu_check.sh OUT_DIR [--wheelhouse=DIR]   # the entry point
+  bash benchmarks/gpu_check.sh OUT_DIR --rehearse   # the same on CPU, tiny
 
-1. The device, then benchmarks/throughput.py's (a) per-step loop, (b) fused
-   scan and (c) populations of 64 and 256.
-2. Each run's fused rate on this device (two calls; the runs reuse the
-   compiled programs through the persistent compilation cache):
-     coop        configs/coopetition.py, one member, to 20 M sequences;
-     seeds       the same, 6 members (init 5, 6, 7 x data 2, 3), to 20 M;
-     transience  configs/transience.py (12 layers, K = 8), to 2 M.
-   A plan that does not fit the budget left shortens the seed population's
-   horizon (on the evaluation grid), then the others', and says so.
-3. The runs (main.py), each stopped cleanly (SIGTERM: checkpoint, exit) if
-   it overruns its share; then `plot` and `report` on each, and the checks of
-   BUILD_NOTES's bands. OUT_DIR gets gpu_check.json (every number), and per
-   run its config, metrics table, report and figures (no checkpoints).
+1. The fused rate of one coopetition model, then of a population of 64.
+2. configs/transience.py (12 layers) to 2 M sequences and its flip check,
+   sized first by its own fused rate.
+3. configs/coopetition.py to 20 M sequences and its bands.
+4. A population of 256; the fused rate again with
+   --xla_gpu_deterministic_ops=false and with matmul_precision=default
+   (what determinism and full-precision matmuls cost).
+A phase that cannot reach its horizon in the time left is not run and says
+`NOT RUN (needs N s ...)`. The end: one verdict line per target
+(gpu_check_plan.py). --rehearse runs every phase at tiny horizons and
+population sizes, to prove the paths and the JSON on a machine without one.
 """
 import argparse
 import json
@@ -30,121 +26,204 @@ import sys
 import tempfile
 import time
 
-import jax
-
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+import gpu_check_plan as plan  # pylint: disable=wrong-import-position
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, os.path.join(REPO, "configs"))
-
-import coopetition  # pylint: disable=wrong-import-position
-import throughput  # pylint: disable=wrong-import-position
-import transience  # pylint: disable=wrong-import-position
-
-from icl_transience import config as config_lib  # pylint: disable=wrong-import-position
-from icl_transience import metrics_table  # pylint: disable=wrong-import-position
-from icl_transience.train import loop  # pylint: disable=wrong-import-position
-from icl_transience.train import step as step_lib  # pylint: disable=wrong-import-position
-
-SEEDS = "; ".join(f"init_seed={i},data_seed={d}" for i in (5, 6, 7) for d in (2, 3))
-RUNS = {  # name: (config file, fields, sequences)
-    "coop": ("configs/coopetition.py", {}, 20_000_000),
-    "seeds": ("configs/coopetition.py", {"population": SEEDS}, 20_000_000),
-    "transience": ("configs/transience.py", {}, 2_000_000),
+RUNS = {  # name: (config file, sequences, overrides), full check
+    "transience": ("configs/transience.py", 2_000_000, {"eval_every": 100_000}),
+    "coop": ("configs/coopetition.py", 20_000_000, {}),
 }
-MODULES = {"configs/coopetition.py": coopetition, "configs/transience.py": transience}
-STARTUP_S = 60  # per run: start-up, compiling what the cache misses, the probes
-WRAP_UP_S = 45  # per run: stopping (a checkpoint), then plot and report
-STOP_GRACE_S = 30  # after SIGTERM, before the run is killed
-SHORTEN_FIRST = ("seeds", "coop", "transience")  # when the plan does not fit
+REHEARSAL_RUNS = {
+    "transience": ("configs/transience.py", 3_200,
+                   {"eval_every": 1_600, "steps_per_call": 25}),
+    "coop": ("configs/coopetition.py", 16_000,
+             {"eval_every": 8_000, "steps_per_call": 125, "evals.n_sequences": 1000}),
+}
+MODES = {  # fused steps per call, timed calls, populations (small, large)
+    "full": dict(steps=625, calls=8, populations=(64, 256), runs=RUNS, budget=480),
+    "rehearse": dict(steps=25, calls=2, populations=(2, 4), runs=REHEARSAL_RUNS,
+                     budget=165),
+}
+NONDETERMINISTIC = "--xla_gpu_deterministic_ops=false"
 
 
-def run_config(name):
-  path, fields, sequences = RUNS[name]
-  return config_lib.override(MODULES[path].get_config(),
+# ----- phases, each in a child process: `gpu_check.py --_child=SPEC` -----
+
+def _child(spec: str, mode: dict):
+  """Prints `ROW {json}` per number as it comes (the parent saves it)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import throughput  # pylint: disable=g-import-not-at-top
+  from icl_transience import config as config_lib  # pylint: disable=g-import-not-at-top
+  from icl_transience.train import loop  # pylint: disable=g-import-not-at-top
+  from icl_transience.train import step as step_lib  # pylint: disable=g-import-not-at-top
+
+  def emit(key, **row):
+    print("ROW " + json.dumps(dict(row, key=key)), flush=True)
+
+  def rate(c):
+    mesh = loop.run_mesh(c)
+    with jax.set_mesh(mesh):
+      trainer = step_lib.Trainer(c, mesh)
+      table = trainer.task.constants(trainer.replicated)
+      call = throughput._fused_calls(trainer, config_lib.members(c), table)  # pylint: disable=protected-access
+      return mode["calls"] * c.steps_per_call / throughput._timed(call, mode["calls"])  # pylint: disable=protected-access
+
+  emit("device", value=f"{jax.devices()[0].device_kind} x {jax.device_count()} "
+       f"({jax.default_backend()}, jax {jax.__version__})")
+  for part in spec.split("+"):
+    name, _, arg = part.partition(":")
+    if name == "run":  # a science run's own fused rate (its sizing)
+      c = run_config(arg, mode)
+      emit(f"rate_{arg}", value=rate(c))
+      continue
+    c = run_config("coop", mode)
+    c.steps_per_call = mode["steps"]
+    if name == "population":
+      c.population = "; ".join(f"init_seed={i},data_seed={i}" for i in range(int(arg)))
+      steps = rate(c)
+      emit(f"population_{arg}", value=steps * int(arg), steps_per_s=steps)
+    else:  # single, single_default_precision, single_nondeterministic
+      if name == "single_default_precision":
+        c.matmul_precision = "default"
+      emit(name, value=rate(c))
+
+
+def run_config(name: str, mode: dict):
+  sys.path.insert(0, os.path.join(REPO, "configs"))
+  from icl_transience import config as config_lib  # pylint: disable=g-import-not-at-top
+  path, sequences, fields = mode["runs"][name]
+  module = __import__(os.path.splitext(os.path.basename(path))[0])
+  return config_lib.override(module.get_config(),
                              dict(fields, total_sequences=sequences))
 
 
-def fused_rate(c, calls: int = 2) -> float:
-  """Optimizer steps/s of the run's own fused call on this device."""
-  mesh = loop.run_mesh(c)
-  with jax.set_mesh(mesh):
-    trainer = step_lib.Trainer(c, mesh)
-    table = trainer.task.constants(trainer.replicated)
-    call = throughput._fused_calls(trainer, config_lib.members(c), table)  # pylint: disable=protected-access
-    return calls * c.steps_per_call / throughput._timed(call, calls)  # pylint: disable=protected-access
+# ----- the parent: plans, starts the phases, saves, judges -----
+
+class Check:
+  """gpu_check.json and the clock."""
+
+  def __init__(self, out: str, mode_name: str, budget_s: float):
+    self.out, self.mode_name, self.mode = out, mode_name, MODES[mode_name]
+    self.start, self.budget_s = time.time(), budget_s
+    self.result = {"mode": mode_name, "budget_s": budget_s,
+                   "populations": list(self.mode["populations"]),
+                   "benchmark": {}, "phase_s": {}, "runs": {}, "not_run": {}}
+
+  def left(self) -> float:
+    return self.budget_s - (time.time() - self.start)
+
+  def save(self):
+    from icl_transience import metrics_table  # pylint: disable=g-import-not-at-top
+    self.result["seconds"] = round(time.time() - self.start, 1)
+    self.result["verdicts"] = [list(v) for v in plan.verdicts(self.result)]
+    metrics_table.atomic_write_text(os.path.join(self.out, "gpu_check.json"),
+                                    json.dumps(_finite(self.result), indent=2) + "\n")
+
+  def child(self, spec: str, timeout_s: float, env=None, key_suffix: str = ""):
+    """Runs one measuring phase; saves each row the moment it is printed."""
+    args = [sys.executable, os.path.abspath(__file__), self.out,
+            f"--_child={spec}", f"--mode={self.mode_name}"]
+    started = time.time()
+    proc = subprocess.Popen(args, cwd=REPO, stdout=subprocess.PIPE, text=True,
+                            env=dict(os.environ, **(env or {})))
+    timer = _Killer(proc, timeout_s)
+    for line in proc.stdout:
+      if not line.startswith("ROW "):
+        sys.stdout.write(line)
+        continue
+      row = json.loads(line[4:])
+      key = row.pop("key")
+      if key == "device":
+        self.result.setdefault("device", row["value"])
+        continue
+      self.result["benchmark"][key + key_suffix] = row["value"]
+      print(f"  {key + key_suffix}: {row['value']:,.1f}", flush=True)
+      self.save()
+    proc.wait()
+    timer.cancel()
+    self.result["phase_s"][spec + key_suffix] = round(time.time() - started, 1)
+    if timer.fired:
+      print(f"  {spec}: stopped after {timeout_s:.0f} s (its time share)", flush=True)
+    self.save()
+    return time.time() - started
+
+  def not_run(self, key: str, reason: str):
+    self.result["not_run"][key] = reason
+    print(f"  {key}: {reason}", flush=True)
+    self.save()
+
+  def science_run(self, name: str, rate: float, startup_s: float, workdir: str):
+    path, sequences, fields = self.mode["runs"][name]
+    batch = run_config(name, self.mode).batch_size
+    needed = plan.run_seconds(sequences, batch, rate, startup_s)
+    self.result["runs"][name] = entry = {"sequences": sequences,
+                                         "steps_per_s": rate, "expected_s": needed}
+    reason = plan.decide(needed, self.left())
+    if reason:
+      entry["not_run"] = reason
+      print(f"  {name}: {reason}", flush=True)
+      return self.save()
+    args = [sys.executable, "main.py", f"--config={path}", f"--workdir={workdir}",
+            f"--config.total_sequences={sequences}", "--config.log.tensorboard=False"]
+    args += [f"--config.{k}={v}" for k, v in fields.items()]
+    started = time.time()
+    proc = subprocess.Popen(args, cwd=REPO)
+    timer = _Killer(proc, min(1.5 * needed, self.left()), signal.SIGTERM)
+    proc.wait()
+    timer.cancel()
+    entry.update(returncode=proc.returncode, seconds=round(time.time() - started, 1))
+    collect(workdir, os.path.join(self.out, name))
+    rows = _rows(workdir)
+    reached = max((r["sequences"] for r in rows), default=0)
+    if proc.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
+      entry["not_run"] = (f"FAILED (main.py exited {proc.returncode} at {reached:,} "
+                          "sequences; gpu_check.log has its error)")
+    elif reached < sequences:
+      entry["not_run"] = (f"NOT RUN (stopped at {reached:,} of {sequences:,} "
+                          f"sequences after {entry['seconds']:.0f} s)")
+    elif name == "coop":
+      entry["checks"] = plan.coop_bands(rows, "main")
+    else:
+      entry["checks"] = {"flip within 2 M": plan.best_flip(rows, "main")}
+    return self.save()
 
 
-def plan(rates, left_s: float):
-  """Sequences and expected seconds per run: the full horizons, cut (on the
-  evaluation grid) in the order of SHORTEN_FIRST until the plan fits the
-  time left; each cut is printed."""
-  seconds = lambda n, seqs: (STARTUP_S + WRAP_UP_S +
-                             seqs / run_config(n).batch_size / rates[n])
-  horizons = {n: RUNS[n][2] for n in rates}
-  for name in (n for n in SHORTEN_FIRST if n in rates):
-    others = sum(seconds(n, horizons[n]) for n in rates if n != name)
-    c = run_config(name)
-    fits = int(max(left_s - others - STARTUP_S - WRAP_UP_S, 0) * rates[name]
-               * c.batch_size)
-    fits = max(fits // c.eval_every * c.eval_every, c.eval_every)
-    if fits < horizons[name]:
-      horizons[name] = fits
-      print(f"PLAN: {name} is shortened to {fits:,} sequences (not "
-            f"{RUNS[name][2]:,}) to end within the budget", flush=True)
-  return horizons, {n: seconds(n, horizons[n]) for n in rates}
+class _Killer:
+  """Stops a process after `seconds` (SIGTERM first: a run saves, then the
+  kill after STOP_GRACE_S)."""
+
+  def __init__(self, proc, seconds: float, sig=signal.SIGKILL):
+    import threading  # pylint: disable=g-import-not-at-top
+    self.fired = False
+
+    def stop():
+      self.fired = True
+      proc.send_signal(sig)
+      if sig != signal.SIGKILL:
+        time.sleep(plan.STOP_GRACE_S)
+        if proc.poll() is None:
+          proc.kill()
+    self.timer = threading.Timer(max(seconds, 1.0), stop)
+    self.timer.daemon = True
+    self.timer.start()
+
+  def cancel(self):
+    self.timer.cancel()
 
 
-def train(name, sequences, workdir, deadline_s):
-  path, fields, _ = RUNS[name]
-  args = [sys.executable, "main.py", f"--config={path}", f"--workdir={workdir}",
-          f"--config.total_sequences={sequences}"]
-  args += [f"--config.{k}={v}" for k, v in fields.items()]
-  start = time.time()
-  proc = subprocess.Popen(args, cwd=REPO)
+def _rows(workdir: str) -> list:
+  from icl_transience import metrics_table  # pylint: disable=g-import-not-at-top
   try:
-    proc.wait(timeout=max(deadline_s, 1))
-  except subprocess.TimeoutExpired:
-    print(f"{name}: over its time; stopping it (it saves and can be resumed)")
-    proc.send_signal(signal.SIGTERM)
-    try:
-      proc.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-      proc.kill()
-      proc.wait()
-  return dict(returncode=proc.returncode, seconds=time.time() - start)
+    return metrics_table.read(workdir)
+  except Exception:  # pylint: disable=broad-except  (no table: no rows)
+    return []
 
 
-def curve(rows, member, evaluator, metric="in_context_acc"):
-  return sorted((r["sequences"], r["value"]) for r in rows if r["member"] == member
-                and r["evaluator"] == evaluator and r["metric"] == metric)
-
-
-def coop_checks(rows, member):
-  """The coopetition bands of BUILD_NOTES (Singh et al. 2025, Fig. 1b)."""
-  icl, flip = curve(rows, member, "icl"), curve(rows, member, "flip_icl")
-  ciwl, train_ = curve(rows, member, "iwl_copy_avail"), curve(rows, member, "train_eval")
-  window = lambda c: max((v for x, v in c if 3e6 <= x <= 10e6), default=float("nan"))
-  end = lambda c: c[-1][1] if c else float("nan")
-  peak = max((v for _, v in icl), default=float("nan"))
-  return {"ICL in 3-10 M >= 0.80": window(icl), "flip in 3-10 M >= 0.75": window(flip),
-          "flip at end <= 0.35": end(flip), "CIWL at end >= 0.85": end(ciwl),
-          "train at end >= 0.97": end(train_), "ICL at end <= 0.80": end(icl),
-          "ICL drop from peak >= 0.10": peak - end(icl),
-          "end (sequences)": icl[-1][0] if icl else 0}
-
-
-def transience_checks(rows, member):
-  """Singh et al. 2023's fixed-feature 12-layer runs: flip and ICL >= 0.85
-  somewhere within 2 M sequences."""
-  best = lambda ev: max((v for x, v in curve(rows, member, ev) if x <= 2e6),
-                        default=float("nan"))
-  return {"flip within 2 M >= 0.85": best("flip_icl"),
-          "ICL within 2 M >= 0.85": best("icl")}
-
-
-def collect(workdir, out):
+def collect(workdir: str, out: str):
+  """The run's config, table, report and figures (no checkpoints) to out."""
   os.makedirs(out, exist_ok=True)
-  if not os.path.exists(metrics_table.path(workdir)):
+  if not _rows(workdir):
     return
   for tool in ("plot", "report"):
     try:
@@ -161,77 +240,81 @@ def collect(workdir, out):
 
 
 def _finite(tree):
-  """NaN (a curve with no point in its window) as null: strict JSON."""
+  """NaN and infinity as null: strict JSON."""
   if isinstance(tree, dict):
     return {k: _finite(v) for k, v in tree.items()}
-  return None if isinstance(tree, float) and tree != tree else tree
+  if isinstance(tree, float) and (tree != tree or tree in (float("inf"), -float("inf"))):
+    return None
+  return tree
+
+
+def run_phases(check: Check):
+  mode, bench = check.mode, check.result["benchmark"]
+  small, large = mode["populations"]
+  print("phase 1: fused rate, one model and a population of "
+        f"{small}", flush=True)
+  first_s = check.child(f"single+population:{small}", check.left())
+  with tempfile.TemporaryDirectory() as runs:
+    print("phase 2: configs/transience.py", flush=True)
+    # its sizing process: start-up, compile, rate (a lower bound of its time)
+    if check.left() > first_s / 2:
+      sizing_s = check.child("run:transience", check.left())
+      check.science_run("transience", bench.get("rate_transience", 0.0), sizing_s,
+                        os.path.join(runs, "transience"))
+    else:
+      check.result["runs"]["transience"] = {"not_run": plan.decide(
+          first_s / 2, check.left())}
+    print("phase 3: configs/coopetition.py", flush=True)
+    check.science_run("coop", bench.get("single", 0.0), first_s,
+                      os.path.join(runs, "coop"))
+  print("phase 4: a population of {}, nondeterministic kernels, default "
+        "precision".format(large), flush=True)
+  # a process like phase 1's, plus the large population's own steps; then
+  # each single run as long as the last process took
+  needed = first_s + (mode["calls"] + 1) * mode["steps"] * large / bench.get(
+      f"population_{small}", float("inf"))
+  for spec, env, suffix in ((f"population:{large}", None, ""),
+                            ("single", {"XLA_FLAGS": _xla_flags()}, "_nondeterministic"),
+                            ("single_default_precision", None, "")):
+    key = spec.replace(":", "_") + suffix
+    reason = plan.decide(needed, check.left())
+    if reason:
+      check.not_run(key, reason)
+    else:
+      needed = check.child(spec, check.left(), env, suffix)
+
+
+def _xla_flags() -> str:
+  flags = os.environ.get("XLA_FLAGS", "").replace(
+      "--xla_gpu_deterministic_ops=true", "")
+  return f"{flags} {NONDETERMINISTIC}".strip()
 
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   parser.add_argument("out")
-  parser.add_argument("--budget_s", type=float, default=540)
-  parser.add_argument("--populations", default="64,256",
-                      help="benchmark (c) population sizes")
-  parser.add_argument("--runs", default=",".join(RUNS),
-                      help="which runs, in order (e.g. coop,seeds for a quick try)")
+  parser.add_argument("--budget_s", type=float, default=0,
+                      help="seconds for every phase (default: 480; 165 rehearsing)")
+  parser.add_argument("--rehearse", action="store_true",
+                      help="every phase at tiny horizons (a CPU proof of the paths)")
+  parser.add_argument("--mode", default="", help=argparse.SUPPRESS)
+  parser.add_argument("--_child", default="", help=argparse.SUPPRESS)
   args = parser.parse_args()
-  start = time.time()
-  left = lambda: args.budget_s - (time.time() - start)
+  mode_name = args.mode or ("rehearse" if args.rehearse else "full")
+  if args._child:  # pylint: disable=protected-access
+    return _child(args._child, MODES[mode_name])  # pylint: disable=protected-access
   os.makedirs(args.out, exist_ok=True)
-  result = {"device": str(jax.devices()), "jax": jax.__version__}
-
-  def save():  # after every phase: a cut-short check keeps what it measured
-    result["seconds"] = time.time() - start
-    metrics_table.atomic_write_text(os.path.join(args.out, "gpu_check.json"),
-                                    json.dumps(_finite(result), indent=2) + "\n")
-  print(f"devices: {jax.devices()}  (jax {jax.__version__})", flush=True)
-
-  bench = throughput.measure([int(p) for p in args.populations.split(",")],
-                             fused_steps=625, per_step_iters=2000,
-                             fused_calls=8, population_calls=2)
-  throughput.print_table(bench, 625)
-  result["benchmark"] = bench
-  save()
-  names = args.runs.split(",")
-  unknown = set(names) - set(RUNS)
-  if unknown:
-    parser.error(f"--runs: unknown {sorted(unknown)} (choose from {', '.join(RUNS)})")
-  rates = {name: fused_rate(run_config(name)) for name in names}
-  for name, rate in rates.items():
-    print(f"sizing: {name} fused at {rate:,.0f} steps/s", flush=True)
-  result["run_rates"] = rates
-  horizons, expected = plan(rates, left())
-  result["horizons"], result["expected_s"] = horizons, expected
-  for name in names:
-    print(f"plan: {name} to {horizons[name]:,} sequences, ~{expected[name]:.0f} s")
-  save()
-
-  checks = {"coop": coop_checks, "seeds": coop_checks, "transience": transience_checks}
-  with tempfile.TemporaryDirectory() as runs:
-    for i, name in enumerate(names):
-      # an overrun is stopped in time to wrap up and leave each later run
-      # its start-up
-      deadline = min(1.5 * expected[name], left() - WRAP_UP_S - STOP_GRACE_S
-                     - (STARTUP_S + WRAP_UP_S) * (len(names) - i - 1))
-      if deadline < STARTUP_S / 2:
-        print(f"{name}: skipped, no time left in the budget", flush=True)
-        result[name] = {"skipped": True}
-        continue
-      workdir = os.path.join(runs, name)
-      result[name] = train(name, horizons[name], workdir, deadline)
-      collect(workdir, os.path.join(args.out, name))
-      rows = metrics_table.read(workdir) if os.path.exists(
-          metrics_table.path(workdir)) else []
-      members = [m.name for m in config_lib.members(run_config(name))]
-      result[name]["checks"] = {m: checks[name](rows, m) for m in members}
-      for m in members:
-        print(f"{name}/{m}: " + ", ".join(
-            f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v:,}"
-            for k, v in result[name]["checks"][m].items()), flush=True)
-      save()
-  save()
-  print(f"done in {result['seconds']:.0f} s; numbers in {args.out}/gpu_check.json")
+  check = Check(args.out, mode_name, args.budget_s or MODES[mode_name]["budget"])
+  check.save()
+  try:
+    run_phases(check)
+  finally:
+    check.save()
+    print(f"\nverdicts ({mode_name}; {check.result.get('device', 'no device')}; "
+          f"{check.result['seconds']:.0f} s):")
+    print(plan.format_verdicts(plan.verdicts(check.result)), flush=True)
+    print(f"numbers in {args.out}/gpu_check.json")
+  return None
 
 
 if __name__ == "__main__":

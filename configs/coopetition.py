@@ -30,6 +30,12 @@ combine left to right, e.g. configs/coopetition.py:mq,rope:
               attends from a label token to its exemplar (64 M)
   nol0h147    throughout training, layer-1 heads 1, 4, 7 (0-indexed, the
               previous-token heads) ablated (64 M)
+  l2          one population over the L2 coefficient (the authors' unsquared
+              norm), lambda in {0, 1e-5, 1e-4, 1e-3}, to 10 M: does L2 keep
+              the transient flip ICL of the 2-layer model? (beyond both papers)
+  mlp_l2      the mlp variant as one population: no decay, and 1e-4 on the
+              MLP group, the attention group, everything (Singh et al. 2023's
+              selective decay, per member), to 10 M
 """
 from icl_transience import config
 from icl_transience.proj.transience import classifier_config
@@ -42,6 +48,7 @@ GRAFT_SOURCES = (4_000_000, 8_000_000, 9_750_016, 9_800_000, 15_000_000,
                  64_000_000)
 WARM_SOURCES = (4_000_000, 5_000_000, 6_000_000, 7_000_000, 8_000_000,
                 9_000_000, 10_000_000, 12_000_000, 16_000_000)
+L2_LAMBDAS = (0.0, 1e-5, 1e-4, 1e-3)
 MLP = {"model.mlp_ratio": 4, "total_sequences": 320_000_000}
 ICL_ONLY = {"train.relabel": "pairs", "train.fs_relabel": 12_800,
             "total_sequences": 64_000_000}
@@ -83,6 +90,10 @@ VARIANTS = {
     "disallow_pt_head_attn_on_labels": {"clamp.block_label_attention": "0:all",
                                         "total_sequences": 64_000_000},
     "nol0h147": {"clamp.ablate_heads": "0:1,4,7", "total_sequences": 64_000_000},
+    "l2": {"population": "; ".join(f"l2={lam:g}" for lam in L2_LAMBDAS),
+           "total_sequences": 10_000_000, "ckpt.every": 500_000},
+    "mlp_l2": {**MLP, "population": "l2=0; l2_mlp=1e-4; l2_attention=1e-4; l2=1e-4",
+               "total_sequences": 10_000_000, "ckpt.every": 500_000},
 }
 
 

@@ -15,7 +15,11 @@ from etils import epath
 from icl_transience import monitoring
 from icl_transience.errors import UserError
 
-MEMBER_FIELDS = {"init_seed": int, "data_seed": int, "lr": float, "l2": float}
+# Selective L2 per member: l2_<group> is that group's coefficient (beside l2,
+# which applies to optim.l2_on); the groups are train/step.py's L2_GROUPS.
+L2_GROUP_FIELDS = ("l2_mlp", "l2_attention", "l2_embedder")
+MEMBER_FIELDS = {"init_seed": int, "data_seed": int, "lr": float, "l2": float,
+                 **{f: float for f in L2_GROUP_FIELDS}}
 MATMUL_PRECISIONS = ("highest", "high", "default")
 
 
@@ -38,7 +42,8 @@ def base_config() -> ml_collections.ConfigDict:
   # (all devices of all processes in a multi-process run); N = the first N.
   c.num_devices = -1
   # Members trained together: 'field=v,field=v; field=v' (fields: init_seed,
-  # data_seed, lr, l2). Empty: one member from the fields above.
+  # data_seed, lr, l2, l2_mlp, l2_attention, l2_embedder). Empty: one member
+  # from the fields above.
   c.population = ""
   # How members and batches share devices: auto | batch | members (see
   # population_layout below and train/step.py).
@@ -80,6 +85,11 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim.l2 = 0.0                # penalty coefficient lambda
   c.optim.l2_form = "norm"        # norm: sum ||w|| (icl-dynamics); squared: sum ||w||^2/2
   c.optim.l2_on = "all"           # all | mlp | attention | embedder (selective decay)
+  # Per-group coefficients, added to the l2 penalty above (members may differ,
+  # e.g. population='l2_mlp=1e-4; l2_attention=1e-4; l2=1e-4').
+  c.optim.l2_mlp = 0.0
+  c.optim.l2_attention = 0.0
+  c.optim.l2_embedder = 0.0
   c.optim.weight_decay = 0.0      # decoupled (AdamW) weight decay
   c.optim.clip_norm = 0.0         # global-norm gradient clipping (0 = off)
   c.optim.warmup_steps = 0        # linear lr warm-up (optimizer steps)
@@ -180,30 +190,36 @@ class Member:
   lr: float
   l2: float
   extra: tuple = ()  # (field, value) pairs of the config's `hyper` block
+  # (field, value) of the L2 group fields that some member of the population
+  # sets (none: the state holds none, as before they existed)
+  l2_groups: tuple = ()
 
   @property
   def hyper(self) -> dict:
     """The member's per-member numbers, as the trainer's state holds them."""
-    return dict(lr=self.lr, l2=self.l2, **dict(self.extra))
+    return dict(lr=self.lr, l2=self.l2, **dict(self.l2_groups), **dict(self.extra))
 
 
 def members(c) -> list[Member]:
   """Parses `population` into members; unset fields come from the config."""
   defaults = dict(init_seed=c.init_seed, data_seed=c.data_seed,
                   lr=c.optim.lr, l2=c.optim.l2)
+  groups = {f: float(c.optim.get(f, 0.0)) for f in L2_GROUP_FIELDS}
   hyper = {k: float(v) for k, v in c.get("hyper", {}).items()}
   kinds = dict(MEMBER_FIELDS, **{k: float for k in hyper})
+  text = c.population.strip()
+  used = [f for f in L2_GROUP_FIELDS if groups[f] or f in text]
   make = lambda name, fields: Member(
       name=name, **{k: fields[k] for k in defaults},
-      extra=tuple((k, fields[k]) for k in sorted(hyper)))
-  text = c.population.strip()
+      extra=tuple((k, fields[k]) for k in sorted(hyper)),
+      l2_groups=tuple((f, fields[f]) for f in used))
   if not text:
-    return [make("main", dict(defaults, **hyper))]
+    return [make("main", dict(defaults, **groups, **hyper))]
   out = []
   for entry in (e.strip() for e in text.split(";")):
     if not entry:
       continue
-    fields = dict(defaults, **hyper)
+    fields = dict(defaults, **groups, **hyper)
     for item in entry.split(","):
       key, sep, value = (s.strip() for s in item.partition("="))
       if not sep or key not in kinds:
@@ -287,12 +303,13 @@ def validate(c, n_devices: int = 1):
   _check(c.ckpt.keep >= 0, "ckpt.keep", "must be >= 0")
   for m in members(c):
     _check(m.lr > 0 and math.isfinite(m.lr), "optim.lr", f"bad lr {m.lr}")
-    _check(m.l2 >= 0, "optim.l2", f"bad l2 {m.l2}")
+    for field, value in (("l2", m.l2),) + m.l2_groups:
+      _check(value >= 0 and math.isfinite(value), f"optim.{field}",
+             f"bad {field} {value}")
   _check(c.graft.mode == "none" or tasks.task_name(c) == "classify",
          "graft.mode", "grafting applies to the classifier task")
   for ref in ("warm_start", "graft"):
     if c[ref].workdir:
       _check((epath.Path(c[ref].workdir) / "config.json").exists(),
              f"{ref}.workdir", f"no run in {c[ref].workdir} (config.json missing)")
-  monitoring.validate(c)
   tasks.build(c).validate(n_devices)

@@ -57,11 +57,23 @@ def log_block() -> ml_collections.ConfigDict:
   ))
 
 
-def validate(c):
-  """Refuses a W&B logger whose package is missing (one line, no import)."""
-  if c.log.wandb and importlib.util.find_spec("wandb") is None:
-    raise UserError("log.wandb: the wandb package is not installed "
-                    "(pip install 'icl_transience[wandb]', or leave log.wandb empty)")
+# The package each view needs: a view whose package is missing is off, with
+# one warning; it never stops a run (metrics.jsonl is the record).
+VIEW_PACKAGES = {"tensorboard": "tensorboardX", "wandb": "wandb"}
+
+
+def missing_view_packages(c) -> dict:
+  """{config field: package} of the views the config asks for whose package
+  is not installed."""
+  asked = {"tensorboard": bool(c.log.tensorboard), "wandb": bool(c.log.wandb)}
+  return {field: package for field, package in VIEW_PACKAGES.items()
+          if asked[field] and importlib.util.find_spec(package) is None}
+
+
+def _warn_missing(field: str, package: str):
+  logging.warning("log.%s: the %s package is not installed, so this view is off "
+                  "(metrics.jsonl is the record; `pip install %s` turns it on)",
+                  field, package, package)
 
 
 def tag(row: dict) -> str:
@@ -233,12 +245,15 @@ def attached(c, workdir: str, table: metrics_table.MetricsTable, job: str, names
   receive the rows on disk they have not had."""
   live = Views()
   failed = False
+  missing = missing_view_packages(c) if table.write else {}
+  for field, package in missing.items():
+    _warn_missing(field, package)
   try:
-    if table.write and c.log.tensorboard:
+    if table.write and c.log.tensorboard and "tensorboard" not in missing:
       live.views.append(TensorBoard(workdir, job))
       if job == "train":
         live.write(live.views[-1].unwritten(table.rows), live.views[-1:])
-    if table.write and c.log.wandb:
+    if table.write and c.log.wandb and "wandb" not in missing:
       try:
         live.views.append(WandB(c, workdir, job, names))
       except UserError:

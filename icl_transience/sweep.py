@@ -36,7 +36,8 @@ from icl_transience.train import loop
 
 ALIASES = {"seed": "init_seed", "lr": "optim.lr", "l2": "optim.l2"}
 MEMBER_FIELDS = {"init_seed": "init_seed", "data_seed": "data_seed",
-                 "optim.lr": "lr", "optim.l2": "l2"}  # config field -> member field
+                 "optim.lr": "lr", "optim.l2": "l2",
+                 **{f"optim.{f}": f for f in config_lib.L2_GROUP_FIELDS}}  # config field -> member field
 
 
 def member_fields(c) -> dict:

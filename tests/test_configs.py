@@ -40,6 +40,26 @@ def test_coopetition_variants_validate(variant, tmp_path):
       assert getattr(train, field) == getattr(ciwl, field)
 
 
+def test_the_l2_presets_train_their_members_in_one_program():
+  """coopetition.py:l2 is the main run over lambda; :mlp_l2 the mlp variant
+  with per-member selective decay (Singh et al. 2023's comparison)."""
+  main, l2 = coopetition.get_config(), coopetition.get_config("l2")
+  assert [(m.name, m.hyper) for m in config_lib.members(l2)] == [
+      (f"l2{name}", dict(lr=1e-5, l2=lam)) for name, lam in
+      (("0", 0.0), ("1e-05", 1e-5), ("0.0001", 1e-4), ("0.001", 1e-3))]
+  assert l2.total_sequences == 10_000_000 and l2.optim.l2_on == "all"
+  assert l2.optim.l2_form == "norm" and l2.model.mlp_ratio == main.model.mlp_ratio
+  mlp = coopetition.get_config("mlp_l2")
+  assert mlp.model.mlp_ratio == 4 and mlp.total_sequences == 10_000_000
+  groups = [{k: v for k, v in m.hyper.items() if k != "lr"}
+            for m in config_lib.members(mlp)]
+  zero = dict(l2=0.0, l2_mlp=0.0, l2_attention=0.0)
+  assert groups == [zero, dict(zero, l2_mlp=1e-4), dict(zero, l2_attention=1e-4),
+                    dict(zero, l2=1e-4)]
+  for c in (l2, mlp):
+    config_lib.validate(c)
+
+
 def test_main_config_numbers():
   c = coopetition.get_config()
   assert (c.optim.lr, c.init_seed, c.data_seed, c.eval_seed) == (1e-5, 5, 2, 1)

@@ -149,17 +149,56 @@ def test_every_launch_script_passes_shellcheck():
   assert result.returncode == 0, result.stdout
 
 
-def test_the_accelerator_check_shortens_the_seed_population_first_to_fit():
+def _gpu_check_plan():
   sys.path.insert(0, os.path.join(REPO, "benchmarks"))
-  import gpu_check  # pylint: disable=g-import-not-at-top
-  full = {n: seqs for n, (_, _, seqs) in gpu_check.RUNS.items()}
-  fast = {"coop": 7000.0, "seeds": 3000.0, "transience": 1500.0}  # steps/s
-  horizons, expected = gpu_check.plan(fast, left_s=2000)
-  assert horizons == full
-  horizons, expected = gpu_check.plan(fast, left_s=600)
-  assert sum(expected.values()) <= 600
-  assert horizons["coop"] == full["coop"] and horizons["transience"] == full["transience"]
-  assert 0 < horizons["seeds"] < full["seeds"]
-  assert horizons["seeds"] % gpu_check.run_config("seeds").eval_every == 0
-  horizons, expected = gpu_check.plan({n: r / 10 for n, r in fast.items()}, left_s=600)
-  assert horizons["coop"] < full["coop"]  # then the others
+  import gpu_check_plan  # pylint: disable=g-import-not-at-top
+  return gpu_check_plan
+
+
+def test_the_accelerator_check_runs_a_phase_only_to_its_full_horizon():
+  plan = _gpu_check_plan()
+  # configs/coopetition.py to 20 M at 6,500 steps/s: 625,000 steps
+  needed = plan.run_seconds(20_000_000, 32, 6500.0, startup_s=40)
+  assert needed == pytest.approx(40 + plan.WRAP_UP_S + 1.25 * 625_000 / 6500)
+  assert plan.decide(needed, left_s=needed + 1) == ""
+  assert plan.decide(needed, left_s=100) == (
+      f"NOT RUN (needs {needed:.0f} s at the measured rate, 100 s left)")
+  assert plan.decide(plan.run_seconds(2_000_000, 32, 0.0), 400).startswith(
+      "NOT RUN (needs an unknown time (no rate)")
+
+
+def _coop_rows(points):
+  return [dict(member="main", sequences=x, evaluator=ev, metric="in_context_acc",
+               value=v) for ev, curve in points.items() for x, v in curve]
+
+
+def test_the_accelerator_check_judges_every_target_with_its_number():
+  plan = _gpu_check_plan()
+  rows = _coop_rows({
+      "icl": [(1_000_000, 0.5), (5_000_000, 0.91), (20_000_000, 0.68)],
+      "flip_icl": [(3_700_000, 0.83), (20_000_000, 0.03)],
+      "iwl_copy_avail": [(20_000_000, 0.96)], "train_eval": [(20_000_000, 0.99)]})
+  bands = plan.coop_bands(rows, "main")
+  assert bands == pytest.approx({
+      "ICL in 3-10 M": 0.91, "flip in 3-10 M": 0.83, "flip at 20 M": 0.03,
+      "CIWL at 20 M": 0.96, "train at 20 M": 0.99, "ICL at 20 M": 0.68,
+      "ICL drop from peak": 0.91 - 0.68})
+  result = {"populations": [64, 256],
+            "benchmark": {"single": 7000.0, "population_64": 40_000.0},
+            "runs": {"transience": {"not_run": "NOT RUN (needs 900 s ...)"},
+                     "coop": {"checks": dict(bands, **{"flip at 20 M": 0.4})}}}
+  verdicts = {t: (v, n) for t, v, n in plan.verdicts(result)}
+  assert verdicts["single run >= 6,500 steps/s"] == ("PASS", "7,000 steps/s")
+  assert verdicts["population of 64 >= 45,000 model-steps/s"] == (
+      "FAIL", "40,000 model-steps/s")
+  assert verdicts["12-layer flip >= 0.85 within 2 M"] == ("NOT RUN (needs 900 s ...)", "")
+  assert verdicts["coopetition flip at 20 M <= 0.35"] == ("FAIL", "0.400")
+  assert verdicts["coopetition ICL in 3-10 M >= 0.8"] == ("PASS", "0.910")
+  assert verdicts["coopetition ICL at 20 M <= 0.8"] == ("PASS", "0.680")
+  assert len(verdicts) == 3 + len(plan.COOP_BANDS)
+  # a curve without a point in its window fails, with no number made up
+  result["runs"]["transience"] = {"checks": {"flip within 2 M": float("nan")}}
+  verdicts = {t: (v, n) for t, v, n in plan.verdicts(result)}
+  assert verdicts["12-layer flip >= 0.85 within 2 M"] == ("FAIL", "no point")
+  assert plan.best_flip(_coop_rows({"flip_icl": [(1_900_000, 0.86),
+                                                 (2_100_000, 0.9)]}), "main") == 0.86

@@ -9,6 +9,7 @@ import struct
 import numpy as np
 import pytest
 
+from icl_transience import config as config_lib
 from icl_transience import evaluate
 from icl_transience import metrics_table
 from icl_transience import monitoring
@@ -235,14 +236,28 @@ def test_a_wandb_run_that_cannot_start_is_one_line(tmp_path, monkeypatch):
   assert table.listeners == []
 
 
-def test_a_missing_wandb_package_is_one_line(monkeypatch):
+@pytest.mark.parametrize("field,package", [("tensorboard", "tensorboardX"),
+                                           ("wandb", "wandb")])
+def test_a_missing_view_package_turns_that_view_off_with_one_warning(
+    field, package, tmp_path, monkeypatch, caplog):
   c = smoke_config()
-  c.log.wandb = "p"
+  c.log.update(tensorboard=field == "tensorboard", wandb="p" if field == "wandb" else "")
   find_spec = monitoring.importlib.util.find_spec
   monkeypatch.setattr(monitoring.importlib.util, "find_spec",
-                      lambda name, *a: None if name == "wandb" else find_spec(name, *a))
-  with pytest.raises(UserError, match=r"^log.wandb: the wandb package is not installed"):
-    monitoring.validate(c)
+                      lambda name, *a: None if name == package else find_spec(name, *a))
+  config_lib.validate(c, n_devices=1)  # the config is still accepted
+  table = metrics_table.MetricsTable(str(tmp_path))
+  row = dict(member="main", step=1, sequences=32, evaluator="icl",
+             metric="acc", value=0.5)
+  with monitoring.attached(c, str(tmp_path), table, "train", ["main"]) as live:
+    assert live.views == []
+    table.append([row])
+  assert metrics_table.read(str(tmp_path)) == [row]
+  assert not os.path.exists(tmp_path / monitoring.TENSORBOARD_DIR)
+  warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+  assert warnings == [f"log.{field}: the {package} package is not installed, so "
+                      "this view is off (metrics.jsonl is the record; "
+                      f"`pip install {package}` turns it on)"]
 
 
 def test_a_failing_view_warns_once_and_the_others_go_on(caplog):

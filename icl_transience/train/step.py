@@ -88,7 +88,10 @@ class Trainer:
             if c.optim.clip_norm > 0 else [])
     adam = optax.scale_by_adam(c.optim.b1, c.optim.b2, c.optim.eps)
     self.adam = optax.chain(*clip, adam) if clip else adam
-    self.use_l2 = any(m.l2 > 0 for m in config_lib.members(c))
+    members = config_lib.members(c)
+    self.use_l2 = any(m.l2 > 0 for m in members)
+    # per-member group coefficients (config l2_<group>), when a member sets one
+    self.l2_groups = [f.removeprefix("l2_") for f, _ in members[0].l2_groups]
     self.grafting = c.graft.mode != "none"
     self.replicated = NamedSharding(mesh, P())
     n_devices = mesh.devices.size
@@ -194,6 +197,9 @@ class Trainer:
     if self.use_l2:
       loss = loss + state["hyper"]["l2"] * l2_penalty(
           params, self.c.optim.l2_form, self.c.optim.l2_on)
+    for group in self.l2_groups:
+      loss = loss + state["hyper"][f"l2_{group}"] * l2_penalty(
+          params, self.c.optim.l2_form, group)
     return loss, aux
 
   def _update(self, state, batch, alive):
