@@ -132,7 +132,15 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   path = epath.Path(workdir) / "config.json"
   if not path.exists():
     raise UserError(f"no run in {workdir} (config.json missing)")
-  c = ml_collections.ConfigDict(json.loads(path.read_text()))
+  try:
+    fields = json.loads(path.read_text())
+  except (OSError, ValueError) as e:  # unreadable, torn, not JSON
+    raise UserError(f"{path}: not a run's config ({str(e).splitlines()[0]}); "
+                    "restore it from a copy, or use a new --workdir") from e
+  if not isinstance(fields, dict):
+    raise UserError(f"{path}: not a run's config (a JSON {type(fields).__name__}, "
+                    "not an object); restore it from a copy, or use a new --workdir")
+  c = ml_collections.ConfigDict(fields)
   _fill_defaults(c, drop_foreign_blocks(c))
   return c
 

@@ -9,7 +9,11 @@ append concurrently) a writer reads only what others appended since its last
 read, then appends its new lines in one write and fsyncs. A write that fails
 (disk full) is cut back, and a line left partial by a crash is ignored by
 readers and cut before the next append, so the table is always whole lines.
-On object stores (gs://), which cannot append, the one writer replaces the
+A last line that is not a row (torn by a partial copy or sync that then
+ended the file with a newline) is treated the same way, with one warning; a
+bad line before the last stops every reader with one line naming it, and
+`python -m icl_transience.metrics_table --repair --workdir=DIR` keeps every
+good row and moves the bad lines to metrics.jsonl.bad. On object stores (gs://), which cannot append, the one writer replaces the
 whole object.
 """
 import contextlib
@@ -18,7 +22,10 @@ import json
 import os
 import tempfile
 
+from absl import logging
 from etils import epath
+
+from icl_transience.errors import UserError
 
 FILENAME = "metrics.jsonl"
 KEY = ("member", "step", "evaluator", "metric")
@@ -35,16 +42,78 @@ def is_remote(filename: str) -> bool:
   return "://" in str(filename)  # gs://... and other etils paths
 
 
-def _parse(text: str) -> list[dict]:
-  """The complete lines' rows (text after the last newline is partial)."""
-  return [json.loads(line) for line in text.split("\n")[:-1] if line.strip()]
+FIELDS = {"member": str, "step": int, "sequences": int, "evaluator": str,
+          "metric": str, "value": (int, float)}
+BAD_SUFFIX = ".bad"  # --repair moves the bad lines of metrics.jsonl here
+_WARNED = set()  # (file, torn line) already warned about
+
+
+def _row(line: str):
+  """The row a line holds, or None when it is not one."""
+  try:
+    row = json.loads(line)
+  except ValueError:
+    return None
+  ok = isinstance(row, dict) and all(
+      isinstance(row.get(k), t) and not isinstance(row.get(k), bool)
+      for k, t in FIELDS.items())
+  return row if ok else None
+
+
+def _parse(text: str, where: str) -> tuple[list[dict], int]:
+  """The complete lines' rows (text after the last newline is partial), and
+  how many characters of text they span: a last line that is not a row
+  counts as torn (a warning; left out of the span, so the next append cuts
+  it); a bad line before it is refused, naming it."""
+  lines = text.split("\n")[:-1]
+  rows, span = [], 0
+  for number, line in enumerate(lines, 1):
+    row = _row(line) if line.strip() else {}
+    if row is None and number == len(lines):
+      if (where, line) not in _WARNED:  # once per process, not once per read
+        _WARNED.add((where, line))
+        logging.warning("%s: the last line is not a metrics row (torn by a partial "
+                        "write or copy); it is ignored, and cut at the next append",
+                        where)
+      break
+    if row is None:
+      raise UserError(
+          f"{where}: line {number} is not a metrics row ({line[:40]!r}); "
+          "`python -m icl_transience.metrics_table --repair --workdir=DIR` keeps "
+          f"every good row and moves the bad lines to {FILENAME}{BAD_SUFFIX}")
+    if row:
+      rows.append(row)
+    span += len(line) + 1
+  return rows, span
 
 
 def read(workdir: str) -> list[dict]:
   p = epath.Path(path(workdir))
   if not p.exists():
     return []
-  return _parse(p.read_text())
+  return _parse(_read_text(p), str(p))[0]
+
+
+def _read_text(p) -> str:
+  try:
+    return p.read_text()
+  except (OSError, UnicodeDecodeError) as e:
+    raise UserError(f"{p}: cannot read the metrics table ({e})") from e
+
+
+def repair(workdir: str) -> tuple[int, int]:
+  """Keeps every row of the table and moves its other lines to the side
+  file (appended); returns (rows kept, lines moved)."""
+  p = path(workdir)
+  with locked(workdir):
+    lines = [l for l in _read_text(epath.Path(p)).split("\n") if l.strip()]
+    good = [l for l in lines if _row(l) is not None]
+    bad = [l for l in lines if _row(l) is None]
+    if bad:
+      with open(p + BAD_SUFFIX, "a", encoding="utf-8") as f:
+        f.write("".join(l + "\n" for l in bad))
+      atomic_write_text(p, "".join(l + "\n" for l in good))
+  return len(good), len(bad)
 
 
 REPORT_FILENAME = "report.json"  # what `python -m icl_transience.report` writes
@@ -134,6 +203,8 @@ class MetricsTable:
       f = open(p, "rb")
     except FileNotFoundError:
       return []
+    except OSError as e:
+      raise UserError(f"{p}: cannot read the metrics table ({e})") from e
     with f:
       inode, done = self._file
       info = os.fstat(f.fileno())
@@ -141,9 +212,10 @@ class MetricsTable:
         done = 0
       f.seek(done)
       data = f.read()
-      whole = data[:data.rfind(b"\n") + 1]
-      self._file = (os.fstat(f.fileno()).st_ino, done + len(whole))
-    return _parse(whole.decode())
+      whole = data[:data.rfind(b"\n") + 1].decode(errors="replace")
+      rows, span = _parse(whole, p)
+      self._file = (os.fstat(f.fileno()).st_ino, done + len(whole[:span].encode()))
+    return rows
 
   def _append_lines(self, text: str):
     """Appends whole lines after the last whole line read (a partial line
@@ -198,3 +270,28 @@ def rows_from(member: str, step: int, sequences: int,
   return [dict(member=member, step=step, sequences=sequences, evaluator=ev,
                metric=m, value=float(v))
           for ev, metrics in results.items() for m, v in metrics.items()]
+
+
+def main():
+  """python -m icl_transience.metrics_table --repair --workdir=DIR"""
+  import argparse  # pylint: disable=g-import-not-at-top
+  import sys  # pylint: disable=g-import-not-at-top
+  parser = argparse.ArgumentParser(description="Repairs a run's metrics table.")
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--repair", action="store_true", required=True,
+                      help="keep every good row; move the other lines aside")
+  args = parser.parse_args()
+  if not os.path.isfile(path(args.workdir)):
+    print(f"error: --workdir: no {FILENAME} in {args.workdir}", file=sys.stderr)
+    sys.exit(2)
+  try:
+    kept, moved = repair(args.workdir)
+  except UserError as e:
+    print(f"error: {e}", file=sys.stderr)
+    sys.exit(2)
+  print(f"{path(args.workdir)}: {kept} rows kept; {moved} bad lines "
+        + (f"moved to {path(args.workdir)}{BAD_SUFFIX}" if moved else "(nothing to do)"))
+
+
+if __name__ == "__main__":
+  main()

@@ -154,8 +154,9 @@ def test_cli_metric_flag_and_one_line_errors(tmp_path):
   assert ignored.stderr.strip().splitlines() == [
       "error: --emerge: applies to the classifier's transience report, not to "
       "this lds run"]
-  (tmp_path / "metrics.jsonl").write_text("{not json\n")
-  with pytest.raises(UserError, match="not a metrics table"):
+  (tmp_path / "metrics.jsonl").write_text("{not json\n{not json either\n")
+  with pytest.raises(UserError, match=r"metrics.jsonl: line 1 is not a metrics row "
+                     r"\('\{not json'\); `python -m icl_transience.metrics_table"):
     report.write_report(str(tmp_path), report.Settings())
   write_metrics(tmp_path)
   with pytest.raises(UserError, match="--metric: no evaluator logs 'nope'"):

@@ -147,6 +147,9 @@ def train(c, workdir: str, profile_dir: str = ""):
   profile_dir, writes a profiler trace of PROFILED_CALLS fused calls there."""
   mesh = run_mesh(c)
   config_lib.validate(c, n_devices=mesh.devices.size)
+  if epath.Path(workdir).exists() and not epath.Path(workdir).is_dir():
+    raise UserError(f"--workdir: {workdir} is a file, not a folder (name a folder "
+                    "for the run)")
   epath.Path(workdir).mkdir(parents=True, exist_ok=True)
   lock = (workdir_lock.hold(workdir) if jax.process_index() == 0
           else contextlib.nullcontext())

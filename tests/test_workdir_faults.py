@@ -1,0 +1,96 @@
+"""Damaged workdir files: a recovery with one warning, or one line naming the
+file and what to do, never a traceback."""
+import json
+import logging
+import os
+
+import pytest
+
+from icl_transience import config as config_lib
+from icl_transience import metrics_table
+from icl_transience import report
+from icl_transience.errors import UserError
+from icl_transience.train import loop
+
+from helpers import copy_run, run_cli, smoke_config
+
+
+def tear_last_line(workdir):
+  """Cuts the table's last line in half and ends the file with a newline
+  (what a partial copy or sync leaves); returns the torn row."""
+  p = metrics_table.path(workdir)
+  lines = open(p, encoding="utf-8").read().splitlines()
+  with open(p, "w", encoding="utf-8") as f:
+    f.write("\n".join(lines[:-1] + [lines[-1][:len(lines[-1]) // 2]]) + "\n")
+  return json.loads(lines[-1])
+
+
+def test_a_torn_last_line_is_ignored_cut_and_re_evaluated_on_resume(
+    smoke_run, tmp_path, caplog):
+  workdir = copy_run(smoke_run, tmp_path / "run")
+  torn = tear_last_line(workdir)
+  with caplog.at_level(logging.WARNING):
+    rows = metrics_table.read(workdir)  # plot, report, sweep read it so
+  assert torn not in rows and len(rows) == len(metrics_table.read(smoke_run)) - 1
+  warnings = [r for r in caplog.records if "is not a metrics row" in r.getMessage()]
+  assert len(warnings) == 1
+  loop.train(smoke_config(total_sequences=1200), workdir)  # a longer horizon
+  after = metrics_table.read(workdir)
+  key = lambda r: (r["member"], r["step"], r["evaluator"], r["metric"])
+  # the evaluators' rows at the restored checkpoint are re-evaluated, bit-exact;
+  # the torn row was the training batch's loss of that step, which no
+  # checkpoint can give back
+  assert torn["evaluator"] == "train_batch" and key(torn) not in map(key, after)
+  before = {key(r): r for r in metrics_table.read(smoke_run)}
+  assert [r for r in after if r["step"] <= 100] == [
+      r for r in before.values() if key(r) != key(torn)]
+  assert max(r["sequences"] for r in after) == 1200
+  text = open(metrics_table.path(workdir), encoding="utf-8").read()
+  assert all(json.loads(line) for line in text.splitlines())  # no torn line left
+
+
+def test_a_bad_middle_line_is_refused_by_number_and_repair_keeps_every_row(
+    smoke_run, tmp_path):
+  workdir = copy_run(smoke_run, tmp_path / "run")
+  p = metrics_table.path(workdir)
+  lines = open(p, encoding="utf-8").read().splitlines()
+  damaged = lines[:5] + ["\x00\x17garbage", '["valid JSON", "wrong shape"]'] + lines[5:]
+  with open(p, "w", encoding="utf-8") as f:
+    f.write("\n".join(damaged) + "\n")
+  with pytest.raises(UserError, match=(
+      rf"^{p}: line 6 is not a metrics row \('\\x00\\x17garbage'\); `python -m "
+      r"icl_transience.metrics_table --repair --workdir=DIR` keeps every good "
+      r"row and moves the bad lines to metrics.jsonl.bad$")):
+    report.write_report(workdir, report.Settings())
+  result = run_cli(["-m", "icl_transience.metrics_table", "--repair",
+                    f"--workdir={workdir}"])
+  assert result.returncode == 0, result.stderr
+  assert result.stdout == (f"{p}: {len(lines)} rows kept; 2 bad lines moved to "
+                           f"{p}.bad\n")
+  assert open(p + ".bad", encoding="utf-8").read().splitlines() == damaged[5:7]
+  assert metrics_table.read(workdir) == metrics_table.read(smoke_run)
+
+
+@pytest.mark.parametrize("text,detail", [
+    ('{"task": "classify", "batch_', "Unterminated string"),
+    ("[1, 2]", "a JSON list, not an object")])
+def test_a_damaged_config_json_is_one_line(smoke_run, tmp_path, text, detail):
+  workdir = copy_run(smoke_run, tmp_path / "run")
+  with open(os.path.join(workdir, "config.json"), "w", encoding="utf-8") as f:
+    f.write(text)
+  with pytest.raises(UserError, match=(
+      rf"^{workdir}/config.json: not a run's config \({detail}.*\); restore it "
+      r"from a copy, or use a new --workdir$")):
+    config_lib.load_run_config(workdir)
+  with pytest.raises(UserError, match=r"config.json: not a run's config"):
+    loop.train(smoke_config(), workdir)
+
+
+def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
+  path = tmp_path / "notes.txt"
+  path.write_text("x")
+  result = run_cli(["main.py", "--config=configs/smoke.py", f"--workdir={path}"])
+  assert result.returncode == 2
+  assert result.stderr.strip().splitlines()[-1] == (
+      f"error: --workdir: {path} is a file, not a folder (name a folder for the run)")
+  assert "Traceback" not in result.stderr
