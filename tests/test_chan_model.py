@@ -231,11 +231,17 @@ def test_positions_only_see_earlier_tokens_in_eval_mode(tiny):
     assert not np.allclose(changed[:, token:], every[:, token:]), token
 
 
-@pytest.mark.parametrize("fields", [dict(d_model=30, n_heads=4),
-                                    dict(resnet_channels=(16, 32)),
-                                    dict(resnet_channels=(16, 30, 32))])
-def test_bad_sizes_are_user_errors(fields):
-  with pytest.raises(UserError):
+@pytest.mark.parametrize("fields,message", [
+    (dict(d_model=30, n_heads=4),
+     r"^model.d_model: 30 must be even and divisible by n_heads=4$"),
+    (dict(resnet_channels=(16, 32)),
+     r"^model.resnet_channels: give the widths of all block groups but the last "
+     r"\(which has d_model channels\): 3 entries, got \(16, 32\)$"),
+    (dict(resnet_channels=(16, 30, 32)),
+     r"^resnet channels: every entry of \(16, 30, 32, 64\) must be divisible by "
+     r"the bottleneck ratio 4")])  # (JAX appends a note on its frames)
+def test_bad_sizes_are_user_errors(fields, message):
+  with pytest.raises(UserError, match=message):
     model = chan.ChanTransformer(**fields)
     model.init(jax.random.PRNGKey(0), jnp.zeros((1, 3, 21, 21, 1)),
                jnp.zeros((1, 2), jnp.int32), False)

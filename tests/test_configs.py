@@ -40,6 +40,52 @@ def test_coopetition_variants_validate(variant, tmp_path):
       assert getattr(train, field) == getattr(ciwl, field)
 
 
+PAIRS = {"train.relabel": "pairs", "train.fs_relabel": 12_800}
+GRAFT_OUT = {"graft.mode": "out"}  # with graft.layer 0, its default
+EX5, C1600, MLP4 = ({"train.exemplars": (0, 5)}, {"train.n_classes": 1600},
+                    {"model.mlp_ratio": 4})
+# What makes each variant that variant (Singh et al. 2025, appendix),
+# written out; every other field but the horizon, checkpoints and the
+# population is the main run's.
+COOPETITION_VARIANT_FIELDS = {
+    "": {}, "icl_only": PAIRS, "icl_only_graft": {**PAIRS, **GRAFT_OUT},
+    "ciwl_only": {"train.burstiness": 0, "train.no_support": True,
+                  "train.unique_rest": True, "train.assign_query_label_random": True},
+    "ciwl_graft": {**PAIRS, **GRAFT_OUT}, "ciwl_warm": {},
+    "mq": {"train.match_query_and_distractors": True},
+    "sinpe": {"model.positions": "sinusoidal"}, "rope": {"model.positions": "rope"},
+    "depth1": {"model.depth": 1}, "mlp": MLP4, "c12800_ex5": EX5, "c1600_ex20": C1600,
+    "c1600_ex5": {**C1600, **EX5}, "mlp_c12800_ex5": {**MLP4, **EX5},
+    "mlp_c1600_ex20": {**MLP4, **C1600}, "mlp_c1600_ex5": {**MLP4, **C1600, **EX5},
+    "disallow_pt_head_attn_on_labels": {"clamp.block_label_attention": "0:all"},
+    "nol0h147": {"clamp.ablate_heads": "0:1,4,7"}, "l2": {}, "mlp_l2": MLP4,
+}
+FREE = ("total_sequences", "ckpt.", "population", "graft.workdir", "graft.sequences",
+        "warm_start.workdir", "warm_start.sequences")
+
+
+def _flat(c) -> dict:
+  out = {}
+  for key, value in c.items():
+    if hasattr(value, "items"):
+      out.update({f"{key}.{k}": v for k, v in _flat(value).items()})
+    else:
+      out[key] = tuple(value) if isinstance(value, list) else value
+  return out
+
+
+def test_each_coopetition_variant_sets_exactly_its_fields():
+  assert set(COOPETITION_VARIANT_FIELDS) == set(coopetition.VARIANTS)
+  main = _flat(coopetition.get_config())
+  for variant, fields in COOPETITION_VARIANT_FIELDS.items():
+    got = _flat(coopetition.get_config(variant))
+    changed = {k: v for k, v in got.items() if main.get(k) != v
+               and not k.startswith(FREE)}
+    assert changed == fields, variant
+  assert coopetition.get_config("ciwl_warm").warm_start.sequences == 4_000_000
+  assert coopetition.get_config("ciwl_graft").graft.sequences == 9_800_000
+
+
 def test_the_l2_presets_train_their_members_in_one_program():
   """coopetition.py:l2 is the main run over lambda; :mlp_l2 the mlp variant
   with per-member selective decay (Singh et al. 2023's comparison)."""
@@ -128,9 +174,33 @@ def test_the_coopetition_runs_keep_their_features_and_the_transience_runs_theirs
   coop, l2 = coopetition.get_config(), transience_l2.get_config()
   assert (coop.data.rank, coop.data.spread, coop.data.isotropic_noise) == (16, 0.7, 0.1)
   assert (coop.data.subclusters, coop.data.relu_features) == (1, False)
-  for field, value in transience.CALIBRATED_DATA.items():
-    block, name = field.split(".")
-    assert l2[block][name] == value, field
+  for c in (l2, transience.get_config()):  # written out, not the shared dict
+    assert (c.data.rank, c.data.spread, c.data.isotropic_noise, c.data.relu_features,
+            c.data.subclusters, c.data.subcluster_spread) == (8, 0.15, 0.0, True, 2, 1.7)
+
+
+def test_the_calibrated_features_reach_the_table_the_run_trains_on():
+  """load_table on the transience config (shrunk) is the generator called
+  with the calibration written out, and not the uncalibrated table."""
+  from icl_transience.proj.transience import sources  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  c = transience.get_config()
+  c.data.update(n_classes=24, n_exemplars=4, dim=32)
+  table = np.asarray(sources.load_table(c.data))
+  seed = c.data.dataset_seed
+  expected = sources.synthetic_table(seed, 24, 4, 32, 8, 0.15, 0.0, relu=True,
+                                     subclusters=2, subcluster_spread=1.7)
+  np.testing.assert_array_equal(table, np.asarray(expected))
+  plain = sources.synthetic_table(seed, 24, 4, 32, 8, 0.15, 0.0)
+  assert not np.allclose(table, np.asarray(plain))
+  assert (table >= 0).all() and (np.asarray(plain) < 0).any()
+  # the three fields the calibration leaves at their defaults reach it too
+  c.data.update(feature_scale=2.0, feature_shift=0.5, transform_spread=0.3)
+  np.testing.assert_array_equal(
+      np.asarray(sources.load_table(c.data)),
+      np.asarray(sources.synthetic_table(
+          seed, 24, 4, 32, 8, 0.15, 0.0, transform_spread=0.3, relu=True, shift=0.5,
+          scale=2.0, subclusters=2, subcluster_spread=1.7)))
 
 
 @pytest.mark.parametrize("variant", sorted(transience_l2.VARIANTS))

@@ -14,6 +14,8 @@ from icl_transience.train import step as step_lib
 from helpers import smoke_config
 
 LR, WARMUP = 1e-3, 2
+ATTENTION = ("attn", "ln_attn")        # the attention group: attention + its LayerNorm
+MLP = ("mlp_in", "mlp_out", "ln_mlp")  # the MLP group
 
 
 def warmup_inverse_sqrt():
@@ -33,11 +35,27 @@ CASES = {
     "clipping": ({"optim.clip_norm": 0.05},
                  lambda: optax.chain(optax.clip_by_global_norm(0.05), optax.adam(LR)),
                  None),
-    "l2_norm": ({"optim.l2": 0.05}, lambda: optax.adam(LR), ("norm", 0.05)),
+    "l2_norm": ({"optim.l2": 0.05}, lambda: optax.adam(LR), ("norm", 0.05, None)),
     "l2_squared_attention": ({"optim.l2": 0.05, "optim.l2_form": "squared",
                               "optim.l2_on": "attention"},
-                             lambda: optax.adam(LR), ("squared", 0.05)),
+                             lambda: optax.adam(LR), ("squared", 0.05, ATTENTION)),
+    "l2_mlp_member": ({"population": "l2_mlp=0.05", "model.mlp_ratio": 2},
+                      lambda: optax.adam(LR), ("norm", 0.05, MLP)),
 }
+
+
+def reference_penalty(params, form: str, modules):
+  """Written out: sum over the group's leaves of ||w|| (Singh et al. 2023's
+  unsquared form) or ||w||^2 / 2; a group is every leaf under one of
+  `modules` (None: every leaf). A zero leaf's norm gets gradient 0."""
+  total = 0.0
+  for path, w in jax.tree_util.tree_flatten_with_path(params)[0]:
+    if modules is not None and not {getattr(k, "key", None) for k in path} & set(modules):
+      continue
+    squares = jnp.sum(w * w)
+    total += (jnp.sqrt(jnp.maximum(squares, 1e-30)) if form == "norm"
+              else 0.5 * squares)
+  return total
 
 
 @pytest.mark.parametrize("case", list(CASES))
@@ -61,7 +79,7 @@ def test_three_updates_equal_optax(case):
     def loss(params, batch):
       value = trainer.task.loss({"params": params}, batch, hyper, 0)[0]
       if l2:
-        value += l2[1] * step_lib.l2_penalty(params, l2[0], c.optim.l2_on)
+        value += l2[1] * reference_penalty(params, l2[0], l2[2])
       return value
 
     tx = reference()
