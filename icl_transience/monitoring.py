@@ -109,9 +109,9 @@ class TensorBoard:
 
   def _read_written(self) -> dict:
     path = epath.Path(self.root) / WRITTEN
-    try:
+    try:  # a cache: when damaged, every row is written again
       return {k: int(v) for k, v in json.loads(path.read_text()).items()}
-    except (FileNotFoundError, ValueError, AttributeError):
+    except (OSError, ValueError, TypeError, AttributeError):
       return {}
 
   def unwritten(self, rows) -> list:
@@ -203,10 +203,13 @@ def read_wandb_ids(workdir: str) -> dict:
     return {}
   try:
     ids = json.loads(path.read_text())
-  except ValueError as e:
-    raise UserError(f"{path}: not a JSON object of W&B run ids ({e})") from e
+  except (OSError, ValueError):
+    ids = None
   if not isinstance(ids, dict) or not all(isinstance(v, str) for v in ids.values()):
-    raise UserError(f"{path}: not a JSON object of W&B run ids")
+    # a cache: rebuilt (the runs logged from now on are new W&B runs)
+    logging.warning("%s: not a JSON object of W&B run ids; it is rebuilt, so this "
+                    "run logs into new W&B runs", path)
+    return {}
   return ids
 
 

@@ -7,7 +7,9 @@ import os
 import pytest
 
 from icl_transience import config as config_lib
+from icl_transience import evaluate
 from icl_transience import metrics_table
+from icl_transience import monitoring
 from icl_transience import report
 from icl_transience.errors import UserError
 from icl_transience.train import loop
@@ -94,3 +96,80 @@ def test_a_workdir_that_is_a_file_is_one_line(tmp_path):
   assert result.stderr.strip().splitlines()[-1] == (
       f"error: --workdir: {path} is a file, not a folder (name a folder for the run)")
   assert "Traceback" not in result.stderr
+
+
+def damage(path, kind: str):
+  """One kind of damage to the file at path."""
+  text = open(path, encoding="utf-8").read() if os.path.isfile(path) else ""
+  if kind == "missing":
+    os.remove(path)
+  elif kind == "folder":
+    os.remove(path)
+    os.makedirs(os.path.join(path, "x"))
+  else:
+    body = {"empty": "", "torn": text[:len(text) // 2],
+            "garbage": text[:len(text) // 3] + "\x00\xff garbage\n" + text[len(text) // 3:],
+            "shape": "[1, 2, 3]\n" + text}[kind]
+    with open(path, "w", encoding="utf-8") as f:
+      f.write(body)
+
+
+RECOVERED, REFUSED = "recovered", "refused"
+KINDS = ("missing", "empty", "torn", "garbage", "shape", "folder")
+# (file, damage): what resuming the run to its end gives, and what report
+# gives (the tools that read the table: plot, report, sweep, windows)
+MATRIX = {
+    "metrics.jsonl": {"missing": (RECOVERED, REFUSED), "empty": (RECOVERED, REFUSED),
+                      "torn": (RECOVERED, RECOVERED), "garbage": (REFUSED, REFUSED),
+                      "shape": (REFUSED, REFUSED), "folder": (REFUSED, REFUSED)},
+    "config.json": {"missing": (RECOVERED, RECOVERED), "empty": (REFUSED, RECOVERED),
+                    "torn": (REFUSED, RECOVERED), "garbage": (REFUSED, RECOVERED),
+                    "shape": (REFUSED, RECOVERED), "folder": (REFUSED, RECOVERED)},
+    "tensorboard/main/../written.json": {k: (RECOVERED, RECOVERED) for k in KINDS},
+    ".trainer.lock": {**{k: (RECOVERED, RECOVERED) for k in KINDS},
+                      "folder": (REFUSED, RECOVERED)},
+}
+
+
+def outcome(fn) -> str:
+  try:
+    fn()
+  except UserError:
+    return REFUSED
+  return RECOVERED
+
+
+@pytest.mark.parametrize("name", sorted(MATRIX))
+def test_every_damage_to_a_workdir_file_is_recovered_or_one_line(
+    smoke_run, tmp_path, name):
+  """Each kind of damage, on a copy of one run: resuming it and reporting it
+  either recover or stop with one line (UserError); never another exception."""
+  for kind, (resume, read) in MATRIX[name].items():
+    workdir = copy_run(smoke_run, tmp_path / kind)
+    path = os.path.normpath(os.path.join(workdir, name))
+    if not os.path.exists(path):
+      with open(path, "w", encoding="utf-8") as f:
+        f.write('{"pid": 1}')
+    damage(path, kind)
+    got_read = outcome(lambda w=workdir: report.write_report(w, report.Settings()))
+    got_resume = outcome(lambda w=workdir: loop.train(smoke_config(), w))
+    assert (got_resume, got_read) == (resume, read), (name, kind)
+    if got_resume == RECOVERED and name == "metrics.jsonl":
+      # nothing lost: the checkpoint-sweep job gives back every evaluator's
+      # rows (the training batches' own losses are not in any checkpoint)
+      evaluate.evaluate_checkpoints(workdir)
+      evaluated = lambda w: {(r["step"], r["evaluator"], r["metric"]): r["value"]
+                             for r in metrics_table.read(w)
+                             if r["evaluator"] != "train_batch"}
+      assert evaluated(workdir) == pytest.approx(evaluated(smoke_run), abs=1e-6), kind
+
+
+@pytest.mark.parametrize("kind", ["empty", "torn", "garbage", "shape", "folder"])
+def test_a_damaged_wandb_id_cache_is_rebuilt(tmp_path, kind, caplog):
+  path = tmp_path / monitoring.WANDB_IDS
+  path.write_text(json.dumps({"-/p/train/main": "abc123"}))
+  assert monitoring.read_wandb_ids(str(tmp_path)) == {"-/p/train/main": "abc123"}
+  damage(str(path), kind)
+  with caplog.at_level(logging.WARNING):
+    assert monitoring.read_wandb_ids(str(tmp_path)) == {}
+  assert "not a JSON object of W&B run ids; it is rebuilt" in caplog.text

@@ -26,7 +26,12 @@ def hold(workdir: str):
     yield
     return
   path = os.path.join(workdir, FILENAME)
-  with open(path, "a+", encoding="utf-8") as f:
+  try:
+    f = open(path, "a+", encoding="utf-8")
+  except OSError as e:
+    raise UserError(f"--workdir: cannot open the trainer lock {path} ({e.strerror}); "
+                    "remove what is there, if no trainer runs") from e
+  with f:
     try:
       fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -35,7 +40,7 @@ def hold(workdir: str):
         holder = json.loads(f.read())
         who = (f"pid {holder['pid']} on {holder['host']}, started "
                f"{holder['started']}")
-      except (ValueError, KeyError):
+      except (ValueError, KeyError, TypeError):  # a damaged lock file
         who = "another process"
       raise UserError(f"--workdir: {workdir} is in use by a trainer ({who}); "
                       "wait for it to finish or stop it") from None
