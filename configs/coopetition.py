@@ -33,6 +33,8 @@ combine left to right, e.g. configs/coopetition.py:mq,rope:
   l2          one population over the L2 coefficient (the authors' unsquared
               norm), lambda in {0, 1e-5, 1e-4, 1e-3}, to 10 M: does L2 keep
               the transient flip ICL of the 2-layer model? (beyond both papers)
+  l2_strong   the same to 10 M with lambda in {1e-2, 1e-1} (where L2 starts to
+              over-regularise)
   mlp_l2      the mlp variant as one population: no decay, and 1e-4 on the
               MLP group, the attention group, everything (Singh et al. 2023's
               selective decay, per member), to 10 M
@@ -92,6 +94,8 @@ VARIANTS = {
     "nol0h147": {"clamp.ablate_heads": "0:1,4,7", "total_sequences": 64_000_000},
     "l2": {"population": "; ".join(f"l2={lam:g}" for lam in L2_LAMBDAS),
            "total_sequences": 10_000_000, "ckpt.every": 500_000},
+    "l2_strong": {"population": "l2=1e-2; l2=1e-1", "total_sequences": 10_000_000,
+                  "ckpt.every": 500_000},
     "mlp_l2": {**MLP, "population": "l2=0; l2_mlp=1e-4; l2_attention=1e-4; l2=1e-4",
                "total_sequences": 10_000_000, "ckpt.every": 500_000},
 }

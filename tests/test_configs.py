@@ -58,7 +58,8 @@ COOPETITION_VARIANT_FIELDS = {
     "c1600_ex5": {**C1600, **EX5}, "mlp_c12800_ex5": {**MLP4, **EX5},
     "mlp_c1600_ex20": {**MLP4, **C1600}, "mlp_c1600_ex5": {**MLP4, **C1600, **EX5},
     "disallow_pt_head_attn_on_labels": {"clamp.block_label_attention": "0:all"},
-    "nol0h147": {"clamp.ablate_heads": "0:1,4,7"}, "l2": {}, "mlp_l2": MLP4,
+    "nol0h147": {"clamp.ablate_heads": "0:1,4,7"}, "l2": {}, "l2_strong": {},
+    "mlp_l2": MLP4,
 }
 FREE = ("total_sequences", "ckpt.", "population", "graft.workdir", "graft.sequences",
         "warm_start.workdir", "warm_start.sequences")
@@ -93,6 +94,8 @@ def test_the_l2_presets_train_their_members_in_one_program():
   assert [(m.name, m.hyper) for m in config_lib.members(l2)] == [
       (f"l2{name}", dict(lr=1e-5, l2=lam)) for name, lam in
       (("0", 0.0), ("1e-05", 1e-5), ("0.0001", 1e-4), ("0.001", 1e-3))]
+  assert [m.hyper["l2"] for m in config_lib.members(coopetition.get_config(
+      "l2_strong"))] == [1e-2, 1e-1]
   assert l2.total_sequences == 10_000_000 and l2.optim.l2_on == "all"
   assert l2.optim.l2_form == "norm" and l2.model.mlp_ratio == main.model.mlp_ratio
   mlp = coopetition.get_config("mlp_l2")
