@@ -25,6 +25,22 @@ def smoke_config(**overrides):
   return config_lib.override(smoke.get_config(), overrides)
 
 
+def changed_fields(config, base, free=()) -> dict:
+  """{dotted field: value} of config that differ from base, less the fields
+  starting with one of `free`."""
+  def flat(c, prefix=""):
+    out = {}
+    for key, value in c.items():
+      if hasattr(value, "items"):
+        out.update(flat(value, f"{prefix}{key}."))
+      else:
+        out[prefix + key] = tuple(value) if isinstance(value, list) else value
+    return out
+  mine, theirs = flat(config), flat(base)
+  return {k: v for k, v in mine.items()
+          if theirs.get(k) != v and not k.startswith(tuple(free))}
+
+
 def copy_run(workdir, dst):
   """A copy of a finished run, for a test that changes it."""
   shutil.copytree(workdir, dst)

@@ -3,7 +3,7 @@ import json
 
 import pytest
 
-from helpers import REPO  # pylint: disable=unused-import  (puts configs/ on the path)
+from helpers import REPO, changed_fields  # pylint: disable=unused-import  (REPO: configs/ on the path)
 import coopetition  # pylint: disable=wrong-import-order
 import lds_recall  # pylint: disable=wrong-import-order
 import smoke  # pylint: disable=wrong-import-order
@@ -65,24 +65,11 @@ FREE = ("total_sequences", "ckpt.", "population", "graft.workdir", "graft.sequen
         "warm_start.workdir", "warm_start.sequences")
 
 
-def _flat(c) -> dict:
-  out = {}
-  for key, value in c.items():
-    if hasattr(value, "items"):
-      out.update({f"{key}.{k}": v for k, v in _flat(value).items()})
-    else:
-      out[key] = tuple(value) if isinstance(value, list) else value
-  return out
-
-
 def test_each_coopetition_variant_sets_exactly_its_fields():
   assert set(COOPETITION_VARIANT_FIELDS) == set(coopetition.VARIANTS)
-  main = _flat(coopetition.get_config())
+  main = coopetition.get_config()
   for variant, fields in COOPETITION_VARIANT_FIELDS.items():
-    got = _flat(coopetition.get_config(variant))
-    changed = {k: v for k, v in got.items() if main.get(k) != v
-               and not k.startswith(FREE)}
-    assert changed == fields, variant
+    assert changed_fields(coopetition.get_config(variant), main, FREE) == fields, variant
   assert coopetition.get_config("ciwl_warm").warm_start.sequences == 4_000_000
   assert coopetition.get_config("ciwl_graft").graft.sequences == 9_800_000
 

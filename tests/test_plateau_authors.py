@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import REPO  # pylint: disable=unused-import  (puts configs/ on the path)
+from helpers import REPO, changed_fields  # pylint: disable=unused-import  (REPO: configs/ on the path)
 import plateau as plateau_configs  # pylint: disable=wrong-import-order  (configs/)
 
 from icl_transience import config as config_lib
@@ -297,6 +297,16 @@ def test_every_authors_variant_validates(variant):
     p = c.plateau
     assert (p.context_len, p.n_maps, p.train_sequences, p.test_sequences) == (
         40, 20_000, 100_000, 40_000)
+  main = plateau_configs.get_config("authors")
+  expected = {"": {}, "fresh": {"plateau.train_sequences": 0},
+              "dfix": {"plateau.n_maps": 1}}
+  if variant in expected:
+    assert changed_fields(c, main) == expected[variant]
+  elif variant == "strategies":
+    assert changed_fields(c, main).keys() == {"population"}
+    assert len(config_lib.members(c)) == 5
+  else:  # cpu, smoke: smaller and shorter
+    assert c.model.d_model < main.model.d_model and c.total_sequences < main.total_sequences
 
 
 @pytest.fixture(scope="module")

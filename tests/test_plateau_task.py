@@ -8,7 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import REPO  # pylint: disable=unused-import  (puts configs/ on the path)
+from helpers import REPO, changed_fields  # pylint: disable=unused-import  (REPO: configs/ on the path)
 import plateau as plateau_configs  # pylint: disable=wrong-import-order  (configs/)
 
 from icl_transience import config as config_lib
@@ -184,6 +184,21 @@ def test_every_variant_validates(variant):
   if variant in ("strategies", "cpu", "cpu_onehot"):
     hypers = [m.hyper for m in config_lib.members(c)]
     assert len(hypers) == 4 and [h["weights_loss"] for h in hypers] == [0, 0, 0, 0.1]
+  # what makes each variant that variant (Fu et al.), written out
+  expected = {"": {}, "warmup": {"hyper.weights_warmup": 5000.0},
+              "mixed": {"hyper.fixed_fraction": 0.25},
+              "weights_loss": {"hyper.weights_loss": 0.1},
+              "onehot": {"plateau.input": "onehot"}, "noisy": {"plateau.noise_std": 0.3},
+              "words": {"plateau.input": "words", "plateau.factor_sizes": (8, 8, 8),
+                        "plateau.hidden_factors": (0, 1, 2), "plateau.label_vocab": 8}}
+  main = plateau_configs.get_config()
+  if variant in expected:
+    assert changed_fields(c, main) == expected[variant]
+  elif variant == "strategies":
+    assert changed_fields(c, main).keys() == {"population"}
+  else:  # cpu, cpu_onehot, smoke: smaller and shorter, same task
+    assert c.model.d_model < main.model.d_model and c.total_sequences < main.total_sequences
+    assert variant != "cpu_onehot" or c.plateau.input == "onehot"
 
 
 def sigmoid(steps, midpoint, chance, final=0.95, width=300.0):
