@@ -41,6 +41,14 @@ def changed_fields(config, base, free=()) -> dict:
           if theirs.get(k) != v and not k.startswith(tuple(free))}
 
 
+def table_curve(rows, member: str, evaluator: str, metric: str):
+  """What a figure should draw for one curve, read off the table here (not
+  through the plotting helpers): [sequences], [values] by sequences."""
+  by_x = {r["sequences"]: r["value"] for r in rows if (
+      r["member"], r["evaluator"], r["metric"]) == (member, evaluator, metric)}
+  return sorted(by_x), [by_x[x] for x in sorted(by_x)]
+
+
 def copy_run(workdir, dst):
   """A copy of a finished run, for a test that changes it."""
   shutil.copytree(workdir, dst)

@@ -110,5 +110,7 @@ def test_short_optimisation_prunes_edges(model):
   start = ep.kept_edges(ep.binary_masks(ep.full_masks(GRAPH, spec.init_log_alpha),
                                         spec), GRAPH)
   assert len(start) == GRAPH.n_edges()
-  assert len(kept) < 0.6 * GRAPH.n_edges()
-  assert history[max(history)][1] > 0.5  # expected sparsity followed the target
+  # target sparsity 0.7: 30 % of the edges kept (measured: 12 of 46, and an
+  # expected sparsity of 0.738 at the last step)
+  assert 0.2 * GRAPH.n_edges() <= len(kept) <= 0.4 * GRAPH.n_edges()
+  assert abs(history[max(history)][1] - 0.7) < 0.06  # followed the target

@@ -17,7 +17,7 @@ from icl_transience.analysis import figures
 from icl_transience.errors import UserError
 from icl_transience.train import loop
 
-from helpers import copy_run, smoke_config
+from helpers import copy_run, smoke_config, table_curve
 
 event_accumulator = pytest.importorskip(
     "tensorboard.backend.event_processing.event_accumulator",
@@ -302,7 +302,7 @@ def test_the_population_figure_draws_every_member_and_their_mean(
   assert len([t for t in panels if t]) == len(evaluators)
   for evaluator, metric in (("flip_icl", "in_context_acc"), ("pure_iwl", "acc")):
     lines = panels[f"{evaluator}: {metric}"]
-    curves = [figures.series(rows, m, evaluator, metric) for m in NAMES]
+    curves = [table_curve(rows, m, evaluator, metric) for m in NAMES]
     for member, curve in zip(NAMES, curves):
       assert lines[member] == tuple(map(list, curve))
     np.testing.assert_allclose(lines["mean"][1], np.mean([y for _, y in curves], 0))

@@ -18,7 +18,7 @@ from icl_transience.analysis import figures
 from icl_transience.train import loop
 from icl_transience.train import step as step_lib
 
-from helpers import REPO, copy_run, final_state, smoke_config
+from helpers import REPO, copy_run, final_state, smoke_config, table_curve
 
 
 def eval_rows(rows):
@@ -86,7 +86,7 @@ def test_figures_draw_the_metrics_rows(smoke_run, tmp_path, monkeypatch):
   assert sorted(os.path.basename(p) for p in paths) == ["fig1b_main.png",
                                                         "losses_main.png"]
   assert all(os.path.getsize(p) > 10_000 for p in paths)
-  series = lambda evaluator, metric: figures.series(rows, "main", evaluator, metric)
+  series = lambda evaluator, metric: table_curve(rows, "main", evaluator, metric)
   for evaluator, metric, label, _ in figures.STRATEGY_CURVES:  # drawn when run
     x, y = series(evaluator, metric)
     assert dict(drawn["fig1b_main.png"]).get(label) == ([x, y] if x else None)
@@ -211,13 +211,15 @@ def test_a_selective_l2_population_equals_its_members_run_alone(tmp_path):
   a penalty, ~1e-7), and the three members differ from each other."""
   lam = "0.05"
   entries = [f"l2_mlp={lam}", f"l2_attention={lam}", f"l2={lam}"]
-  shape = {"ckpt.every": 0, "model.mlp_ratio": 2, "total_sequences": 160,
-           "eval_every": 160}
+  zeros = ",l2_mlp=0,l2_attention=0"  # alone: the population's groups (one program)
+  shape = {"ckpt.every": 0, "model.mlp_ratio": 2, "total_sequences": 80,
+           "eval_every": 80}
   together = smoke_config(population="; ".join(entries), **shape)
   loop.train(together, str(tmp_path / "all"))
   population = final_state(together, str(tmp_path / "all"))["params"]
   for i, entry in enumerate(entries):
-    alone = smoke_config(population=entry, **shape)
+    alone = smoke_config(population=entry + zeros.replace(f",{entry.split('=')[0]}=0", ""),
+                         **shape)
     loop.train(alone, str(tmp_path / str(i)))
     params = final_state(alone, str(tmp_path / str(i)))["params"]
     for x, y in zip(jax.tree.leaves(population), jax.tree.leaves(params)):
