@@ -185,3 +185,26 @@ def test_a_damaged_wandb_id_cache_is_rebuilt(tmp_path, kind, caplog):
   with caplog.at_level(logging.WARNING):
     assert monitoring.read_wandb_ids(str(tmp_path)) == {}
   assert "not a JSON object of W&B run ids; it is rebuilt" in caplog.text
+
+
+def test_plot_and_ablate_on_damaged_files_recover_or_say_one_line(smoke_run, tmp_path):
+  """plot reads the table as report does; ablate reads config.json and one
+  checkpoint: a damaged one is one line naming it."""
+  from icl_transience import plot  # pylint: disable=g-import-not-at-top
+  from icl_transience.proj.transience import ablate  # pylint: disable=g-import-not-at-top
+  torn = copy_run(smoke_run, tmp_path / "torn")
+  tear_last_line(torn)
+  assert plot.plot_runs([torn])  # figures drawn from the whole lines
+  garbage = copy_run(smoke_run, tmp_path / "garbage")
+  damage(metrics_table.path(garbage), "garbage")
+  with pytest.raises(UserError, match=r"metrics.jsonl: line \d+ is not a metrics row"):
+    plot.plot_runs([garbage])
+  arrays = copy_run(smoke_run, tmp_path / "arrays")
+  damage(os.path.join(arrays, CHECKPOINT_ARRAYS), "garbage")
+  with pytest.raises(UserError, match=(
+      rf"^--workdir: cannot restore {arrays}/checkpoints/00000100/main \(")):
+    ablate.ablate(arrays, evaluators=("icl",))
+  config = copy_run(smoke_run, tmp_path / "config")
+  damage(os.path.join(config, "config.json"), "torn")
+  with pytest.raises(UserError, match=r"config.json: not a run's config"):
+    ablate.ablate(config, evaluators=("icl",))

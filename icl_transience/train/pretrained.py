@@ -19,24 +19,27 @@ from icl_transience.train import step as step_lib
 
 
 def load_params(ref, field: str, mesh):
-  """(params, sequences seen) of the checkpoint `ref` = {workdir, sequences, member}."""
+  """(params, sequences seen) of the checkpoint `ref` = {workdir, sequences,
+  member}; errors name `field`.workdir etc. (a config block such as
+  warm_start), or --workdir etc. when field is a tool's flag, '--workdir'."""
+  name_of = lambda sub: f"--{sub}" if field.startswith("--") else f"{field}.{sub}"
   src = config_lib.load_run_config(ref.workdir)
   members = config_lib.members(src)
   names = [m.name for m in members]
   name = ref.member or names[0]
   if name not in names:
-    raise UserError(f"{field}.member: '{name}' is not a member of {ref.workdir} "
+    raise UserError(f"{name_of('member')}: '{name}' is not a member of {ref.workdir} "
                     f"({', '.join(names)})")
   trainer = step_lib.Trainer(src, mesh)
   with checkpoints.manager(ref.workdir, read_only=True) as mngr:
     steps = list(mngr.all_steps())
     if not steps:
-      raise UserError(f"{field}.workdir: {ref.workdir} holds no checkpoint")
+      raise UserError(f"{name_of('workdir')}: {ref.workdir} holds no checkpoint")
     step = max(steps) if ref.sequences < 0 else ref.sequences // src.batch_size
     if step not in steps or (ref.sequences >= 0 and
                              step * src.batch_size != ref.sequences):
       saved = ", ".join(f"{s * src.batch_size:,}" for s in sorted(steps))
-      raise UserError(f"{field}.sequences: no checkpoint at {ref.sequences:,} "
+      raise UserError(f"{name_of('sequences')}: no checkpoint at {ref.sequences:,} "
                       f"sequences in {ref.workdir} (saved: {saved})")
     try:
       state = checkpoints.restore_member(
@@ -44,7 +47,7 @@ def load_params(ref, field: str, mesh):
     except Exception as e:  # pylint: disable=broad-except
       path = f"{ref.workdir}/checkpoints/{step:0{checkpoints.STEP_DIGITS}d}/{name}"
       reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-      raise UserError(f"{field}.workdir: cannot restore {path} ({reason})") from e
+      raise UserError(f"{name_of('workdir')}: cannot restore {path} ({reason})") from e
   logging.info("%s: %s member %s at %d sequences", field, ref.workdir, name,
                step * src.batch_size)
   return state["params"], step * src.batch_size
@@ -54,7 +57,7 @@ def _check_same_model(params, like, field: str):
   shapes = lambda t: jax.tree.map(lambda x: tuple(x.shape), t)
   if shapes(params) != shapes(like):
     count = lambda t: sum(int(np.prod(x.shape)) for x in jax.tree.leaves(t))
-    raise UserError(f"{field}.workdir: its model ({count(params):,} params) "
+    raise UserError(f"{name_of('workdir')}: its model ({count(params):,} params) "
                     f"differs from this config's ({count(like):,} params)")
 
 
