@@ -173,7 +173,8 @@ class Check:
     proc.wait()
     timer.cancel()
     entry.update(returncode=proc.returncode, seconds=round(time.time() - started, 1))
-    collect(workdir, os.path.join(self.out, name))
+    self.save()
+    collect(workdir, os.path.join(self.out, name), self.left())
     rows = _rows(workdir)
     reached = max((r["sequences"] for r in rows), default=0)
     if proc.returncode not in (0, -signal.SIGTERM, -signal.SIGKILL):
@@ -220,17 +221,19 @@ def _rows(workdir: str) -> list:
     return []
 
 
-def collect(workdir: str, out: str):
-  """The run's config, table, report and figures (no checkpoints) to out."""
+def collect(workdir: str, out: str, left_s: float):
+  """The run's config, table, report and figures (no checkpoints) to out;
+  plot and report get at most 60 s each, within the time left."""
   os.makedirs(out, exist_ok=True)
   if not _rows(workdir):
     return
   for tool in ("plot", "report"):
+    limit = max(5.0, min(60.0, left_s / 2))
     try:
       subprocess.run([sys.executable, "-m", f"icl_transience.{tool}",
-                      f"--workdir={workdir}"], cwd=REPO, check=False, timeout=60)
+                      f"--workdir={workdir}"], cwd=REPO, check=False, timeout=limit)
     except subprocess.TimeoutExpired:
-      print(f"{tool}: over 60 s, skipped", flush=True)
+      print(f"{tool}: over {limit:.0f} s, skipped", flush=True)
   for name in ("config.json", "metrics.jsonl", "report.json"):
     if os.path.exists(os.path.join(workdir, name)):
       shutil.copy(os.path.join(workdir, name), out)
