@@ -13,8 +13,8 @@ A last line that is not a row (torn by a partial copy or sync that then
 ended the file with a newline) is treated the same way, with one warning; a
 bad line before the last stops every reader with one line naming it, and
 `python -m icl_transience.metrics_table --repair --workdir=DIR` keeps every
-good row and moves the bad lines to metrics.jsonl.bad. On object stores (gs://), which cannot append, the one writer replaces the
-whole object.
+good row and moves the bad lines to metrics.jsonl.bad. On object stores
+(gs://), which cannot append, the one writer replaces the whole object.
 """
 import contextlib
 import fcntl

@@ -7,9 +7,10 @@
 
 The grid is the product of its axes (`field=v1,v2,...`, space separated; a
 field is any dotted config field, or seed / data_seed / lr / l2). Points that
-differ only in member fields (init_seed, data_seed, optim.lr, optim.l2, hyper.*) keep
-every array shape, so they train together as one population program; each
-other combination of values is its own group, run one after another (or as
+differ only in member fields (init_seed, data_seed, optim.lr, optim.l2,
+optim.l2_mlp / l2_attention / l2_embedder, hyper.*) keep every array
+shape, so they train together as one population program; each other
+combination of values is its own group, run one after another (or as
 separate jobs with --group). A group's workdir is <workdir>/<group name>;
 each member has its own checkpoint item and metrics rows there. Finished
 groups are skipped and interrupted ones resume. At the end
@@ -35,9 +36,10 @@ from icl_transience.train import checkpoints
 from icl_transience.train import loop
 
 ALIASES = {"seed": "init_seed", "lr": "optim.lr", "l2": "optim.l2"}
+# config field -> member field
 MEMBER_FIELDS = {"init_seed": "init_seed", "data_seed": "data_seed",
                  "optim.lr": "lr", "optim.l2": "l2",
-                 **{f"optim.{f}": f for f in config_lib.L2_GROUP_FIELDS}}  # config field -> member field
+                 **{f"optim.{f}": f for f in config_lib.L2_GROUP_FIELDS}}
 
 
 def member_fields(c) -> dict:
