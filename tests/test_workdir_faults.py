@@ -5,6 +5,7 @@ import logging
 import os
 
 import pytest
+from etils import epath
 
 from icl_transience import config as config_lib
 from icl_transience import evaluate
@@ -208,3 +209,33 @@ def test_plot_and_ablate_on_damaged_files_recover_or_say_one_line(smoke_run, tmp
   damage(os.path.join(config, "config.json"), "torn")
   with pytest.raises(UserError, match=r"config.json: not a run's config"):
     ablate.ablate(config, evaluators=("icl",))
+
+
+def test_a_folder_where_a_figure_goes_is_one_line(smoke_run, tmp_path):
+  from icl_transience import plot  # pylint: disable=g-import-not-at-top
+  workdir = copy_run(smoke_run, tmp_path / "run")
+  figure = os.path.join(workdir, "figures", "fig1b_main.png")
+  os.makedirs(os.path.join(figure, "x"))
+  with pytest.raises(UserError, match=(
+      rf"^{figure}: cannot write the figure \(.*\); move what is there or "
+      r"choose another --out$")):
+    plot.plot_runs([workdir])
+
+
+def test_an_unreadable_config_or_table_is_one_line(smoke_run, tmp_path, monkeypatch):
+  """Unreadable permissions (made here by the reading call, since the tests
+  may run as root, which reads anything)."""
+  workdir = copy_run(smoke_run, tmp_path / "run")
+  real = epath.Path.read_text
+
+  def denied(self, *args, **kwargs):
+    if self.name in ("config.json", metrics_table.FILENAME):
+      raise PermissionError(13, "Permission denied", str(self))
+    return real(self, *args, **kwargs)
+  monkeypatch.setattr(epath.Path, "read_text", denied)
+  with pytest.raises(UserError, match=r"config.json: not a run's config \(\[Errno 13\] "
+                     r"Permission denied: .*\); restore it from a copy"):
+    config_lib.load_run_config(workdir)
+  with pytest.raises(UserError, match=r"metrics.jsonl: cannot read the metrics table "
+                     r"\(\[Errno 13\] Permission denied"):
+    report.write_report(workdir, report.Settings())

@@ -6,6 +6,7 @@ import matplotlib
 import numpy as np
 
 from icl_transience import metrics_table
+from icl_transience.errors import UserError
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
@@ -40,10 +41,15 @@ def mark_divergence(ax, rows, member: str):
 def save(fig, path: str, dpi: int = 120):
   """Writes a PNG atomically (a crash never leaves a truncated file) and
   closes the figure."""
-  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-  metrics_table.atomic_write(path, lambda f: fig.savefig(
-      f, format="png", dpi=dpi, bbox_inches="tight"), binary=True)
-  plt.close(fig)
+  try:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    metrics_table.atomic_write(path, lambda f: fig.savefig(
+        f, format="png", dpi=dpi, bbox_inches="tight"), binary=True)
+  except OSError as e:  # a folder where the figure goes, a read-only folder
+    raise UserError(f"{path}: cannot write the figure ({e.strerror or e}); "
+                    "move what is there or choose another --out") from e
+  finally:
+    plt.close(fig)
 
 
 def strategy_figure(rows, member: str, path: str):
