@@ -15,6 +15,8 @@ bad line before the last stops every reader with one line naming it, and
 `python -m icl_transience.metrics_table --repair --workdir=DIR` keeps every
 good row and moves the bad lines to metrics.jsonl.bad. On object stores
 (gs://), which cannot append, the one writer replaces the whole object.
+
+  python -m icl_transience.metrics_table --repair --workdir=runs/coop
 """
 import contextlib
 import fcntl
