@@ -30,6 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import gpu_check_plan as plan  # pylint: disable=wrong-import-position
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(REPO, "configs"))  # the run configs, by file name
 RUNS = {  # name: (config file, sequences, overrides), full check
     "transience": ("configs/transience.py", 2_000_000, {"eval_every": 100_000}),
     "coop": ("configs/coopetition.py", 20_000_000, {}),
@@ -90,7 +91,6 @@ def _child(spec: str, mode: dict):
 
 
 def run_config(name: str, mode: dict):
-  sys.path.insert(0, os.path.join(REPO, "configs"))
   from icl_transience import config as config_lib  # pylint: disable=g-import-not-at-top
   path, sequences, fields = mode["runs"][name]
   module = __import__(os.path.splitext(os.path.basename(path))[0])

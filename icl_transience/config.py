@@ -215,35 +215,38 @@ def members(c) -> list[Member]:
   groups = {f: float(c.optim.get(f, 0.0)) for f in L2_GROUP_FIELDS}
   hyper = {k: float(v) for k, v in c.get("hyper", {}).items()}
   kinds = dict(MEMBER_FIELDS, **{k: float for k in hyper})
-  text = c.population.strip()
-  used = [f for f in L2_GROUP_FIELDS if groups[f] or f in text]
-  make = lambda name, fields: Member(
-      name=name, **{k: fields[k] for k in defaults},
-      extra=tuple((k, fields[k]) for k in sorted(hyper)),
-      l2_groups=tuple((f, fields[f]) for f in used))
-  if not text:
-    return [make("main", dict(defaults, **groups, **hyper))]
+  entries = [e.strip() for e in c.population.split(";") if e.strip()]
+  parsed = [("main", {})] if not entries else [_entry(e, kinds) for e in entries]
+  # the L2 groups some member or the config sets (the state holds only those)
+  used = [f for f in L2_GROUP_FIELDS
+          if groups[f] or any(f in fields for _, fields in parsed)]
   out = []
-  for entry in (e.strip() for e in text.split(";")):
-    if not entry:
-      continue
-    fields = dict(defaults, **groups, **hyper)
-    for item in entry.split(","):
-      key, sep, value = (s.strip() for s in item.partition("="))
-      if not sep or key not in kinds:
-        raise UserError(f"population: bad member field '{item.strip()}' "
-                        f"(use {', '.join(kinds)} as field=value)")
-      try:
-        fields[key] = kinds[key](value)
-      except ValueError as e:
-        raise UserError(f"population: bad value in '{item.strip()}'") from e
-    name = "_".join(f"{k}{v}" for k, v in
-                    (i.split("=") for i in entry.replace(" ", "").split(",")))
-    out.append(make(name, fields))
+  for name, set_here in parsed:
+    fields = {**defaults, **groups, **hyper, **set_here}
+    out.append(Member(name=name, **{k: fields[k] for k in defaults},
+                      extra=tuple((k, fields[k]) for k in sorted(hyper)),
+                      l2_groups=tuple((f, fields[f]) for f in used)))
   names = [m.name for m in out]
   if len(set(names)) != len(names):
     raise UserError("population: two members are identical")
   return out
+
+
+def _entry(entry: str, kinds: dict) -> tuple[str, dict]:
+  """One member of `population`: its name and the fields it sets."""
+  fields = {}
+  for item in entry.split(","):
+    key, sep, value = (s.strip() for s in item.partition("="))
+    if not sep or key not in kinds:
+      raise UserError(f"population: bad member field '{item.strip()}' "
+                      f"(use {', '.join(kinds)} as field=value)")
+    try:
+      fields[key] = kinds[key](value)
+    except ValueError as e:
+      raise UserError(f"population: bad value in '{item.strip()}'") from e
+  name = "_".join(f"{k}{v}" for k, v in
+                  (i.split("=") for i in entry.replace(" ", "").split(",")))
+  return name, fields
 
 
 def population_layout(c, n_devices: int) -> str:

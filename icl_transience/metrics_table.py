@@ -109,8 +109,9 @@ def repair(workdir: str) -> tuple[int, int]:
   p = path(workdir)
   with locked(workdir):
     lines = [l for l in _read_text(epath.Path(p)).split("\n") if l.strip()]
-    good = [l for l in lines if _row(l) is not None]
-    bad = [l for l in lines if _row(l) is None]
+    is_row = [_row(l) is not None for l in lines]
+    good = [l for l, ok in zip(lines, is_row) if ok]
+    bad = [l for l, ok in zip(lines, is_row) if not ok]
     if bad:
       with open(p + BAD_SUFFIX, "a", encoding="utf-8") as f:
         f.write("".join(l + "\n" for l in bad))
