@@ -34,13 +34,13 @@ drawings through a jointly trained ResNet, 12,800 training classes, bursty
       --workdir=runs/chan          # prepared TFDS omniglot (default data_dir;
                                    # --config.data.tfds_dir=DIR for another)
 
-`data.source=omniglot` selects the image task (proj/transience/omniglot/task.py), whose
+`task=omniglot` is the image task (proj/transience/omniglot/task.py), whose
 fields live in the `omniglot` block; it shares model depth/width/heads/MLP
 ratio/timescale, batch 32, Adam 3e-4 and the 1.6 B-sequence (5e7-step)
 horizon with the fixed-feature run. The optimizer schedule is the one
 difference outside that block: the trainer reads it from `optim`, so the
 variant also sets Chan's warm-up + inverse-sqrt decay; with only
---config.data.source=omniglot add --config.optim.warmup_steps=4000
+--config.task=omniglot add --config.optim.warmup_steps=4000
 --config.optim.schedule=inverse_sqrt to get it.
 """
 from icl_transience import config
@@ -65,7 +65,8 @@ VARIANTS = {
                "ckpt.every": 500_000,
                "evals.names": EVALUATORS + ("pairs_icl",)},
     # lr(t) = 3e-4 min(t / 4000, sqrt(4000 / t)) (Chan et al. 2022)
-    "omniglot": {"data.source": "omniglot", "optim.warmup_steps": 4000,
+    "omniglot": {"task": "omniglot", "data.source": "omniglot",
+                 "optim.warmup_steps": 4000,
                  "optim.schedule": "inverse_sqrt"},
 }
 

@@ -13,13 +13,17 @@ import ml_collections
 from etils import epath
 
 from icl_transience import monitoring
-from icl_transience.errors import UserError
+from icl_transience import tasks
+from icl_transience.errors import UserError, check
 
 # Selective L2 per member: l2_<group> is that group's coefficient (beside l2,
-# which applies to optim.l2_on); the groups are train/step.py's L2_GROUPS.
+# which applies to optim.l2_on); a task names its groups' modules
+# (tasks.TaskSpec.l2_groups).
 L2_GROUP_FIELDS = ("l2_mlp", "l2_attention", "l2_embedder")
 MEMBER_FIELDS = {"init_seed": int, "data_seed": int, "lr": float, "l2": float,
                  **{f: float for f in L2_GROUP_FIELDS}}
+# Shorter names of member fields, in `population` as in sweep's --grid.
+MEMBER_ALIASES = {"seed": "init_seed"}
 MATMUL_PRECISIONS = ("highest", "high", "default")
 
 
@@ -29,7 +33,7 @@ def base_config() -> ml_collections.ConfigDict:
   proj/transience/classifier_config.coopetition_config(); the defaults here
   are those of the coopetition main run (Singh et al. 2025)."""
   c = ml_collections.ConfigDict()
-  c.task = "classify"      # classify | lds | plateau | dictionary (tasks.py)
+  c.task = "classify"      # a name of tasks.TASKS
   c.init_seed = 5          # model initialisation
   c.data_seed = 2          # training data stream
   c.eval_seed = 1          # fixed evaluator sets
@@ -75,7 +79,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.model.mlp_ratio = 0           # 0 = attention-only
   c.model.positions = "learned"   # learned | sinusoidal | rope
   c.model.max_len = 32
-  c.model.pos_timescale = 30.0
+  c.model.pos_timescale = 30.0    # sinusoids' timescale; rope's base
+  c.model.attention_bias = False  # biases on the attention projections
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-5
@@ -141,8 +146,17 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
     raise UserError(f"{path}: not a run's config (a JSON {type(fields).__name__}, "
                     "not an object); restore it from a copy, or use a new --workdir")
   c = ml_collections.ConfigDict(fields)
+  tasks.upgrade(c)
   _fill_defaults(c, drop_foreign_blocks(c))
   return c
+
+
+def run_curves(workdir: str) -> tuple:
+  """The curves the run in workdir shows (tasks.curves); none when it has no
+  config.json (a metrics table alone)."""
+  if not (epath.Path(workdir) / "config.json").exists():
+    return ()
+  return tasks.curves(load_run_config(workdir))
 
 
 def drop_foreign_blocks(c) -> ml_collections.ConfigDict:
@@ -150,7 +164,6 @@ def drop_foreign_blocks(c) -> ml_collections.ConfigDict:
   config nor c's task defines (e.g. the classifier's blocks, which every
   task's config carried before; the omniglot block of a transience config
   on synthetic features); returns those defaults."""
-  from icl_transience import tasks  # pylint: disable=g-import-not-at-top
   defaults = base_config()
   defaults.task = c.get("task", defaults.task)
   for name, block in tasks.blocks(c).items():
@@ -234,9 +247,10 @@ def members(c) -> list[Member]:
 
 def _entry(entry: str, kinds: dict) -> tuple[str, dict]:
   """One member of `population`: its name and the fields it sets."""
-  fields = {}
+  fields, parts = {}, []
   for item in entry.split(","):
     key, sep, value = (s.strip() for s in item.partition("="))
+    key = MEMBER_ALIASES.get(key, key)
     if not sep or key not in kinds:
       raise UserError(f"population: bad member field '{item.strip()}' "
                       f"(use {', '.join(kinds)} as field=value)")
@@ -244,9 +258,8 @@ def _entry(entry: str, kinds: dict) -> tuple[str, dict]:
       fields[key] = kinds[key](value)
     except ValueError as e:
       raise UserError(f"population: bad value in '{item.strip()}'") from e
-  name = "_".join(f"{k}{v}" for k, v in
-                  (i.split("=") for i in entry.replace(" ", "").split(",")))
-  return name, fields
+    parts.append(f"{key}{value}")
+  return "_".join(parts), fields
 
 
 def population_layout(c, n_devices: int) -> str:
@@ -265,62 +278,60 @@ def members_in_sequence(c, members_split: bool, backend: str) -> bool:
   return backend == "cpu" and not members_split
 
 
-def _check(ok: bool, field: str, message: str):
-  if not ok:
-    raise UserError(f"{field}: {message}")
-
-
 def validate(c, n_devices: int = 1):
   """Raises UserError naming the first bad field. Opens files, compiles nothing."""
-  from icl_transience import tasks  # pylint: disable=g-import-not-at-top
   for field in c.get("hyper", {}):
-    _check(isinstance(c.hyper[field], (int, float)), f"hyper.{field}",
+    check(isinstance(c.hyper[field], (int, float)), f"hyper.{field}",
            "per-member fields must be numbers")
-  _check(c.matmul_precision in MATMUL_PRECISIONS,
+  check(c.matmul_precision in MATMUL_PRECISIONS,
          "matmul_precision", f"choose {', '.join(MATMUL_PRECISIONS)}")
-  _check(c.optim.l2_on in ("all", "mlp", "attention", "embedder"), "optim.l2_on",
-         "choose all, mlp, attention or embedder")
-  _check(c.optim.l2_form in ("norm", "squared"), "optim.l2_form",
+  spec = tasks.spec(c)
+  groups = ("all", *spec.l2_groups)
+  check(c.optim.l2_on in groups, "optim.l2_on", f"choose {', '.join(groups)}")
+  check(c.optim.l2_form in ("norm", "squared"), "optim.l2_form",
          "choose 'norm' or 'squared'")
-  _check(c.optim.schedule in ("constant", "inverse_sqrt"), "optim.schedule",
+  check(c.optim.schedule in ("constant", "inverse_sqrt"), "optim.schedule",
          "choose constant or inverse_sqrt")
   for field in ("weight_decay", "clip_norm", "warmup_steps"):
-    _check(c.optim[field] >= 0, f"optim.{field}", "must be >= 0")
-  _check(c.population_sharding in ("auto", "batch", "members"),
+    check(c.optim[field] >= 0, f"optim.{field}", "must be >= 0")
+  check(c.population_sharding in ("auto", "batch", "members"),
          "population_sharding", "choose auto, batch or members")
   split = population_layout(c, n_devices) == "batch"
-  _check(c.batch_size > 0 and (not split or c.batch_size % n_devices == 0),
+  check(c.batch_size > 0 and (not split or c.batch_size % n_devices == 0),
          "batch_size", f"{c.batch_size} must be a positive multiple of the "
          f"{n_devices} devices it is split over")
-  _check(c.steps_per_call > 0, "steps_per_call", "must be positive")
-  _check(c.num_devices >= -1, "num_devices", "-1 (auto), 0 (all) or a count")
-  _check(c.eval_members_per_pass > 0, "eval_members_per_pass", "must be positive")
-  _check(c.population_map in ("auto", "vmap", "sequential"), "population_map",
+  check(c.steps_per_call > 0, "steps_per_call", "must be positive")
+  check(c.num_devices >= -1, "num_devices", "-1 (auto), 0 (all) or a count")
+  check(c.eval_members_per_pass > 0, "eval_members_per_pass", "must be positive")
+  check(c.population_map in ("auto", "vmap", "sequential"), "population_map",
          "choose auto, vmap or sequential")
-  _check(c.population_map != "sequential" or
+  check(c.population_map != "sequential" or
          population_layout(c, n_devices) == "batch",
          "population_map", "'sequential' needs the batch layout (members "
          "split over devices are trained together)")
   grid = c.batch_size * c.steps_per_call
   for field in ("total_sequences", "eval_every", "ckpt.every"):
     value = c.get(field) if "." not in field else c.ckpt.every
-    _check(value >= 0 and value % grid == 0, field,
+    check(value >= 0 and value % grid == 0, field,
            f"{value} is not a multiple of batch_size x steps_per_call = {grid}")
-  _check(all(int(a) == a and a > 0 and a % c.batch_size == 0 for a in c.ckpt.at),
+  check(all(int(a) == a and a > 0 and a % c.batch_size == 0 for a in c.ckpt.at),
          "ckpt.at", f"{tuple(c.ckpt.at)}: sequence counts must be positive "
          f"multiples of batch_size = {c.batch_size}")
-  _check(c.total_sequences > 0, "total_sequences", "must be positive")
-  _check(c.eval_every > 0, "eval_every", "must be positive")
-  _check(c.ckpt.keep >= 0, "ckpt.keep", "must be >= 0")
+  check(c.total_sequences > 0, "total_sequences", "must be positive")
+  check(c.eval_every > 0, "eval_every", "must be positive")
+  check(c.ckpt.keep >= 0, "ckpt.keep", "must be >= 0")
   for m in members(c):
-    _check(m.lr > 0 and math.isfinite(m.lr), "optim.lr", f"bad lr {m.lr}")
+    check(m.lr > 0 and math.isfinite(m.lr), "optim.lr", f"bad lr {m.lr}")
     for field, value in (("l2", m.l2),) + m.l2_groups:
-      _check(value >= 0 and math.isfinite(value), f"optim.{field}",
+      check(value >= 0 and math.isfinite(value), f"optim.{field}",
              f"bad {field} {value}")
-  _check(c.graft.mode == "none" or tasks.task_name(c) == "classify",
-         "graft.mode", "grafting applies to the classifier task")
+      check(field == "l2" or field.removeprefix("l2_") in spec.l2_groups,
+             f"optim.{field}", f"the {tasks.task_name(c)} task has no such "
+             "parameter group")
+  check(c.graft.mode == "none" or spec.grafts, "graft.mode",
+         f"the {tasks.task_name(c)} task does not graft")
   for ref in ("warm_start", "graft"):
     if c[ref].workdir:
-      _check((epath.Path(c[ref].workdir) / "config.json").exists(),
+      check((epath.Path(c[ref].workdir) / "config.json").exists(),
              f"{ref}.workdir", f"no run in {c[ref].workdir} (config.json missing)")
-  tasks.build(c).validate(n_devices)
+  spec.build(c).validate(n_devices)

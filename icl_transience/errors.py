@@ -7,6 +7,12 @@ class UserError(Exception):
   """A mistake in a config, a flag or a file the user handed us."""
 
 
+def check(ok: bool, field: str, message: str):
+  """Raises UserError 'field: message' unless ok."""
+  if not ok:
+    raise UserError(f"{field}: {message}")
+
+
 class Diverged(UserError):
   """Every member of a run diverged: the run stopped (one line, exit 2)."""
 

@@ -4,10 +4,10 @@
   python -m icl_transience.plot --workdir=runs/coop --workdir=runs/mq \
       --compare=flip_icl:in_context_acc --out=flip.png
 
-One workdir: writes workdir/figures/fig1b_<member>.png (the paper's Figure
-1b: train, ICL, flip, CIWL and IWL accuracy against sequences seen) and
-workdir/figures/losses_<member>.png, and prints each curve's peak and final
-value. With --compare=EVALUATOR:METRIC, draws that curve of every workdir
+One workdir: writes workdir/figures/curves_<member>.png (the curves its task
+shows, e.g. the classifier's train, ICL, flip, CIWL and IWL accuracy against
+sequences seen) and workdir/figures/losses_<member>.png, and prints each
+curve's peak and final value. With --compare=EVALUATOR:METRIC, draws that curve of every workdir
 (first member, or workdir@member) on one figure.
 """
 import math
@@ -17,6 +17,7 @@ from absl import app
 from absl import flags
 
 from icl_transience import cli
+from icl_transience import config as config_lib
 from icl_transience import metrics_table
 from icl_transience.analysis import figures
 from icl_transience.errors import UserError
@@ -63,9 +64,10 @@ def plot_runs(workdirs, spec: str = "", out: str = "") -> list[str]:
   if len(workdirs) > 1:
     raise UserError("--workdir: several runs need --compare=EVALUATOR:METRIC")
   rows = _rows(workdirs[0])
-  lines = figures.plot_run(rows, os.path.join(workdirs[0], "figures"))
+  curves = config_lib.run_curves(workdirs[0])
+  lines = figures.plot_run(rows, os.path.join(workdirs[0], "figures"), curves)
   for member in dict.fromkeys(r["member"] for r in rows):
-    lines += figures.summary(rows, member)
+    lines += figures.summary(rows, member, curves)
   return lines
 
 

@@ -1,4 +1,5 @@
-"""Run report: the transience detector (transience as in Singh et al. 2023).
+"""Run report: the task's own, or the generic curve report (the transience
+detector: emergence and decay of each curve, as in Singh et al. 2023).
 
   python -m icl_transience.report --workdir=runs/coop [--metric=in_context_acc]
       [--emerge=0.2] [--decay=0.2] [--chance=0.5]
@@ -9,8 +10,9 @@ workdir/figures/transience_<member>.png (the evaluators' accuracy curves with
 their peaks marked, over the training loss).
 
 Transience detector. One curve v is an evaluator's metric against sequences
-seen (default `in_context_acc`; `pure_iwl` uses the full-vocabulary `acc`,
-its in-context accuracy being 0 by construction, as in the figures). With
+seen (default `in_context_acc`, or the metric the task's curves give that
+evaluator, e.g. a full-vocabulary `acc` where the in-context one is 0 by
+construction; tasks.TaskSpec.curves). With
 chance level c (Singh et al. 2025: 0.5 for the in-context metrics of the K = 2
 evaluators, 0 for full-vocabulary ones; --chance overrides it, e.g. for K = 8
 evaluators) and headroom h = 1 - c:
@@ -28,13 +30,11 @@ evaluation noise on 5,000 sequences is ~0.007, far below either.
 Evaluators go to the section of SECTIONS with the longest matching name
 prefix, and each section adds its own list of rows to report.json.
 
-Runs of other tasks get their task's report (tasks.REPORTS): the LDS token
-errors and two-timescale check, plateau lengths and probe curves, and the
-first- vs second-token curves of the dictionary stand-in; each writes
-report.json and its figures into the workdir.
+A task with a report of its own (tasks.TaskSpec.report) gets that instead,
+e.g. token errors and timescale checks, plateau lengths and probe curves;
+each writes report.json and its figures into the workdir.
 """
 import dataclasses
-import importlib
 import json
 import os
 from typing import Callable, NamedTuple
@@ -54,8 +54,6 @@ REPORT_FILENAME = metrics_table.REPORT_FILENAME
 # Chance level of each accuracy-like metric (Singh et al. 2025): a 2-way choice among
 # the context labels, or an argmax over the whole vocabulary.
 CHANCE = {"in_context_acc": 0.5, "in_context_prob": 0.5, "acc": 0.0, "prob": 0.0}
-# Evaluators whose in-context metric is 0 by construction: use the full one.
-FULL_VOCABULARY_ONLY = ("pure_iwl",)
 # Keeps the thresholds inclusive under float rounding (0.6 - 0.5 < 0.1).
 _ROUNDING = 1e-9
 
@@ -76,10 +74,10 @@ class Settings:
       raise UserError(f"--chance must be in [0, 1), got {self.chance}")
 
 
-def metric_for(evaluator: str, metric: str) -> str:
-  if evaluator in FULL_VOCABULARY_ONLY and metric == "in_context_acc":
-    return "acc"
-  return metric
+def metric_for(evaluator: str, metric: str, named: dict) -> str:
+  """The metric read for an evaluator: with the default metric, the one the
+  task's curves name for it (named: {evaluator: metric})."""
+  return named.get(evaluator, metric) if metric == Settings.metric else metric
 
 
 def chance_level(metric: str, settings: Settings) -> float:
@@ -100,9 +98,10 @@ def verdict(peak: float, final: float, chance: float, settings: Settings) -> str
   return "persistent"
 
 
-def transience(rows, member: str, evaluator: str, settings: Settings):
+def transience(rows, member: str, evaluator: str, settings: Settings,
+               named: dict):
   """Peak, final, decay and verdict of one curve; None if it is not logged."""
-  metric = metric_for(evaluator, settings.metric)
+  metric = metric_for(evaluator, settings.metric, named)
   points = sorted((r["sequences"], r["step"], r["value"]) for r in rows
                   if r["member"] == member and r["evaluator"] == evaluator
                   and r["metric"] == metric)
@@ -120,7 +119,7 @@ def transience(rows, member: str, evaluator: str, settings: Settings):
 
 class Section(NamedTuple):
   name: str                       # its key in report.json
-  analyse: Callable               # (rows, member, evaluator, settings) -> dict | None
+  analyse: Callable               # (rows, member, evaluator, settings, named) -> dict | None
   columns: tuple[str, ...]        # the printed columns
 
 
@@ -136,15 +135,17 @@ def section_for(evaluator: str) -> Section:
   return SECTIONS[prefix]
 
 
-def build_report(rows, settings: Settings) -> dict:
-  """{"settings": ..., section name: [row per (member, evaluator)]}."""
+def build_report(rows, settings: Settings, curves=()) -> dict:
+  """{"settings": ..., section name: [row per (member, evaluator)]};
+  curves: the task's (tasks.Curve), which name each evaluator's metric."""
+  named = {curve.evaluator: curve.metric for curve in curves}
   report = {"settings": dataclasses.asdict(settings)}
   evaluators = dict.fromkeys(r["evaluator"] for r in rows
                              if r["evaluator"] != metrics_table.DIVERGED)
   for member in dict.fromkeys(r["member"] for r in rows):
     for evaluator in evaluators:
       section = section_for(evaluator)
-      row = section.analyse(rows, member, evaluator, settings)
+      row = section.analyse(rows, member, evaluator, settings, named)
       if row is not None:
         report.setdefault(section.name, []).append(row)
   if len(report) == 1:
@@ -163,27 +164,34 @@ def format_table(section_rows: list[dict], columns: tuple[str, ...]) -> str:
                    for row in cells)
 
 
-def transience_figures(rows, transience_rows: list[dict], out_dir: str) -> list[str]:
-  """One figure per member: its curves, peaks marked, over the train loss."""
+def transience_figures(rows, transience_rows: list[dict], out_dir: str,
+                       curves=()) -> list[str]:
+  """One figure per member: its curves, peaks marked, over the train loss
+  (in the colours of the task's curves)."""
+  colours = {curve.evaluator: curve.colour for curve in curves}
   paths = []
   for member in dict.fromkeys(r["member"] for r in transience_rows):
     curves = [(t["evaluator"], t["metric"], f"{t['evaluator']}: {t['verdict']}",
                (t["peak_sequences"], t["peak"]))
               for t in transience_rows if t["member"] == member]
     paths.append(os.path.join(out_dir, f"transience_{member}.png"))
-    figures.transience_figure(rows, member, curves, paths[-1])
+    figures.transience_figure(rows, member, curves, paths[-1], colours)
   return paths
 
 
-def write_report(workdir: str, settings: Settings) -> dict:
-  """Builds, prints and saves the report and its figures; returns it."""
+def write_report(workdir: str, settings: Settings, curves=None) -> dict:
+  """Builds, prints and saves the report and its figures; returns it.
+  curves: the task's (default: those of the run's task, if it has a
+  config.json)."""
   settings.validate()
+  if curves is None:
+    curves = config_lib.run_curves(workdir)
   try:
     rows = metrics_table.read(workdir)
     if not rows:
       raise UserError(f"--workdir: no metrics in {workdir} "
                       f"({metrics_table.FILENAME} missing or empty)")
-    report = build_report(rows, settings)
+    report = build_report(rows, settings, curves)
   except (ValueError, KeyError) as e:
     raise UserError(f"{metrics_table.path(workdir)}: not a metrics table "
                     f"({type(e).__name__}: {e})") from e
@@ -195,7 +203,7 @@ def write_report(workdir: str, settings: Settings) -> dict:
   metrics_table.atomic_write_text(os.path.join(workdir, REPORT_FILENAME),
                                   json.dumps(report, indent=2) + "\n")
   for path in transience_figures(rows, report.get(TRANSIENCE.name, []),
-                                 os.path.join(workdir, "figures")):
+                                 os.path.join(workdir, "figures"), curves):
     print(path)
   return report
 
@@ -212,27 +220,23 @@ def define_flags():
                      "Transient: peak - final >= decay * (1 - chance).")
 
 
-def task_of(workdir: str) -> str:
-  """The run's task ('classify' when the run has no config.json)."""
-  if not (epath.Path(workdir) / "config.json").exists():
-    return "classify"
-  return tasks.task_name(config_lib.load_run_config(workdir))
-
-
 @cli.exit_on_user_error
 def main(argv):
   del argv
   f = flags.FLAGS
-  task = task_of(f.workdir)
-  if task in tasks.REPORTS:
+  has_config = (epath.Path(f.workdir) / "config.json").exists()
+  c = config_lib.load_run_config(f.workdir) if has_config else None
+  own = c is not None and tasks.spec(c).report
+  if own:
     for name in ("metric", "chance", "emerge", "decay"):  # the detector's flags
       if f[name].present:
-        raise UserError(f"--{name}: applies to the classifier's transience "
-                        f"report, not to this {task} run")
-    importlib.import_module(tasks.REPORTS[task]).report(f.workdir, f.workdir)
+        raise UserError(f"--{name}: applies to the curve report, not to the "
+                        f"{tasks.task_name(c)} task's own report")
+    own(f.workdir, f.workdir)
     return
   write_report(f.workdir, Settings(metric=f.metric, chance=f.chance,
-                                   emerge=f.emerge, decay=f.decay))
+                                   emerge=f.emerge, decay=f.decay),
+               tasks.curves(c) if c is not None else ())
 
 
 if __name__ == "__main__":

@@ -35,7 +35,7 @@ from icl_transience.errors import Diverged, UserError
 from icl_transience.train import checkpoints
 from icl_transience.train import loop
 
-ALIASES = {"seed": "init_seed", "lr": "optim.lr", "l2": "optim.l2"}
+ALIASES = {**config_lib.MEMBER_ALIASES, "lr": "optim.lr", "l2": "optim.l2"}
 # config field -> member field
 MEMBER_FIELDS = {"init_seed": "init_seed", "data_seed": "data_seed",
                  "optim.lr": "lr", "optim.l2": "l2",
@@ -117,16 +117,20 @@ def finished(c, workdir: str) -> bool:
 
 
 def summary(root: str, all_groups: list[Group]) -> list[dict]:
-  """Every member's final value of each strategy curve."""
+  """Every member's final value of each curve its task shows."""
   out = []
   for group in all_groups:
-    rows = metrics_table.read(os.path.join(root, group.name))
+    workdir = os.path.join(root, group.name)
+    rows = metrics_table.read(workdir)
+    curves = config_lib.run_curves(workdir)
     for member in dict.fromkeys(r["member"] for r in rows):
       entry = {"group": group.name, "member": member}
-      for evaluator, metric, _, _ in figures.STRATEGY_CURVES:
+      for evaluator, metric, _, _ in curves:
         x, y = figures.series(rows, member, evaluator, metric)
-        if x:
-          entry.update(sequences=x[-1], **{evaluator: y[-1]})
+        if x:  # evaluator, or evaluator:metric where it shows several
+          shared = sum(curve.evaluator == evaluator for curve in curves) > 1
+          entry.update(sequences=x[-1], **{
+              f"{evaluator}:{metric}" if shared else evaluator: y[-1]})
       out.append(entry)
   return out
 

@@ -2,84 +2,126 @@
 
 The trainer (train/step.py) owns everything generic: the population of
 members, the optimizer, L2 penalties, fusing steps with lax.scan, device
-layouts, checkpoints, resume and the checkpoint-sweep job. A task supplies the
-model, the data and the evaluators, as an object built from the config with:
-
-  validate(n_devices)                  raises UserError naming a bad field
-  init_weights(key) -> {"params": ..., ["model_state": ...]}
-      model_state holds non-trained collections (BatchNorm statistics).
-  constants(sharding) -> pytree | None
-      device-resident data every step reads (a feature table, a trajectory
-      pool, images), placed with `sharding`; passed to sample_batch/evaluate.
-  sample_batch(key, consts, hyper, step) -> pytree
-      one member's batch of c.batch_size items, leading axis = batch (the
-      trainer splits it over devices); hyper = the member's hyperparameters
-      ({lr, l2, and every field of c.hyper}); step = optimizer steps taken.
-  loss(weights, batch, hyper, step) -> (loss, (metrics, model_state))
-      weights = {"params", ["model_state"], ["frozen"]}; metrics a dict of
-      scalars (at least the loss); model_state the updated collections
-      (or None). The trainer adds L2 penalties itself.
-  eval_sets(sharding) -> pytree        fixed evaluation data (eval_seed)
-  evaluate(weights, consts, eval_sets) -> {evaluator: {metric: scalar}}
-      one member; jittable (the trainer maps it over members or checkpoints,
-      eval_members_per_pass of them vmapped at a time).
-  shown: {evaluator: metric}           what the progress bar shows
-
-`build(c)` picks the task from `c.task`; a classifier config whose
-`data.source` is 'omniglot' runs the Chan et al. image task. `REPORTS` names
-each task's `report(workdir, out_dir)` for `python -m icl_transience.report`
-(the classifier tasks' report is the transience detector there).
+layouts, checkpoints, resume and the checkpoint-sweep job. A task is a
+TaskSpec: how to build its run object (a `Task`) and everything else the
+generic tools need to know of it. The registry below maps each task's name
+to its TaskSpec ('module:NAME'), one line each; a config's `task` field
+picks the entry (docs/adding_a_task.md).
 """
+import dataclasses
 import importlib
+from typing import Any, Callable, Mapping, NamedTuple, Protocol
+
+from icl_transience.errors import UserError
 
 TASKS = {
-    "classify": "icl_transience.proj.transience.task:ClassifyTask",
-    "omniglot": "icl_transience.proj.transience.omniglot.task:OmniglotTask",
-    "lds": "icl_transience.proj.lds_recall.task:LDSTask",
-    "plateau": "icl_transience.proj.plateaus.task:PlateauTask",
-    "plateau_authors": "icl_transience.proj.plateaus.authors_task:AuthorsPlateauTask",
-    "dictionary": "icl_transience.proj.lds_recall.dictionary.task:DictionaryTask",
+    "classify": "icl_transience.proj.transience.spec:CLASSIFY",
+    "omniglot": "icl_transience.proj.transience.spec:OMNIGLOT",
+    "induction_heads": "icl_transience.proj.transience.spec:INDUCTION_HEADS",
+    "lds": "icl_transience.proj.lds_recall.spec:LDS",
+    "dictionary": "icl_transience.proj.lds_recall.spec:DICTIONARY",
+    "plateau": "icl_transience.proj.plateaus.spec:PLATEAU",
+    "plateau_authors": "icl_transience.proj.plateaus.spec:AUTHORS",
+    "hidden_direction": "examples.hidden_direction:SPEC",
 }
-# Each task's config blocks with their defaults: blocks(c) -> {name: ConfigDict}.
-BLOCKS = {
-    "classify": "icl_transience.proj.transience.classifier_config:blocks",
-    "omniglot": "icl_transience.proj.transience.omniglot.task:blocks",
-    "lds": "icl_transience.proj.lds_recall.task:blocks",
-    "plateau": "icl_transience.proj.plateaus.config_blocks:blocks",
-    "plateau_authors": "icl_transience.proj.plateaus.config_blocks:authors_blocks",
-    "dictionary": "icl_transience.proj.lds_recall.dictionary.task:blocks",
-}
-REPORTS = {
-    "lds": "icl_transience.proj.lds_recall.report",
-    "plateau": "icl_transience.proj.plateaus.report",
-    "plateau_authors": "icl_transience.proj.plateaus.report",
-    "dictionary": "icl_transience.proj.lds_recall.dictionary.report",
-}
+
+
+class Task(Protocol):
+  """A run's task object, built from its config by TaskSpec.build."""
+
+  shown: Mapping[str, str]  # {evaluator: metric} the progress bar shows
+
+  def validate(self, n_devices: int) -> None:
+    """Raises UserError naming a bad field."""
+
+  def init_weights(self, key) -> dict:
+    """{"params": ..., ["model_state": ...]}; model_state holds non-trained
+    collections (BatchNorm statistics)."""
+
+  def constants(self, sharding) -> Any:
+    """Device-resident data every step reads (a feature table, a trajectory
+    pool, images), placed with `sharding`, or None."""
+
+  def sample_batch(self, key, consts, hyper, step) -> Any:
+    """One member's batch of c.batch_size items, leading axis = batch;
+    hyper = the member's numbers ({lr, l2, ..., the fields of c.hyper});
+    step = optimizer steps taken."""
+
+  def loss(self, weights, batch, hyper, step) -> tuple:
+    """(loss, (metrics, model_state)); weights = {"params", ["model_state"],
+    ["frozen"]}; metrics a dict of scalars (at least the loss); the trainer
+    adds L2 penalties itself."""
+
+  def eval_sets(self, sharding) -> Any:
+    """Fixed evaluation data (from the eval seed)."""
+
+  def evaluate(self, weights, consts, eval_sets) -> dict:
+    """{evaluator: {metric: scalar}} of one member; jittable (the trainer
+    maps it over members or checkpoints)."""
+
+
+class Curve(NamedTuple):
+  """A curve the generic figures, the sweep summary and the curve report
+  show: an evaluator's metric, its legend label and colour."""
+  evaluator: str
+  metric: str
+  label: str
+  colour: str | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class TaskSpec:
+  """Everything the core knows of a task."""
+  build: Callable[..., Task]          # build(c) -> the run's Task
+  blocks: Callable[..., dict]         # blocks(c) -> {name: ConfigDict}, with defaults
+  # fields (dotted, or a block's name) a resumed run may change, beside the
+  # generic ones (horizons, checkpoints, layouts, views)
+  resumable: tuple[str, ...] = ()
+  # selective L2: group -> names of the modules whose parameters it holds
+  l2_groups: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+  # curves(c) -> the curves figures, the curve report and the sweep summary
+  # show (tasks.Curve), in drawing order
+  curves: Callable[..., tuple[Curve, ...]] = lambda c: ()
+  # report(workdir, out_dir) for `python -m icl_transience.report`; None:
+  # the generic curve report (peak, final, emerged / transient / persistent)
+  report: Callable[[str, str], Any] | None = None
+  grafts: bool = False                # whether the task reads a frozen model
+  # For configs written before a task of its own split off from this one:
+  # successor(c) -> the name of the task that runs c now, or None.
+  successor: Callable[..., str | None] | None = None
 
 
 def task_name(c) -> str:
-  name = c.get("task", "classify")
-  if name == "classify" and c.get("data", {}).get("source") == "omniglot":
-    return "omniglot"
-  return name
+  return c.get("task", "classify")
 
 
-def build(c):
-  """The task object for config c."""
-  from icl_transience.errors import UserError  # pylint: disable=g-import-not-at-top
+def spec(c) -> TaskSpec:
+  """The TaskSpec of config c's task (a one-line error for an unknown name)."""
   name = task_name(c)
   if name not in TASKS:
-    raise UserError(f"task: unknown '{name}' (choose from "
-                    f"{', '.join(t for t in TASKS if t != 'omniglot')})")
-  return _load(TASKS[name])(c)
-
-
-def _load(path: str):
-  module, attr = path.split(":")
+    raise UserError(f"task: unknown '{name}' (choose from {', '.join(TASKS)})")
+  module, attr = TASKS[name].split(":")
   return getattr(importlib.import_module(module), attr)
+
+
+def upgrade(c):
+  """Sets (in place) the task of a config written before its task split off
+  from the one it names (TaskSpec.successor); returns c."""
+  if task_name(c) in TASKS and spec(c).successor:
+    c.task = spec(c).successor(c) or task_name(c)
+  return c
+
+
+def build(c) -> Task:
+  """The task object for config c."""
+  return spec(c).build(c)
+
+
+def curves(c) -> tuple[Curve, ...]:
+  """The curves config c's task shows."""
+  return spec(c).curves(c)
 
 
 def blocks(c) -> dict:
   """The config blocks (with defaults) of config c's task; {} if unknown."""
-  name = task_name(c)
-  return _load(BLOCKS[name])(c) if name in BLOCKS else {}
+  return spec(c).blocks(c) if task_name(c) in TASKS else {}

@@ -38,9 +38,9 @@ MUTATIONS = {
         "    return sum(0.5 * jnp.sum(w * w) for w in leaves)",
         ["tests/test_optimizer.py"]),
     "L2 MLP group (LayerNorm dropped)": (
-        "icl_transience/train/step.py",
-        'L2_GROUPS = {"all": None, "mlp": ("mlp_in", "mlp_out", "ln_mlp"),',
-        'L2_GROUPS = {"all": None, "mlp": ("mlp_in", "mlp_out"),',
+        "icl_transience/nn/transformer.py",
+        'L2_GROUPS = {"mlp": ("mlp_in", "mlp_out", "ln_mlp"), "attention": ("attn", "ln_attn")}',
+        'L2_GROUPS = {"mlp": ("mlp_in", "mlp_out"), "attention": ("attn", "ln_attn")}',
         ["tests/test_optimizer.py", "tests/test_train.py::"
          "test_an_l2_mlp_member_gets_exactly_the_mlp_group_penalty_gradient"]),
     "per-member L2 groups ignored": (

@@ -229,3 +229,53 @@ def test_an_old_lds_run_with_the_classifier_blocks_resumes(tmp_path):
   loaded = config_lib.load_run_config(str(tmp_path))
   assert not {"data", "train", "evals"} & set(loaded)
   loop.save_config(c, str(tmp_path))  # the resume check: no field differs
+
+
+def test_an_old_omniglot_run_resumes_as_the_omniglot_task(tmp_path):
+  """Omniglot runs were written as task 'classify' with data.source
+  'omniglot'; they load, and resume, as the omniglot task. A classifier
+  config that asks for the images is told where they went, in one line."""
+  c = transience.get_config("omniglot")
+  assert tasks.task_name(c) == "omniglot"
+  written = json.loads(c.to_json())
+  written["task"] = "classify"
+  (tmp_path / "config.json").write_text(json.dumps(written))
+  loaded = config_lib.load_run_config(str(tmp_path))
+  assert loaded.task == "omniglot" and "omniglot" in loaded
+  loop.save_config(c, str(tmp_path))  # the resume check: no field differs
+  plain = transience.get_config()
+  plain.data.source = "omniglot"
+  with pytest.raises(UserError, match=r"^data.source: the Omniglot images are "
+                     r"the omniglot task: set task=omniglot"):
+    config_lib.validate(plain)
+
+
+def test_a_task_names_its_own_groups_resumable_fields_and_curves():
+  """What the core asks of a task comes from the task's entry: an unknown
+  group or grafting where the task has none is one line."""
+  lds_run = lds_recall.get_config("smoke")
+  spec = tasks.spec(lds_run)
+  assert spec.l2_groups["embedder"] == ("read_in", "positions")
+  assert "lds.eval_batch" in spec.resumable and not spec.grafts
+  needles = [c.evaluator for c in tasks.curves(lds_run)][1:]
+  assert needles and all(n.startswith("needle_h") for n in needles)
+  lds_run.graft.mode = "in"
+  with pytest.raises(UserError, match="^graft.mode: the lds task does not graft$"):
+    config_lib.validate(lds_run)
+  c = smoke.get_config()
+  c.optim.l2_on = "decoder"
+  with pytest.raises(UserError, match="^optim.l2_on: choose all, mlp, attention, embedder$"):
+    config_lib.validate(c)
+  c.task = "nope"
+  with pytest.raises(UserError, match="^task: unknown 'nope' "):
+    config_lib.validate(c)
+
+
+def test_population_takes_the_seed_alias_that_grid_takes():
+  c = smoke.get_config()
+  c.population = "seed=1; init_seed=2, lr=0.1"
+  assert [(m.name, m.init_seed) for m in config_lib.members(c)] == [
+      ("init_seed1", 1), ("init_seed2_lr0.1", 2)]
+  c.population = "seed=1; init_seed=1"
+  with pytest.raises(UserError, match="^population: two members are identical$"):
+    config_lib.members(c)

@@ -13,6 +13,7 @@ from icl_transience import config as config_lib
 from icl_transience import evaluate
 from icl_transience import metrics_table
 from icl_transience import monitoring
+from icl_transience import tasks
 from icl_transience.analysis import figures
 from icl_transience.errors import UserError
 from icl_transience.train import loop
@@ -295,7 +296,7 @@ def test_the_population_figure_draws_every_member_and_their_mean(
     save(fig, path)
   monkeypatch.setattr(figures, "save", capture)
   rows = metrics_table.read(population_run)
-  paths = figures.plot_run(rows, str(tmp_path / "figs"))
+  paths = figures.plot_run(rows, str(tmp_path / "figs"), tasks.curves(smoke_config()))
   assert os.path.basename(paths[0]) == "population.png"
   panels = drawn["population.png"]
   evaluators = sorted({r["evaluator"] for r in rows})

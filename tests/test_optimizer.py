@@ -104,13 +104,14 @@ def test_three_updates_equal_optax(case):
 def test_selective_l2_groups_are_whole_sub_modules():
   """Each group holds every parameter of its sub-modules, LayerNorms
   included (Singh et al. 2023's selective regularisation); the others none."""
-  task = tasks.build(smoke_config(**{"model.mlp_ratio": 2}))
-  params = jax.eval_shape(task.init_weights, jax.random.PRNGKey(0))["params"]
+  c = smoke_config(**{"model.mlp_ratio": 2})
+  spec = tasks.spec(c)
+  params = jax.eval_shape(spec.build(c).init_weights, jax.random.PRNGKey(0))["params"]
   paths = [jax.tree_util.keystr(p) for p, _ in
            jax.tree_util.tree_flatten_with_path(params)[0]]
   group = lambda g: {p for p, (path, _) in zip(
       paths, jax.tree_util.tree_flatten_with_path(params)[0])
-                     if step_lib.in_l2_group(path, g)}
+                     if step_lib.in_l2_group(path, step_lib.group_modules(spec, g))}
   first = "['block_0']"
   assert group("attention") >= {f"{first}['ln_attn']['scale']",
                                 f"{first}['attn']['qkv']['kernel']"}

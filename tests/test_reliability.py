@@ -119,7 +119,7 @@ def test_a_diverging_member_stops_and_the_others_are_unchanged(tmp_path, caplog)
   assert summary["diverged"] == {"init_seed2_lr1e30": at * 8}
   assert "init_seed2_lr1e30" not in {r["member"] for r in summary["transience"]
                                      if r["evaluator"] == "train_batch"}
-  assert any("diverged at" in line for line in figures.summary(rows, "init_seed2_lr1e30"))
+  assert any("diverged at" in line for line in figures.summary(rows, "init_seed2_lr1e30", ()))
   # a resumed run keeps it stopped
   checkpoint = os.path.join(tmp_path, "three", "checkpoints", "00000100")
   os.rename(checkpoint, checkpoint + ".moved")

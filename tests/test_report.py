@@ -10,6 +10,7 @@ from icl_transience import metrics_table
 from icl_transience import report
 from icl_transience.analysis import figures
 from icl_transience.errors import UserError
+from icl_transience.proj.transience import spec as classifier
 
 BATCH = 32
 # In-context ICL accuracy at evaluations 0..6 (every 1 M sequences).
@@ -49,7 +50,8 @@ def test_verdicts_numbers_json_and_figures(tmp_path, capsys, monkeypatch):
         for line in ax.get_lines() if not line.get_label().startswith("_")}
     save(fig, path)
   monkeypatch.setattr(figures, "save", capture)
-  result = report.write_report(str(tmp_path), report.Settings())
+  result = report.write_report(str(tmp_path), report.Settings(),
+                               classifier.CLASSIFIER_CURVES)
   printed = capsys.readouterr().out
   icl = by_member(result["transience"], "icl")
   assert {m: r["verdict"] for m, r in icl.items()} == {
@@ -94,8 +96,10 @@ def test_each_curve_of_a_transience_figure_has_its_own_colour(tmp_path, monkeypa
   monkeypatch.setattr(figures, "save", lambda fig, path: colours.update(
       {line.get_label(): line.get_color() for line in fig.axes[0].get_lines()
        if not line.get_label().startswith("_")}))
+  task_colours = {c.evaluator: c.colour for c in classifier.CLASSIFIER_CURVES}
   figures.transience_figure(rows, "main", [(n, "in_context_acc", n, (0, 0.5))
-                                           for n in names], str(tmp_path / "f.png"))
+                                           for n in names], str(tmp_path / "f.png"),
+                            task_colours)
   assert set(colours) == set(names)
   assert len(set(colours.values())) == len(names)
 
@@ -152,8 +156,8 @@ def test_cli_metric_flag_and_one_line_errors(tmp_path):
                      "--emerge=0.3"], timeout=60)
   assert ignored.returncode == 2
   assert ignored.stderr.strip().splitlines() == [
-      "error: --emerge: applies to the classifier's transience report, not to "
-      "this lds run"]
+      "error: --emerge: applies to the curve report, not to the lds task's "
+      "own report"]
   (tmp_path / "metrics.jsonl").write_text("{not json\n{not json either\n")
   with pytest.raises(UserError, match=r"metrics.jsonl: line 1 is not a metrics row "
                      r"\('\{not json'\); `python -m icl_transience.metrics_table"):

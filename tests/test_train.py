@@ -14,6 +14,7 @@ from icl_transience import config as config_lib
 from icl_transience import evaluate
 from icl_transience import metrics_table
 from icl_transience import plot
+from icl_transience import tasks
 from icl_transience.analysis import figures
 from icl_transience.train import loop
 from icl_transience.train import step as step_lib
@@ -82,14 +83,15 @@ def test_figures_draw_the_metrics_rows(smoke_run, tmp_path, monkeypatch):
     save(fig, path)
   monkeypatch.setattr(figures, "save", capture)
   rows = metrics_table.read(smoke_run)
-  paths = figures.plot_run(rows, str(tmp_path / "figs"))
-  assert sorted(os.path.basename(p) for p in paths) == ["fig1b_main.png",
+  curves = tasks.curves(smoke_config())
+  paths = figures.plot_run(rows, str(tmp_path / "figs"), curves)
+  assert sorted(os.path.basename(p) for p in paths) == ["curves_main.png",
                                                         "losses_main.png"]
   assert all(os.path.getsize(p) > 10_000 for p in paths)
   series = lambda evaluator, metric: table_curve(rows, "main", evaluator, metric)
-  for evaluator, metric, label, _ in figures.STRATEGY_CURVES:  # drawn when run
+  for evaluator, metric, label, _ in curves:  # drawn when run
     x, y = series(evaluator, metric)
-    assert dict(drawn["fig1b_main.png"]).get(label) == ([x, y] if x else None)
+    assert dict(drawn["curves_main.png"]).get(label) == ([x, y] if x else None)
   losses = dict(drawn["losses_main.png"])
   assert losses["train (batch)"] == list(series("train_batch", "loss"))
   assert losses["icl"] == list(series("icl", "loss"))
@@ -147,7 +149,9 @@ def test_l2_penalty_forms_and_groups():
   params = {"input_proj": {"kernel": one(4)}, "label_embed": {"embedding": one(9)},
             "block_0": {"attn": {"qkv": {"kernel": one(16)}},
                         "mlp_in": {"kernel": one(25)}, "mlp_out": {"kernel": one(36)}}}
-  norm = lambda group: float(step_lib.l2_penalty(params, "norm", group))
+  spec = tasks.spec(smoke_config())
+  norm = lambda group: float(step_lib.l2_penalty(
+      params, "norm", step_lib.group_modules(spec, group)))
   assert norm("embedder") == 2.0 + 3.0 and norm("attention") == 4.0  # + label table
   assert norm("mlp") == 11.0 and norm("all") == 2 + 3 + 4 + 5 + 6
 

@@ -129,7 +129,8 @@ MATRIX = {
         "torn": (RECOVERED,) * 3, "garbage": (REFUSED,) * 3, "shape": (REFUSED,) * 3,
         "folder": (REFUSED,) * 3},
     "config.json": {"missing": (RECOVERED, REFUSED, RECOVERED),
-                    **{k: (REFUSED, REFUSED, RECOVERED) for k in KINDS[1:]}},
+                    # the report reads the run's task (its curves) there
+                    **{k: (REFUSED, REFUSED, REFUSED) for k in KINDS[1:]}},
     "tensorboard/written.json": ALL_RECOVERED,
     ".trainer.lock": dict(ALL_RECOVERED, folder=(REFUSED, RECOVERED, RECOVERED)),
     CHECKPOINT_META: ALL_RECOVERED,      # quarantined on resume, skipped by the sweep
@@ -214,7 +215,7 @@ def test_plot_and_ablate_on_damaged_files_recover_or_say_one_line(smoke_run, tmp
 def test_a_folder_where_a_figure_goes_is_one_line(smoke_run, tmp_path):
   from icl_transience import plot  # pylint: disable=g-import-not-at-top
   workdir = copy_run(smoke_run, tmp_path / "run")
-  figure = os.path.join(workdir, "figures", "fig1b_main.png")
+  figure = os.path.join(workdir, "figures", "curves_main.png")
   os.makedirs(os.path.join(figure, "x"))
   with pytest.raises(UserError, match=(
       rf"^{figure}: cannot write the figure \(.*\); move what is there or "
@@ -238,4 +239,4 @@ def test_an_unreadable_config_or_table_is_one_line(smoke_run, tmp_path, monkeypa
     config_lib.load_run_config(workdir)
   with pytest.raises(UserError, match=r"metrics.jsonl: cannot read the metrics table "
                      r"\(\[Errno 13\] Permission denied"):
-    report.write_report(workdir, report.Settings())
+    report.write_report(workdir, report.Settings(), curves=())

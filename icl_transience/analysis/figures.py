@@ -11,18 +11,6 @@ from icl_transience.errors import UserError
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top,wrong-import-position
 
-# The paper's Figure 1b (and our pairs eval, drawn when a run has it):
-# (evaluator, metric, legend, colour).
-STRATEGY_CURVES = (
-    ("train_eval", "in_context_acc", "Train", "black"),
-    ("icl", "in_context_acc", "ICL eval", "tab:blue"),
-    ("flip_icl", "in_context_acc", "Flip eval", "tab:purple"),
-    ("pairs_icl", "in_context_acc", "Pairs eval (trained labels)", "tab:green"),
-    ("iwl_copy_avail", "in_context_acc", "CIWL eval", "tab:orange"),
-    ("pure_iwl", "acc", "IWL eval* (full-vocabulary acc)", "tab:red"),
-)
-
-
 def series(rows, member: str, evaluator: str, metric: str):
   """(sequences, values) sorted by sequences."""
   points = sorted((r["sequences"], r["value"]) for r in rows
@@ -52,18 +40,27 @@ def save(fig, path: str, dpi: int = 120):
     plt.close(fig)
 
 
-def strategy_figure(rows, member: str, path: str):
-  """Train / ICL / flip / CIWL / IWL accuracy against sequences seen."""
+def curves_figure(rows, member: str, curves, path: str):
+  """The task's curves (tasks.Curve: evaluator, metric, label, colour)
+  against sequences seen: on [0, 1] when they are all accuracies or
+  probabilities, else on a log axis when every value is positive (losses,
+  errors)."""
   fig, ax = plt.subplots(figsize=(7, 4))
-  for evaluator, metric, label, colour in STRATEGY_CURVES:
+  drawn, values = [], []
+  for evaluator, metric, label, colour in curves:
     x, y = series(rows, member, evaluator, metric)
     if x:
       ax.plot(x, y, label=label, color=colour, lw=1.5)
-  ax.axhline(0.5, color="grey", lw=0.5, ls=":")
+      drawn.append(metric)
+      values += y
+  if drawn and all("acc" in m or "prob" in m for m in drawn):
+    ax.set_ylim(-0.02, 1.02)
+  elif values and min(values) > 0:
+    ax.set_yscale("log")
   mark_divergence(ax, rows, member)
-  ax.set(xlabel="sequences seen", ylabel="accuracy (in-context unless noted)",
-         ylim=(-0.02, 1.02), title=f"Strategy evaluators: {member}")
-  ax.legend(fontsize=8, loc="center right")
+  ax.set(xlabel="sequences seen", ylabel=", ".join(dict.fromkeys(drawn)),
+         title=f"Evaluator curves: {member}")
+  ax.legend(fontsize=8, loc="best")
   ax.grid(alpha=0.3)
   save(fig, path)
 
@@ -85,11 +82,11 @@ def loss_figure(rows, member: str, path: str):
   save(fig, path)
 
 
-def summary(rows, member: str) -> list[str]:
-  """One line per strategy curve: peak (and where) and final value."""
+def summary(rows, member: str, curves) -> list[str]:
+  """One line per curve of the task: peak (and where) and final value."""
   seen = metrics_table.diverged(rows).get(member)
   lines = [] if seen is None else [f"{member:>12s} diverged at {seen / 1e6:.2f}M"]
-  for evaluator, metric, label, _ in STRATEGY_CURVES:
+  for evaluator, metric, label, _ in curves:
     x, y = series(rows, member, evaluator, metric)
     if x:
       peak = max(range(len(y)), key=y.__getitem__)
@@ -98,13 +95,14 @@ def summary(rows, member: str) -> list[str]:
   return lines
 
 
-# The metric a population panel draws for an evaluator that STRATEGY_CURVES
-# does not name: the first of these it has (else its first metric by name).
+# The metric a population panel draws for an evaluator that the task's curves
+# do not name: the first of these it has (else its first metric by name).
 PANEL_METRICS = ("in_context_acc", "acc", "mse", "loss")
+LOG_METRICS = ("loss", "mse")
 
 
-def panel_metric(rows, evaluator: str) -> str:
-  named = {e: m for e, m, _, _ in STRATEGY_CURVES}
+def panel_metric(rows, evaluator: str, curves=()) -> str:
+  named = {e: m for e, m, _, _ in curves}
   have = sorted({r["metric"] for r in rows if r["evaluator"] == evaluator})
   if named.get(evaluator) in have:
     return named[evaluator]
@@ -126,7 +124,7 @@ def population_curves(rows, members, evaluator: str, metric: str):
   return curves, x, mean, std
 
 
-def population_figure(rows, path: str):
+def population_figure(rows, path: str, task_curves=()):
   """One panel per evaluator: every member's curve, their mean and a band
   of one standard deviation around it."""
   members = list(dict.fromkeys(r["member"] for r in rows
@@ -137,12 +135,12 @@ def population_figure(rows, path: str):
   fig, axes = plt.subplots(n_rows, cols, figsize=(4.2 * cols, 3.2 * n_rows),
                            squeeze=False)
   for ax, evaluator in zip(axes.flat, evaluators):
-    metric = panel_metric(rows, evaluator)
+    metric = panel_metric(rows, evaluator, task_curves)
     curves, x, mean, std = population_curves(rows, members, evaluator, metric)
     for member, (mx, my) in curves.items():
       ax.plot(mx, my, lw=0.8, alpha=0.45, label=member)
     ax.plot(x, mean, color="black", lw=2, label="mean")
-    log = metric in ("loss", "mse")
+    log = metric in LOG_METRICS
     lower = np.subtract(mean, std)
     if log:  # a band reaching 0 or below cannot be drawn on a log axis
       lower = np.where(lower > 0, lower, np.multiply(mean, 0.5))
@@ -162,19 +160,21 @@ def population_figure(rows, path: str):
   save(fig, path)
 
 
-def plot_run(rows, out_dir: str) -> list[str]:
-  """Both figures for every member, and the population overview for more
-  than one member; returns the written paths."""
+def plot_run(rows, out_dir: str, curves=()) -> list[str]:
+  """For every member its curves (the task's tasks.Curve list; none: no
+  such figure) and its losses, and the population overview for more than
+  one member; returns the written paths."""
   by_member = collections.OrderedDict((r["member"], None) for r in rows)
   paths = []
   if len(by_member) > 1:
     paths.append(os.path.join(out_dir, "population.png"))
-    population_figure(rows, paths[-1])
+    population_figure(rows, paths[-1], curves)
   for member in by_member:
-    for kind, draw in (("fig1b", strategy_figure), ("losses", loss_figure)):
-      path = os.path.join(out_dir, f"{kind}_{member}.png")
-      draw(rows, member, path)
-      paths.append(path)
+    if curves:
+      paths.append(os.path.join(out_dir, f"curves_{member}.png"))
+      curves_figure(rows, member, curves, paths[-1])
+    paths.append(os.path.join(out_dir, f"losses_{member}.png"))
+    loss_figure(rows, member, paths[-1])
   return paths
 
 
@@ -195,12 +195,13 @@ def toy_figure(history, stop: int, seed: int, path: str):
   save(fig, path)
 
 
-def transience_figure(rows, member: str, curves, path: str):
+def transience_figure(rows, member: str, curves, path: str, colours=None):
   """Accuracy curves with their peaks marked, over the training loss.
 
-  curves: (evaluator, metric, label, (peak_sequences, peak_value)) per curve.
+  curves: (evaluator, metric, label, (peak_sequences, peak_value)) per curve;
+  colours: {evaluator: colour} (the task's; others get spare colours).
   """
-  colours = {evaluator: colour for evaluator, _, _, colour in STRATEGY_CURVES}
+  colours = dict(colours or {})
   spare = iter(c for c in ("tab:green", "tab:brown", "tab:pink", "tab:olive",
                            "tab:cyan", "tab:gray") if c not in colours.values())
   colours.update({evaluator: next(spare, None) for evaluator, *_ in curves

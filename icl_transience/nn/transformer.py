@@ -14,7 +14,16 @@ import flax.struct
 import numpy as np
 
 POSITIONS = ("learned", "sinusoidal", "rope")
+# Selective L2 (Singh et al. 2023) on a model built of these blocks: each group
+# is every parameter of the modules named, LayerNorms included; a task adds
+# the group of its embedding modules (tasks.TaskSpec.l2_groups).
+L2_GROUPS = {"mlp": ("mlp_in", "mlp_out", "ln_mlp"), "attention": ("attn", "ln_attn")}
 lecun_normal = nn.initializers.lecun_normal()  # truncated normal, var 1/fan_in
+
+
+def l2_groups(*embedder: str) -> dict:
+  """The blocks' selective-L2 groups and `embedder`, the embedding modules."""
+  return dict(L2_GROUPS, embedder=tuple(embedder))
 
 
 def label_init(key, shape, dtype=jnp.float32):
@@ -62,25 +71,32 @@ class Patch:
   clean pass, used instead of the recomputed ones; no_attend (n_heads, T, T),
   True where a head may not attend (its score set to -1e9 before the
   softmax); query_pattern (B, T) replaces the query row of the pattern of
-  the heads where query_heads (n_heads,) is True (an attention clamp).
+  the heads where query_heads (n_heads,) is True (an attention clamp);
+  pattern (T, T) replaces every row of the pattern of the heads where
+  pattern_heads (n_heads,) is True (a whole-pattern clamp, e.g. previous
+  token).
   """
   head_mask: jax.Array | None = None
   clean: dict = flax.struct.field(default_factory=dict)
   no_attend: jax.Array | None = None
   query_pattern: jax.Array | None = None
   query_heads: jax.Array | None = None
+  pattern: jax.Array | None = None
+  pattern_heads: jax.Array | None = None
 
 
 class Attention(nn.Module):
   n_heads: int
   rope_timescale: float | None = None
+  bias: bool = False  # biases on the qkv and output projections
 
   @nn.compact
   def __call__(self, x, patch: Patch | None = None):
     patch = patch or Patch()
     b, t, d = x.shape
     head_dim = d // self.n_heads
-    qkv = nn.Dense(3 * d, use_bias=False, kernel_init=lecun_normal, name="qkv")(x)
+    qkv = nn.Dense(3 * d, use_bias=self.bias, kernel_init=lecun_normal,
+                   name="qkv")(x)
     q, k, v = jnp.split(qkv.reshape(b, t, 3, self.n_heads, head_dim), 3, axis=2)
     q, k, v = q[:, :, 0], k[:, :, 0], v[:, :, 0]
     if self.rope_timescale is not None:
@@ -92,6 +108,9 @@ class Attention(nn.Module):
     if patch.no_attend is not None:
       scores = jnp.where(patch.no_attend[None], -1e9, scores)
     pattern = patch.clean.get("pattern", jax.nn.softmax(scores, axis=-1))
+    if patch.pattern is not None:
+      pattern = jnp.where(patch.pattern_heads[None, :, None, None],
+                          patch.pattern[None, None], pattern)
     if patch.query_pattern is not None:
       clamped = jnp.where(patch.query_heads[None, :, None],
                           patch.query_pattern[:, None, :], pattern[:, :, -1])
@@ -101,20 +120,23 @@ class Attention(nn.Module):
     if patch.head_mask is not None:
       v = v * patch.head_mask[:, None]
     out = jnp.einsum("bhqk,bkhd->bqhd", pattern, v).reshape(b, t, d)
-    return nn.Dense(d, use_bias=False, kernel_init=lecun_normal, name="out")(out)
+    return nn.Dense(d, use_bias=self.bias, kernel_init=lecun_normal,
+                    name="out")(out)
 
 
 class Block(nn.Module):
   n_heads: int
   mlp_ratio: int
   rope_timescale: float | None = None
+  attention_bias: bool = False
 
   @nn.compact
   def __call__(self, x, patch: Patch | None = None, passthrough: bool = False):
     """passthrough: the attention sub-layer returns its LayerNorm'd input
     instead of attending (the weights probe of Fu et al.'s code)."""
     h = nn.LayerNorm(epsilon=1e-5, name="ln_attn")(x)
-    attention = Attention(self.n_heads, self.rope_timescale, name="attn")
+    attention = Attention(self.n_heads, self.rope_timescale,
+                          self.attention_bias, name="attn")
     x = x + (h if passthrough else attention(h, patch))
     if self.mlp_ratio:
       h = nn.LayerNorm(epsilon=1e-5, name="ln_mlp")(x)

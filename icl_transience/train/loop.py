@@ -21,6 +21,7 @@ from etils import epath
 from icl_transience import config as config_lib
 from icl_transience import metrics_table
 from icl_transience import monitoring
+from icl_transience import tasks
 from icl_transience.errors import Diverged, UserError
 from icl_transience.train import checkpoints
 from icl_transience.train import pretrained
@@ -29,11 +30,11 @@ from icl_transience.train import step as step_lib
 from icl_transience.train import workdir_lock
 
 PROFILED_CALLS = 3  # fused calls traced by --profile
-# Fields a resumed run may change: horizons, schedules, eval batching.
+# Fields a resumed run may change: horizons, schedules, layouts, views; a task
+# adds its own (tasks.TaskSpec.resumable, e.g. its evaluation batch size).
 RESUMABLE_CHANGES = ("total_sequences", "eval_every", "ckpt", "steps_per_call",
-                     "evals.batch_size", "num_devices", "population_sharding",
-                     "eval_members_per_pass", "population_map", "lds.eval_batch",
-                     "omniglot.eval_batch_size", "log")
+                     "num_devices", "population_sharding",
+                     "eval_members_per_pass", "population_map", "log")
 
 
 def profile_dir(workdir: str) -> str:
@@ -85,8 +86,9 @@ def save_config(c, workdir: str):
     ours = ml_collections.ConfigDict(new)
     config_lib.drop_foreign_blocks(ours)
     flat_old, flat_new = _flatten(old), _flatten(json.loads(ours.to_json()))
+    resumable = RESUMABLE_CHANGES + tasks.spec(c).resumable
     for field in sorted(set(flat_old) | set(flat_new)):  # every process checks
-      if any(field == r or field.startswith(r + ".") for r in RESUMABLE_CHANGES):
+      if any(field == r or field.startswith(r + ".") for r in resumable):
         continue
       if flat_old.get(field) != flat_new.get(field):
         raise UserError(

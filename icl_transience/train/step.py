@@ -41,28 +41,26 @@ from jax.sharding import NamedSharding, PartitionSpec as P
 from icl_transience import config as config_lib
 from icl_transience import tasks
 
-# Parameter groups for selective weight decay (Singh et al. 2023): name fragments.
-# Selective L2 (Singh et al. 2023): each group is every parameter of its
-# sub-modules, LayerNorms included: a leaf belongs to a group when a module
-# on its path has one of these names (None = every leaf).
-L2_GROUPS = {"all": None, "mlp": ("mlp_in", "mlp_out", "ln_mlp"),
-             "attention": ("attn", "ln_attn"),
-             "embedder": ("input_proj", "embedder", "label_embed", "positions")}
+def in_l2_group(path, modules) -> bool:
+  """Whether a parameter leaf belongs to a selective-L2 group (Singh et al.
+  2023): a module on its path is one of `modules` (None = every leaf). A
+  task names its groups' modules (TaskSpec.l2_groups)."""
+  return modules is None or any(getattr(k, "key", None) in modules for k in path)
 
 
-def in_l2_group(path, group: str) -> bool:
-  names = L2_GROUPS[group]
-  return names is None or any(getattr(k, "key", None) in names for k in path)
-
-
-def l2_penalty(params, form: str, group: str = "all"):
+def l2_penalty(params, form: str, modules=None):
   """sum ||w|| (icl-dynamics, unsquared) or sum ||w||^2 / 2 over the leaves
-  of one parameter group."""
+  of one parameter group (the modules named; None = all)."""
   leaves = [w for path, w in jax.tree_util.tree_flatten_with_path(params)[0]
-            if in_l2_group(path, group)]
+            if in_l2_group(path, modules)]
   if form == "norm":  # safe_norm: a zero leaf (e.g. a bias) gets gradient 0
     return sum(optax.safe_norm(w, 0.0) for w in leaves)
   return sum(0.5 * jnp.sum(w * w) for w in leaves)
+
+
+def group_modules(spec, group: str):
+  """The modules of a selective-L2 group of a task ('all': None)."""
+  return None if group == "all" else spec.l2_groups[group]
 
 
 def lr_factor(optim, step):
@@ -83,7 +81,8 @@ class Trainer:
   def __init__(self, c, mesh):
     self.c = c
     self.mesh = mesh
-    self.task = tasks.build(c)
+    self.spec = tasks.spec(c)
+    self.task = self.spec.build(c)
     clip = ([optax.clip_by_global_norm(c.optim.clip_norm)]
             if c.optim.clip_norm > 0 else [])
     adam = optax.scale_by_adam(c.optim.b1, c.optim.b2, c.optim.eps)
@@ -92,7 +91,7 @@ class Trainer:
     self.use_l2 = any(m.l2 > 0 for m in members)
     # per-member group coefficients (config l2_<group>), when a member sets one
     self.l2_groups = [f.removeprefix("l2_") for f, _ in members[0].l2_groups]
-    self.grafting = c.graft.mode != "none"
+    self.grafting = c.graft.mode != "none"  # the task reads weights["frozen"]
     self.replicated = NamedSharding(mesh, P())
     n_devices = mesh.devices.size
     self.members_sharded = config_lib.population_layout(c, n_devices) == "members"
@@ -122,10 +121,6 @@ class Trainer:
   def weights(state):
     """What the forward pass reads: params, model state, frozen graft model."""
     return {k: state[k] for k in ("params", "model_state", "frozen") if k in state}
-
-  def apply(self, weights, features, labels):
-    """The classifier's forward pass (interventions and ablations use it)."""
-    return self.task.apply(weights, features, labels)
 
   # --- initialisation -------------------------------------------------------
   def _init_member(self, init_seed, data_seed, hyper):
@@ -196,10 +191,10 @@ class Trainer:
     loss, aux = self.task.loss(weights, batch, state["hyper"], state["step"])
     if self.use_l2:
       loss = loss + state["hyper"]["l2"] * l2_penalty(
-          params, self.c.optim.l2_form, self.c.optim.l2_on)
+          params, self.c.optim.l2_form, group_modules(self.spec, self.c.optim.l2_on))
     for group in self.l2_groups:
       loss = loss + state["hyper"][f"l2_{group}"] * l2_penalty(
-          params, self.c.optim.l2_form, group)
+          params, self.c.optim.l2_form, group_modules(self.spec, group))
     return loss, aux
 
   def _update(self, state, batch, alive):

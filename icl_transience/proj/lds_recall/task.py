@@ -41,7 +41,7 @@ import jax.numpy as jnp
 import ml_collections
 
 from icl_transience.proj.lds_recall import lds
-from icl_transience.errors import UserError
+from icl_transience.errors import UserError, check
 from icl_transience.proj.lds_recall import lds_prompts
 from icl_transience.proj.lds_recall import gpt2
 
@@ -129,11 +129,6 @@ def needle_evaluators(c) -> dict[str, tuple[int, str]]:
   return out
 
 
-def _check(ok: bool, field: str, message: str):
-  if not ok:
-    raise UserError(f"{field}: {message}")
-
-
 class LDSTask:
   """The LDS recall task of Daniels et al. 2025 as a plug-in of the shared trainer."""
 
@@ -159,51 +154,51 @@ class LDSTask:
 
   def validate(self, n_devices: int) -> None:
     c, spec = self.c, self.spec  # LDSSpec checks its own fields
-    _check(c.batch_size > 0 and c.batch_size % n_devices == 0, "batch_size",
+    check(c.batch_size > 0 and c.batch_size % n_devices == 0, "batch_size",
            f"{c.batch_size} must be a positive multiple of the {n_devices} "
            "devices")
-    _check(c.model.positions == "learned", "model.positions",
+    check(c.model.positions == "learned", "model.positions",
            "the GPT-2 model has learned positions only")
-    _check(c.model.d_model % c.model.n_heads == 0, "model.n_heads",
+    check(c.model.d_model % c.model.n_heads == 0, "model.n_heads",
            f"must divide d_model={c.model.d_model}")
-    _check(c.model.depth >= 1 and c.model.mlp_ratio >= 1, "model.depth",
+    check(c.model.depth >= 1 and c.model.mlp_ratio >= 1, "model.depth",
            "depth and mlp_ratio must be >= 1")
-    _check(c.model.max_len >= spec.context_len, "model.max_len",
+    check(c.model.max_len >= spec.context_len, "model.max_len",
            f"{c.model.max_len} positions, but traces have {spec.context_len}")
-    _check(c.lds.pretrain_traces > 0 and c.lds.eval_batch > 0,
+    check(c.lds.pretrain_traces > 0 and c.lds.eval_batch > 0,
            "lds.pretrain_traces", "pretrain_traces and eval_batch must be > 0")
-    _check(c.lds.pretrain_traces % c.lds.eval_batch == 0, "lds.pretrain_traces",
+    check(c.lds.pretrain_traces % c.lds.eval_batch == 0, "lds.pretrain_traces",
            f"{c.lds.pretrain_traces} is not a multiple of lds.eval_batch "
            f"({c.lds.eval_batch})")
-    _check(spec.max_systems <= c.lds.pretrain_systems <= spec.n_train_systems,
+    check(spec.max_systems <= c.lds.pretrain_systems <= spec.n_train_systems,
            "lds.pretrain_systems", f"must lie in [lds.max_systems, "
            f"lds.n_train_systems] = [{spec.max_systems}, "
            f"{spec.n_train_systems}]")
-    _check(bool(c.lds.haystack_lens), "lds.haystack_lens", "needs one length")
+    check(bool(c.lds.haystack_lens), "lds.haystack_lens", "needs one length")
     for field in ("final_steps", "initial_steps"):
       top = c.lds[{"final_steps": "needle_query_len",
                    "initial_steps": "needle_segment_len"}[field]]
-      _check(all(1 <= k <= top for k in c.lds[field]), f"lds.{field}",
+      check(all(1 <= k <= top for k in c.lds[field]), f"lds.{field}",
              f"steps must lie in [1, {top}], got {tuple(c.lds[field])}")
     for name, (h, variant) in needle_evaluators(c).items():
-      _check(variant in lds_prompts.VARIANTS, "lds.ood_variants",
+      check(variant in lds_prompts.VARIANTS, "lds.ood_variants",
              f"unknown '{variant}' (choose from "
              f"{', '.join(lds_prompts.VARIANTS)})")
-      _check(0 <= self.needle_config < h, "lds.needle_config",
+      check(0 <= self.needle_config < h, "lds.needle_config",
              f"must be in [0, {h}) for evaluator {name}")
       try:
         needle_spec(c, h, variant, spec)
       except UserError as e:
         raise UserError(f"lds (evaluator {name}): {e}") from e
     for name, (h, late) in train_needle_evaluators(c).items():
-      _check(late >= 0 and c.lds.train_needle_examples >= 1,
+      check(late >= 0 and c.lds.train_needle_examples >= 1,
              "lds.train_needle_late_starts", "late starts must be >= 0 and "
              "lds.train_needle_examples >= 1")
       try:
         train_needle_spec(c, h, late, spec)
       except UserError as e:
         raise UserError(f"lds (evaluator {name}): {e}") from e
-      _check(late + c.lds.needle_segment_len + c.lds.needle_query_len
+      check(late + c.lds.needle_segment_len + c.lds.needle_query_len
              <= spec.trajectory_len, "lds.train_needle_late_starts",
              f"late start {late} runs past the {spec.trajectory_len}-state "
              "training trajectories")

@@ -50,7 +50,7 @@ from icl_transience.proj.plateaus import embeddings
 from icl_transience.proj.plateaus import pool_sequences as pool
 from icl_transience.proj.plateaus import readin_model
 from icl_transience.proj.plateaus import shapes
-from icl_transience.errors import UserError
+from icl_transience.errors import UserError, check
 
 ITEMS = ("embedding", "pixels")
 HYPER = ("context_loss", "weights_loss", "weights_warmup", "fixed_fraction")
@@ -92,9 +92,9 @@ class AuthorsPlateauTask:
   def validate(self, n_devices: int) -> None:
     del n_devices
     p, m, c = self.p, self.c.model, self.c
-    _check(p.item_source in ITEMS, "plateau.item_source",
+    check(p.item_source in ITEMS, "plateau.item_source",
            f"unknown '{p.item_source}' (choose from {', '.join(ITEMS)})")
-    _check(not (p.embeddings and p.item_source != "embedding"), "plateau.embeddings",
+    check(not (p.embeddings and p.item_source != "embedding"), "plateau.embeddings",
            "a file of embeddings needs plateau.item_source='embedding'")
     self.spec.validate()
     if p.item_source == "pixels":
@@ -105,43 +105,43 @@ class AuthorsPlateauTask:
     elif not p.embeddings:
       self.standin.validate()
     n_extra = len(self.factor_sizes) * self.n_values
-    _check(self.n_values <= self.extra <= p.n_classes - n_extra,
+    check(self.n_values <= self.extra <= p.n_classes - n_extra,
            "plateau.extra_dims_start", f"{self.extra}: the labels need dims "
            f"0..{self.n_values - 1} before it and the weights loss {n_extra} "
            f"dims after it, in the {p.n_classes} read-out classes")
-    _check(self.n_values <= self.item_dim(), "plateau.item_dim",
+    check(self.n_values <= self.item_dim(), "plateau.item_dim",
            f"the label one-hots need {self.n_values} of the item dims")
-    _check(m.positions == "learned", "model.positions", "this model uses 'learned'")
-    _check(m.d_model % m.n_heads == 0, "model.n_heads",
+    check(m.positions == "learned", "model.positions", "this model uses 'learned'")
+    check(m.d_model % m.n_heads == 0, "model.n_heads",
            f"must divide d_model={m.d_model}")
-    _check(m.max_len >= 2 * p.context_len, "model.max_len",
+    check(m.max_len >= 2 * p.context_len, "model.max_len",
            f"{m.max_len} positions, but sequences have {2 * p.context_len} tokens")
-    _check(0 <= p.weights_probe_block < m.depth, "plateau.weights_probe_block",
+    check(0 <= p.weights_probe_block < m.depth, "plateau.weights_probe_block",
            f"must be in [0, {m.depth})")
-    _check(0 <= p.icl_min_position < p.context_len, "plateau.icl_min_position",
+    check(0 <= p.icl_min_position < p.context_len, "plateau.icl_min_position",
            f"must be in [0, {p.context_len})")
-    _check(p.train_sequences == 0 or p.train_sequences >= c.batch_size,
+    check(p.train_sequences == 0 or p.train_sequences >= c.batch_size,
            "plateau.train_sequences", "0 (a fresh stream) or at least a batch")
-    _check(set(p.weights_probe_variants) <= set(authors_probe.VARIANTS)
+    check(set(p.weights_probe_variants) <= set(authors_probe.VARIANTS)
            and p.weights_probe_variants, "plateau.weights_probe_variants",
            f"choose from {', '.join(authors_probe.VARIANTS)}")
     for field in ("test_sequences", "weights_probe_sequences", "eval_batch_size",
                   "probe_batch_size"):
-      _check(p[field] > 0, f"plateau.{field}", "must be positive")
-    _check(p.weights_probe_test <= p.test_sequences, "plateau.weights_probe_test",
+      check(p[field] > 0, f"plateau.{field}", "must be positive")
+    check(p.weights_probe_test <= p.test_sequences, "plateau.weights_probe_test",
            "exceeds plateau.test_sequences")
-    _check(p.train_sequences == 0 or p.weights_probe_sequences <= p.train_sequences,
+    check(p.train_sequences == 0 or p.weights_probe_sequences <= p.train_sequences,
            "plateau.weights_probe_sequences", "exceeds plateau.train_sequences")
     for member in config_lib.members(c):
       h = member.hyper
-      _check(all(k in h for k in HYPER), "hyper",
+      check(all(k in h for k in HYPER), "hyper",
              f"this task needs fields {', '.join(HYPER)}")
       for k in ("context_loss", "weights_loss", "weights_warmup"):
-        _check(h[k] >= 0, f"hyper.{k}", "must be >= 0")
-      _check(not (h["context_loss"] and h["weights_loss"]), "hyper",
+        check(h[k] >= 0, f"hyper.{k}", "must be >= 0")
+      check(not (h["context_loss"] and h["weights_loss"]), "hyper",
              "context_loss and weights_loss share the read-out's extra dims: "
              "a member uses one of them")
-      _check(0 <= h["fixed_fraction"] <= 1, "hyper.fixed_fraction",
+      check(0 <= h["fixed_fraction"] <= 1, "hyper.fixed_fraction",
              "must be in [0, 1]")
 
   def _file(self):
@@ -320,8 +320,3 @@ class AuthorsPlateauTask:
     return {"icl": self._sequence_metrics(params, consts, test, False),
             "iwl": self._sequence_metrics(params, consts, test, True),
             "weights_probe": self._weights_probe(params, consts, eval_sets)}
-
-
-def _check(ok: bool, field: str, message: str):
-  if not ok:
-    raise UserError(f"{field}: {message}")

@@ -47,7 +47,7 @@ from icl_transience.proj.plateaus import plateau as plateau_lib
 from icl_transience.proj.plateaus import factor_sequences as fseq
 from icl_transience.proj.plateaus import shapes
 from icl_transience.proj.plateaus import shapes3d
-from icl_transience.errors import UserError
+from icl_transience.errors import UserError, check
 from icl_transience.proj.plateaus import image_sequence
 
 SOURCES = ("procedural", "shapes3d")
@@ -87,57 +87,57 @@ class PlateauTask:
   def validate(self, n_devices: int) -> None:
     del n_devices  # the trainer checks batch_size against the devices
     p, m = self.p, self.c.model
-    _check(p.input in image_sequence.INPUTS, "plateau.input",
+    check(p.input in image_sequence.INPUTS, "plateau.input",
            f"unknown '{p.input}' (choose from {', '.join(image_sequence.INPUTS)})")
-    _check(p.source in SOURCES, "plateau.source",
+    check(p.source in SOURCES, "plateau.source",
            f"unknown '{p.source}' (choose from {', '.join(SOURCES)})")
     _renamed(self.seq_spec.validate, "sequence.")
     if p.input == "pixels":
       _renamed(self.shapes_spec.validate, "shapes.")
     if p.source == "shapes3d":
-      _check(p.input == "pixels", "plateau.source", "shapes3d needs input='pixels'")
-      _check(tuple(p.factor_sizes) == shapes.FACTOR_SIZES, "plateau.factor_sizes",
+      check(p.input == "pixels", "plateau.source", "shapes3d needs input='pixels'")
+      check(tuple(p.factor_sizes) == shapes.FACTOR_SIZES, "plateau.factor_sizes",
              f"shapes3d has {shapes.FACTOR_SIZES}")
       shapes3d.check_available(p.shapes3d_dir)
-    _check(m.positions == "learned", "model.positions", "this model uses 'learned'")
-    _check(m.d_model % m.n_heads == 0, "model.n_heads",
+    check(m.positions == "learned", "model.positions", "this model uses 'learned'")
+    check(m.d_model % m.n_heads == 0, "model.n_heads",
            f"must divide d_model={m.d_model}")
-    _check(m.max_len >= 2 * p.context_len, "model.max_len",
+    check(m.max_len >= 2 * p.context_len, "model.max_len",
            f"{m.max_len} positions, but sequences have {2 * p.context_len} tokens")
-    _check(m.encoder_readout in image_sequence.ENCODER_READOUTS,
+    check(m.encoder_readout in image_sequence.ENCODER_READOUTS,
            "model.encoder_readout", "choose flatten or mean")
-    _check(p.context_probe_target in PROBE_TARGETS, "plateau.context_probe_target",
+    check(p.context_probe_target in PROBE_TARGETS, "plateau.context_probe_target",
            f"unknown '{p.context_probe_target}' (choose from {', '.join(PROBE_TARGETS)})")
-    _check(p.context_probe_target != "factor" or len(p.hidden_factors) > 1,
+    check(p.context_probe_target != "factor" or len(p.hidden_factors) > 1,
            "plateau.context_probe_target", "'factor' needs two or more "
            "hidden factors (with one, use 'label')")
     for field in ("icl_min_position", "context_probe_position"):
-      _check(0 <= p[field] < p.context_len, f"plateau.{field}",
+      check(0 <= p[field] < p.context_len, f"plateau.{field}",
              f"must be in [0, {p.context_len})")
-    _check(all(0 <= i < p.context_len for i in p.report_positions),
+    check(all(0 <= i < p.context_len for i in p.report_positions),
            "plateau.report_positions", f"must be in [0, {p.context_len})")
     layers = (p.weights_loss_layer, p.weights_probe_layer,
               p.context_probe_layer) + tuple(p.probe_layers)
-    _check(all(-self.n_layers <= k < self.n_layers for k in layers),
+    check(all(-self.n_layers <= k < self.n_layers for k in layers),
            "plateau.probe_layers", f"layers must be in [-{self.n_layers}, "
            f"{m.depth}] (weights_loss_layer, *_probe_layer, probe_layers)")
-    _check(p.probe_method in ("softmax", "ridge"), "plateau.probe_method",
+    check(p.probe_method in ("softmax", "ridge"), "plateau.probe_method",
            "choose softmax or ridge")
     for field in ("icl_sequences", "iwl_sequences", "context_probe_train",
                   "weights_probe_train", "weights_probe_test", "eval_batch_size"):
-      _check(p[field] > 0, f"plateau.{field}", "must be positive")
-    _check(p.probe_method != "softmax" or p.probe_batch_size <= min(
+      check(p[field] > 0, f"plateau.{field}", "must be positive")
+    check(p.probe_method != "softmax" or p.probe_batch_size <= min(
         p.context_probe_train, p.weights_probe_train), "plateau.probe_batch_size",
            "exceeds the probe training sets")
-    _check(p.noise_std >= 0, "plateau.noise_std", "must be >= 0")
+    check(p.noise_std >= 0, "plateau.noise_std", "must be >= 0")
     for member in config_lib.members(self.c):
       h = member.hyper
-      _check(all(k in h for k in HYPER), "hyper",
+      check(all(k in h for k in HYPER), "hyper",
              f"the plateau task needs fields {', '.join(HYPER)}")
-      _check(h["weights_warmup"] >= 0, "hyper.weights_warmup", "must be >= 0")
-      _check(0 <= h["fixed_fraction"] <= 1, "hyper.fixed_fraction",
+      check(h["weights_warmup"] >= 0, "hyper.weights_warmup", "must be >= 0")
+      check(0 <= h["fixed_fraction"] <= 1, "hyper.fixed_fraction",
              "must be in [0, 1]")
-      _check(h["weights_loss"] >= 0, "hyper.weights_loss", "must be >= 0")
+      check(h["weights_loss"] >= 0, "hyper.weights_loss", "must be >= 0")
 
   # --- data -----------------------------------------------------------------
   def _sample(self, key, n: int, fixed_fraction) -> dict:
@@ -377,11 +377,6 @@ class PlateauTask:
       for i, k in enumerate(layers):
         metrics[f"{variant}_L{k}"] = acc[v, i].mean()
     return metrics
-
-
-def _check(ok: bool, field: str, message: str):
-  if not ok:
-    raise UserError(f"{field}: {message}")
 
 
 def _renamed(validate, prefix: str):

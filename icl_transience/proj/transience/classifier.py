@@ -32,6 +32,7 @@ class SequenceClassifier(nn.Module):
   positions: str = "learned"  # learned | sinusoidal | rope
   max_len: int = 32
   pos_timescale: float = 30.0
+  attention_bias: bool = False         # biases on qkv and output projections
   ablated_heads: tuple = ()            # ((block, heads), ...)
   label_attention_blocked: tuple = ()  # ((block, heads), ...)
 
@@ -55,7 +56,8 @@ class SequenceClassifier(nn.Module):
     for i in range(start, self.depth if stop is None else stop):
       patch = self._clamped(i, patches[i] if i < len(patches) else None,
                             x.shape[1])
-      x = Block(self.n_heads, self.mlp_ratio, rope, name=f"block_{i}")(x, patch)
+      x = Block(self.n_heads, self.mlp_ratio, rope, self.attention_bias,
+                name=f"block_{i}")(x, patch)
       self.sow("intermediates", "residual", x)
     if stop is not None:
       return x
@@ -116,4 +118,5 @@ def build_model(model_cfg, n_outputs: int, clamp=None) -> SequenceClassifier:
       n_outputs=n_outputs, depth=model_cfg.depth, d_model=model_cfg.d_model,
       n_heads=model_cfg.n_heads, mlp_ratio=model_cfg.mlp_ratio,
       positions=model_cfg.positions, max_len=model_cfg.max_len,
-      pos_timescale=model_cfg.pos_timescale)
+      pos_timescale=model_cfg.pos_timescale,
+      attention_bias=model_cfg.attention_bias)

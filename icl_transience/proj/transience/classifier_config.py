@@ -4,7 +4,7 @@ SequenceSpec and the output size."""
 import ml_collections
 
 from icl_transience import config
-from icl_transience.errors import UserError
+from icl_transience.errors import UserError, check
 from icl_transience.nn import transformer
 from icl_transience.proj.transience import graft
 from icl_transience.proj.transience import interventions
@@ -83,11 +83,6 @@ def coopetition_config() -> ml_collections.ConfigDict:
   return c
 
 
-def _check(ok: bool, field: str, message: str):
-  if not ok:
-    raise UserError(f"{field}: {message}")
-
-
 def train_spec(c) -> sequences.SequenceSpec:
   """The training distribution: config block `train` is a SequenceSpec."""
   return sequences.SequenceSpec(**dict(c.train, exemplars=tuple(c.train.exemplars)))
@@ -99,61 +94,63 @@ def n_outputs(c) -> int:
 
 
 def check_spec(spec: sequences.SequenceSpec, field: str, shape):
-  _check(spec.relabel in sequences.RELABEL_SCHEMES, f"{field}.relabel",
+  check(spec.relabel in sequences.RELABEL_SCHEMES, f"{field}.relabel",
          f"unknown scheme '{spec.relabel}' "
          f"(choose from {', '.join(sequences.RELABEL_SCHEMES)})")
-  _check(spec.context_len >= 1, f"{field}.context_len", "must be >= 1")
-  _check(spec.burstiness >= 0, f"{field}.burstiness", "must be >= 0")
-  _check(spec.n_rest >= 0, f"{field}.burstiness",
+  check(spec.context_len >= 1, f"{field}.context_len", "must be >= 1")
+  check(spec.burstiness >= 0, f"{field}.burstiness", "must be >= 0")
+  check(spec.n_rest >= 0, f"{field}.burstiness",
          f"{spec.burstiness} query items"
          f"{' + as many distractors' if spec.distractor else ''} do not fit "
          f"in a context of {spec.context_len}")
   needed = spec.n_excluded + (spec.n_rest if spec.unique_rest else 1)
-  _check(spec.n_classes >= max(needed, 2), f"{field}.n_classes",
+  check(spec.n_classes >= max(needed, 2), f"{field}.n_classes",
          f"{spec.n_classes} classes are too few for this sequence type")
-  _check(spec.n_classes <= shape.n_classes, f"{field}.n_classes",
+  check(spec.n_classes <= shape.n_classes, f"{field}.n_classes",
          f"{spec.n_classes} classes, but the source holds {shape.n_classes}")
   lo, hi = spec.exemplars
-  _check(0 <= lo < hi <= shape.n_exemplars, f"{field}.exemplars",
+  check(0 <= lo < hi <= shape.n_exemplars, f"{field}.exemplars",
          f"range [{lo}, {hi}) outside the source's {shape.n_exemplars} exemplars")
-  _check(spec.relabel != "pairs" or spec.fs_relabel >= 2, f"{field}.fs_relabel",
+  check(spec.relabel != "pairs" or spec.fs_relabel >= 2, f"{field}.fs_relabel",
          "relabel='pairs' needs fs_relabel >= 2")
   needs_distractor = spec.relabel in ("flip", "01", "pairs")
-  _check(not needs_distractor or (spec.burstiness > 0 and spec.distractor),
+  check(not needs_distractor or (spec.burstiness > 0 and spec.distractor),
          f"{field}.relabel", f"'{spec.relabel}' needs burstiness > 0 and a "
          "distractor")
-  _check(spec.zipf_exponent >= 0, f"{field}.zipf_exponent", "must be >= 0")
+  check(spec.zipf_exponent >= 0, f"{field}.zipf_exponent", "must be >= 0")
 
 
 def validate(c):
   """The classifier task's fields (data, train, model, graft); the
   evaluators check theirs (probes.validate)."""
+  check(c.data.source != "omniglot", "data.source", "the Omniglot images are "
+         "the omniglot task: set task=omniglot (configs/transience.py:omniglot)")
   shape = sources.source_shape(c.data)
   sources.check_finite(c.data)
-  _check(c.data.layout in ("intended", "released"), "data.layout",
+  check(c.data.layout in ("intended", "released"), "data.layout",
          "choose intended or released")
-  _check(c.data.layout == "intended" or (
+  check(c.data.layout == "intended" or (
       shape.n_classes % 8 == 0 and shape.n_exemplars == 20), "data.layout",
          "'released' needs 20 exemplars and a multiple of 8 classes")
   spec = train_spec(c)
   check_spec(spec, "train", shape)
   if c.train.relabel == "pairs":
-    _check(c.train.fs_relabel >= 2, "train.fs_relabel", "must be >= 2")
-  _check(c.model.positions in transformer.POSITIONS, "model.positions",
+    check(c.train.fs_relabel >= 2, "train.fs_relabel", "must be >= 2")
+  check(c.model.positions in transformer.POSITIONS, "model.positions",
          f"unknown '{c.model.positions}' (choose from "
          f"{', '.join(transformer.POSITIONS)})")
-  _check(c.model.d_model % c.model.n_heads == 0, "model.n_heads",
+  check(c.model.d_model % c.model.n_heads == 0, "model.n_heads",
          f"must divide d_model={c.model.d_model}")
-  _check(2 * c.train.context_len + 1 <= c.model.max_len, "model.max_len",
+  check(2 * c.train.context_len + 1 <= c.model.max_len, "model.max_len",
          f"{c.model.max_len} positions, but sequences have "
          f"{2 * c.train.context_len + 1} tokens")
   for field in ("ablate_heads", "block_label_attention"):
     heads = interventions.parse_heads(c.clamp[field], f"clamp.{field}")
     interventions.check(interventions.Intervention(ablate=heads), c.model.depth,
                         c.model.n_heads, f"clamp.{field}")
-  _check(c.graft.mode in graft.MODES, "graft.mode",
+  check(c.graft.mode in graft.MODES, "graft.mode",
          f"unknown '{c.graft.mode}' (choose from {', '.join(graft.MODES)})")
   if c.graft.mode != "none":
-    _check(bool(c.graft.workdir), "graft.workdir", "needed to graft")
-    _check(0 <= c.graft.layer < c.model.depth, "graft.layer",
+    check(bool(c.graft.workdir), "graft.workdir", "needed to graft")
+    check(0 <= c.graft.layer < c.model.depth, "graft.layer",
            f"must be in [0, {c.model.depth})")

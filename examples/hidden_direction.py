@@ -1,0 +1,89 @@
+"""A complete task in one module, as an example of the task contract
+(tasks.TaskSpec; docs/adding_a_task.md).
+
+Items x ~ N(0, I) in `hidden.dim` dimensions are labelled 1[x . w > 0] for a
+hidden direction w drawn from `hidden.seed`; a linear classifier learns w.
+The training stream is sampled on device, one batch per step; the evaluator
+`heldout` is a fixed set of items drawn from the run's eval_seed.
+
+  python main.py --config=examples/hidden_direction.py --workdir=runs/example
+"""
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+
+from icl_transience import config
+from icl_transience import tasks
+from icl_transience.errors import UserError
+
+
+def blocks(c) -> dict:
+  """The task's config block, with its defaults."""
+  del c
+  return {"hidden": ml_collections.ConfigDict(dict(dim=8, seed=0, eval_items=256))}
+
+
+class HiddenDirectionTask:
+  """Logistic regression on a hidden direction (the contract: tasks.Task)."""
+  shown = {"heldout": "acc"}
+
+  def __init__(self, c):
+    self.c, self.h = c, c.hidden
+    self.model = nn.Dense(1, name="linear")
+
+  def validate(self, n_devices: int):
+    del n_devices
+    for field in ("dim", "eval_items"):
+      if self.h[field] < 1:
+        raise UserError(f"hidden.{field}: must be >= 1, got {self.h[field]}")
+
+  def init_weights(self, key):
+    return {"params": self.model.init(key, jnp.zeros((1, self.h.dim)))["params"]}
+
+  def constants(self, sharding):  # the hidden direction
+    return jax.device_put(jax.random.normal(jax.random.key(self.h.seed),
+                                            (self.h.dim,)), sharding)
+
+  def sample_batch(self, key, direction, hyper, step):
+    del hyper, step
+    items = jax.random.normal(key, (self.c.batch_size, self.h.dim))
+    return {"items": items, "labels": (items @ direction > 0).astype(jnp.float32)}
+
+  def _metrics(self, params, items, labels):
+    logits = self.model.apply({"params": params}, items)[:, 0]
+    loss = optax.sigmoid_binary_cross_entropy(logits, labels).mean()
+    return {"loss": loss, "acc": jnp.mean((logits > 0) == (labels > 0))}
+
+  def loss(self, weights, batch, hyper, step):
+    del hyper, step
+    metrics = self._metrics(weights["params"], batch["items"], batch["labels"])
+    return metrics["loss"], (metrics, None)
+
+  def eval_sets(self, sharding):
+    items = jax.random.normal(jax.random.key(self.c.eval_seed),
+                              (self.h.eval_items, self.h.dim))
+    return jax.device_put(items, sharding)
+
+  def evaluate(self, weights, direction, items):
+    labels = (items @ direction > 0).astype(jnp.float32)
+    return {"heldout": self._metrics(weights["params"], items, labels)}
+
+
+SPEC = tasks.TaskSpec(
+    build=HiddenDirectionTask, blocks=blocks, resumable=("hidden.eval_items",),
+    curves=lambda c: (tasks.Curve("heldout", "acc", "held-out accuracy"),))
+
+
+def get_config(arg: str = ""):
+  """A run of seconds on a CPU."""
+  del arg
+  c = config.base_config()
+  c.task = "hidden_direction"
+  c.update(blocks(c))
+  c.update(dict(batch_size=16, steps_per_call=25, total_sequences=1600,
+                eval_every=400))
+  c.optim.lr = 0.05
+  c.ckpt.every = 800
+  return c

@@ -1,0 +1,1 @@
+"""Induction-head formation (Singh, Moskovitz, Hill, Chan, Saxe, ICML 2024)."""

@@ -1,0 +1,156 @@
+"""The induction-head task (Singh et al. 2024): its sampler, each clamp
+against a hand computation on a tiny model, the induction-strength
+definition, and a short run through the trainer and its report."""
+import json
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from helpers import REPO  # pylint: disable=unused-import  (configs/ on the path)
+import induction_heads  # pylint: disable=wrong-import-order
+from icl_transience import config as config_lib
+from icl_transience.errors import UserError
+from icl_transience.nn import transformer
+from icl_transience.proj.transience import classifier
+from icl_transience.proj.transience.induction_heads import circuits
+from icl_transience.proj.transience.induction_heads import report
+from icl_transience.proj.transience.induction_heads import task as ih_task
+from icl_transience.train import loop
+
+MODEL = classifier.SequenceClassifier(n_outputs=5, depth=2, d_model=8, n_heads=2,
+                                      positions="rope", pos_timescale=10_000.0,
+                                      attention_bias=True)
+FEATS = jax.random.normal(jax.random.key(0), (3, 3, 6))
+LABELS = jnp.array([[0, 1], [2, 4], [3, 0]])
+TARGET = jnp.array([1, 2, 0])
+PARAMS = MODEL.init(jax.random.key(1), FEATS, LABELS)["params"]
+
+
+def record(params, **kwargs):
+  _, state = MODEL.apply({"params": params}, FEATS, LABELS, mutable=["intermediates"],
+                         **kwargs)
+  return state["intermediates"]
+
+
+def test_the_sampler_labels_the_query_class_from_a_training_pair():
+  pairs = np.array([[0, 1], [2, 4], [1, 3]])
+  s = ih_task.sample(jax.random.key(3), 4000, (10, 20), (1, 3), pairs)
+  classes, labels, slot = map(np.asarray, (s["classes"], s["labels"], s["query_slot"]))
+  rows = np.arange(len(slot))
+  assert ((classes >= 10) & (classes < 20)).all()
+  assert ((np.asarray(s["exemplars"]) >= 1) & (np.asarray(s["exemplars"]) < 3)).all()
+  assert (classes[rows, slot] == classes[:, 2]).all()          # query class in its slot
+  assert (classes[rows, 1 - slot] != classes[:, 2]).all()      # a distractor class
+  assert (labels[rows, slot] == np.asarray(s["target"])).all()
+  unordered = {tuple(sorted(p)) for p in labels.tolist()}
+  assert unordered == {tuple(p) for p in pairs.tolist()}
+  assert 0.45 < slot.mean() < 0.55 and 0.45 < (labels[:, 0] < labels[:, 1]).mean() < 0.55
+
+
+def test_prev_token_and_match_clamps_set_exactly_those_patterns():
+  clamps = circuits.Clamps(prev_token=((0, (1,)),), induction=((1, (0,)),),
+                           strength=0.8)
+  patches = circuits._patches(MODEL, clamps, LABELS, TARGET)  # pylint: disable=protected-access
+  inter = record(PARAMS, patches=tuple(patches))
+  free = record(PARAMS)
+  first = inter["block_0"]["attn"]["pattern"][0]
+  np.testing.assert_array_equal(first[:, 1], np.broadcast_to(
+      np.eye(5)[[0, 0, 1, 2, 3]], (3, 5, 5)))
+  np.testing.assert_allclose(first[:, 0], free["block_0"]["attn"]["pattern"][0][:, 0])
+  query_row = inter["block_1"]["attn"]["pattern"][0][:, 0, -1]
+  # label tokens 1 and 3: 0.8 on the one carrying the target, 0.2 on the other
+  want = np.zeros((3, 5))
+  for b in range(3):
+    want[b, 1] = 0.8 if LABELS[b, 0] == TARGET[b] else 0.2
+    want[b, 3] = 0.8 if LABELS[b, 1] == TARGET[b] else 0.2
+  np.testing.assert_allclose(query_row, want)
+  other = inter["block_1"]["attn"]["pattern"][0][:, 1, -1]
+  assert np.allclose(other.sum(-1), 1) and not np.allclose(other, want)
+
+
+def test_copy_clamp_outputs_the_heads_query_key_scores_on_the_context_labels():
+  logits = circuits.forward(MODEL, PARAMS, FEATS, LABELS, TARGET,
+                            circuits.Clamps(copy_from=((1, (1,)),)))
+  attn = record(PARAMS)["block_1"]["attn"]
+  q, k = attn["q"][0], attn["k"][0]
+  for b in range(3):
+    for slot, token in enumerate((1, 3)):
+      want = float(q[b, -1, 1] @ k[b, token, 1]) / math.sqrt(4)
+      assert float(logits[b, LABELS[b, slot]]) == pytest.approx(want, rel=1e-5)
+    assert set(np.asarray(logits[b]).tolist()) - set(
+        np.asarray(logits[b, LABELS[b]]).tolist()) == {-1e9}
+
+
+def test_ablation_removes_a_heads_value_path_and_keeps_its_output_bias():
+  clamps = circuits.Clamps(ablate=((0, "all"), (1, "all")))
+  logits = circuits.forward(MODEL, PARAMS, FEATS, LABELS, TARGET, clamps)
+  x = MODEL.apply({"params": PARAMS}, FEATS, LABELS, stop=0)
+  for i in range(2):  # each block adds its output projection's bias only
+    x = x + PARAMS[f"block_{i}"]["attn"]["out"]["bias"]
+  ln = transformer.nn.LayerNorm(epsilon=1e-5).apply(
+      {"params": PARAMS["ln_final"]}, x[:, -1])
+  want = transformer.nn.Dense(5).apply({"params": PARAMS["unembed"]}, ln)
+  np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-6)
+
+
+def test_the_layer1_clamp_is_the_three_pass_computation():
+  logits = circuits.forward(MODEL, PARAMS, FEATS, LABELS, TARGET,
+                            circuits.Clamps(perfect_layer1=True))
+  embedded = MODEL.apply({"params": PARAMS}, FEATS, LABELS, stop=0)
+  shifted = np.asarray(embedded).copy()
+  shifted[:, 1:4] = np.asarray(embedded)[:, 0:3]  # token t carries t - 1
+  seen = record(PARAMS, stream=jnp.asarray(shifted), start=1)
+  pattern = seen["block_1"]["attn"]["pattern"][0]
+  want = MODEL.apply({"params": PARAMS}, FEATS, LABELS, stream=embedded, start=1,
+                     patches=(None, transformer.Patch(clean={"pattern": pattern})))
+  np.testing.assert_allclose(logits, want, rtol=1e-6)
+  assert not np.allclose(logits, MODEL.apply({"params": PARAMS}, FEATS, LABELS))
+
+
+def test_induction_strength_is_right_minus_wrong_label_attention():
+  pattern = np.zeros((2, 3, 5, 5))
+  pattern[0, :, -1, 1], pattern[0, :, -1, 3] = [0.7, 0.2, 0.5], [0.1, 0.6, 0.5]
+  pattern[1, :, -1, 1], pattern[1, :, -1, 3] = [0.3, 0.0, 0.5], [0.6, 1.0, 0.5]
+  slot = jnp.array([0, 1])  # sequence 0's class is in slot 0 (token 1), 1's in slot 1
+  got = ih_task.induction_strength(jnp.asarray(pattern), slot)
+  want = [((0.7 - 0.1) + (0.6 - 0.3)) / 2, ((0.2 - 0.6) + (1.0 - 0.0)) / 2, 0.0]
+  np.testing.assert_allclose([got[f"head{h}"] for h in range(3)], want, atol=1e-7)
+
+
+def tiny(**fields):
+  c = induction_heads.get_config()
+  return config_lib.override(c, {
+      "data.dim": 16, "data.rank": 4, "model.d_model": 16, "model.n_heads": 2,
+      "ih.eval_sequences": 64, "ih.strength_sequences": 128,
+      "total_sequences": 3200, "eval_every": 1600, "ckpt.every": 3200,
+      "optim.lr": 1e-3, **fields})
+
+
+def test_a_clamped_run_trains_evaluates_and_reports(tmp_path, capsys):
+  c = tiny(**{"ih.induction_heads": "1:1", "ih.ablate_heads": "1:0"})
+  config_lib.validate(c)
+  loop.train(c, str(tmp_path))
+  result = report.report(str(tmp_path), str(tmp_path))
+  member = result["members"][0]
+  assert set(member["strength_end"]) == {"head0", "head1"}
+  # the clamped head's query row is the clamp's: strength exactly 2s - 1 = 1
+  assert member["strength_end"]["head1"] == pytest.approx(1.0)
+  assert member["checks"]["K2 loss < 0.05 at 1e6"] is None  # too short to tell
+  saved = json.loads((tmp_path / "report.json").read_text())
+  assert saved["members"][0]["member"] == "main"
+  assert "ih_fig3a_main.png" in capsys.readouterr().out
+
+
+def test_bad_clamps_and_splits_are_one_line():
+  for fields, message in (
+      ({"ih.copy_from_head": "0:1"}, "^ih.copy_from_head: one head of the last block"),
+      ({"ih.induction_strength": 1.5}, "^ih.induction_strength: 1.5 outside"),
+      ({"ih.prev_token_heads": "0:9"}, r"^ih.prev_token_heads: heads \(9,\) outside"),
+      ({"ih.test_classes": 140}, "^ih.test_classes: 50 \\+ 140 classes"),
+      ({"ih.evaluators": ("fsl_nope",)}, "^ih.evaluators: unknown 'fsl_nope'"),
+      ({"ih.relabel_split": (7, 2, 0)}, "^ih.relabel_split: expected three counts")):
+    with pytest.raises(UserError, match=message):
+      config_lib.validate(tiny(**fields))
