@@ -49,15 +49,15 @@ class Task(Protocol):
 
   def loss(self, weights, batch, hyper, step) -> tuple:
     """(loss, (metrics, model_state)); weights = {"params", ["model_state"],
-    ["frozen"]}; metrics a dict of scalars (at least the loss); the trainer
-    adds L2 penalties itself."""
+    ["frozen"], "hyper"}; metrics a dict of scalars (at least the loss); the
+    trainer adds L2 penalties itself."""
 
   def eval_sets(self, sharding) -> Any:
     """Fixed evaluation data (from the eval seed)."""
 
   def evaluate(self, weights, consts, eval_sets) -> dict:
-    """{evaluator: {metric: scalar}} of one member; jittable (the trainer
-    maps it over members or checkpoints)."""
+    """{evaluator: {metric: scalar}} of one member (weights as in loss);
+    jittable (the trainer maps it over members or checkpoints)."""
 
 
 class Curve(NamedTuple):

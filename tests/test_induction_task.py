@@ -3,6 +3,7 @@ against a hand computation on a tiny model, the induction-strength
 definition, and a short run through the trainer and its report."""
 import json
 import math
+import os
 
 import jax
 import jax.numpy as jnp
@@ -12,6 +13,7 @@ import pytest
 from helpers import REPO  # pylint: disable=unused-import  (configs/ on the path)
 import induction_heads  # pylint: disable=wrong-import-order
 from icl_transience import config as config_lib
+from icl_transience import metrics_table
 from icl_transience.errors import UserError
 from icl_transience.nn import transformer
 from icl_transience.proj.transience import classifier
@@ -51,9 +53,8 @@ def test_the_sampler_labels_the_query_class_from_a_training_pair():
 
 
 def test_prev_token_and_match_clamps_set_exactly_those_patterns():
-  clamps = circuits.Clamps(prev_token=((0, (1,)),), induction=((1, (0,)),),
-                           strength=0.8)
-  patches = circuits._patches(MODEL, clamps, LABELS, TARGET)  # pylint: disable=protected-access
+  clamps = circuits.Clamps(prev_token=((0, (1,)),), induction=((1, (0,)),))
+  patches = circuits._patches(MODEL, clamps, LABELS, TARGET, 0.8)  # pylint: disable=protected-access
   inter = record(PARAMS, patches=tuple(patches))
   free = record(PARAMS)
   first = inter["block_0"]["attn"]["pattern"][0]
@@ -94,6 +95,13 @@ def test_ablation_removes_a_heads_value_path_and_keeps_its_output_bias():
       {"params": PARAMS["ln_final"]}, x[:, -1])
   want = transformer.nn.Dense(5).apply({"params": PARAMS["unembed"]}, ln)
   np.testing.assert_allclose(logits, want, rtol=1e-5, atol=1e-6)
+  # only_head k: every other head of the last block ablated
+  only = circuits.forward(MODEL, PARAMS, FEATS, LABELS, TARGET, circuits.Clamps(),
+                          only_head=1.0)
+  np.testing.assert_allclose(only, circuits.forward(
+      MODEL, PARAMS, FEATS, LABELS, TARGET, circuits.Clamps(ablate=((1, (0,)),))),
+                             rtol=1e-6)
+  assert not np.allclose(only, MODEL.apply({"params": PARAMS}, FEATS, LABELS))
 
 
 def test_the_layer1_clamp_is_the_three_pass_computation():
@@ -129,28 +137,84 @@ def tiny(**fields):
       "optim.lr": 1e-3, **fields})
 
 
-def test_a_clamped_run_trains_evaluates_and_reports(tmp_path, capsys):
-  c = tiny(**{"ih.induction_heads": "1:1", "ih.ablate_heads": "1:0"})
+def test_a_clamped_population_trains_evaluates_and_reports(tmp_path, capsys):
+  """Per-member clamp numbers hold in training and in evaluation."""
+  c = tiny(**{"ih.induction_heads": "1:1", "ih.ablate_heads": "1:0",
+              "population": "match_strength=1; match_strength=0.75"})
   config_lib.validate(c)
   loop.train(c, str(tmp_path))
   result = report.report(str(tmp_path), str(tmp_path))
-  member = result["members"][0]
-  assert set(member["strength_end"]) == {"head0", "head1"}
-  # the clamped head's query row is the clamp's: strength exactly 2s - 1 = 1
-  assert member["strength_end"]["head1"] == pytest.approx(1.0)
-  assert member["checks"]["K2 loss < 0.05 at 1e6"] is None  # too short to tell
+  strengths = {m["member"]: m["strength_end"] for m in result["members"]}
+  assert set(strengths) == {"match_strength1", "match_strength0.75"}
+  # the clamped head's query row is the clamp's: strength exactly 2s - 1
+  assert strengths["match_strength1"]["head1"] == pytest.approx(1.0)
+  assert strengths["match_strength0.75"]["head1"] == pytest.approx(0.5)
+  assert result["members"][0]["checks"]["K2 loss < 0.05 at 1e6"] is None  # too short
   saved = json.loads((tmp_path / "report.json").read_text())
-  assert saved["members"][0]["member"] == "main"
-  assert "ih_fig3a_main.png" in capsys.readouterr().out
+  assert [m["member"] for m in saved["members"]] == list(strengths)
+  assert "ih_fig3a_match_strength1.png" in capsys.readouterr().out
 
 
 def test_bad_clamps_and_splits_are_one_line():
   for fields, message in (
       ({"ih.copy_from_head": "0:1"}, "^ih.copy_from_head: one head of the last block"),
-      ({"ih.induction_strength": 1.5}, "^ih.induction_strength: 1.5 outside"),
+      ({"hyper.match_strength": 1.5}, "^hyper.match_strength: 1.5 outside"),
+      ({"population": "only_head=8"}, "^hyper.only_head: 8.0 is not -1"),
       ({"ih.prev_token_heads": "0:9"}, r"^ih.prev_token_heads: heads \(9,\) outside"),
       ({"ih.test_classes": 140}, "^ih.test_classes: 50 \\+ 140 classes"),
       ({"ih.evaluators": ("fsl_nope",)}, "^ih.evaluators: unknown 'fsl_nope'"),
       ({"ih.relabel_split": (7, 2, 0)}, "^ih.relabel_split: expected three counts")):
     with pytest.raises(UserError, match=message):
       config_lib.validate(tiny(**fields))
+
+
+def test_the_analyses_measure_the_whole_training_distribution(tmp_path):
+  from icl_transience.proj.transience.induction_heads import analyse  # pylint: disable=g-import-not-at-top
+  c = tiny(**{"ckpt.every": 1600, "model.n_heads": 4,  # heads 0:2 and 1:3 exist
+              "ih.train_classes": 10})
+  loop.train(c, str(tmp_path))
+  run = analyse.Run(str(tmp_path))
+  assert run.feats.shape[0] == 10 * 9 * 16 * 2
+  result = analyse.fig4a(run)
+  params, _ = analyse.load(str(tmp_path), -1, "")
+  logits = run.task.model.apply({"params": params}, run.feats, run.labels)
+  loss = jax.nn.logsumexp(logits, -1) - jnp.take_along_axis(
+      logits, run.target[:, None], -1)[:, 0]
+  assert result["full"]["loss"] == pytest.approx(float(jnp.mean(loss)), rel=1e-4)
+  assert result["full"]["acc"] == pytest.approx(
+      float(jnp.mean(jnp.argmax(logits, -1) == run.target)), abs=1e-6)
+  # keeping one head (ablating the others) is the per-member only_head mask
+  for h in range(4):
+    only = run.measure(params, dict(analyse.hyper_of(run.c, "main"),
+                                    only_head=jnp.float32(h)), run.clamps())
+    assert result["keep_only"][h] == pytest.approx(only, rel=1e-5)
+  assert len({round(a["loss"], 6) for a in result["ablate_one"]}) == 4
+  logged = {r["metric"]: r["value"] for r in metrics_table.read(str(tmp_path))
+            if r["evaluator"] == "induction_strength" and r["sequences"] == 3200}
+  assert result["strength"] == [logged[f"head{h}"] for h in range(4)]
+  points = analyse.progress(run)["points"]
+  assert [p["sequences"] for p in points] == [0, 1600, 3200]
+  assert all(p["composite"] != p["loss"] and p["copy"] != p["loss"] for p in points)
+
+
+def test_every_figure_names_runs_of_the_config_and_draws_them(tmp_path, monkeypatch):
+  from icl_transience.proj.transience.induction_heads import paper  # pylint: disable=g-import-not-at-top
+  from icl_transience.analysis import figures  # pylint: disable=g-import-not-at-top
+  for figure, variants in paper.RUNS.items():
+    for variant in variants:
+      config_lib.validate(induction_heads.get_config(variant))
+    assert len(set(variants)) == len(variants), figure
+  labels = {}
+  monkeypatch.setattr(figures, "save", lambda fig, path: labels.update(
+      {path: [l.get_label() for ax in fig.axes for l in ax.get_lines()]}))
+  for i, (variant, _) in enumerate(paper.FIG5B):
+    rows = [r for s in (0, 1) for r in metrics_table.rows_from(
+        "main", s, s * 32, {"fsl_train": {"loss": 1.0 + i - s}})]
+    os.makedirs(paper.workdir(str(tmp_path), variant))
+    metrics_table.atomic_write_text(metrics_table.path(paper.workdir(
+        str(tmp_path), variant)), "".join(json.dumps(r) + "\n" for r in rows))
+  path = paper.draw("5b", str(tmp_path))
+  assert [l for l in labels[path] if not l.startswith("_")] == [
+      label for _, label in paper.FIG5B]
+  with pytest.raises(UserError, match="^--root: no metrics in"):
+    paper.draw("8", str(tmp_path / "nowhere"))

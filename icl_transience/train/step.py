@@ -119,8 +119,11 @@ class Trainer:
 
   @staticmethod
   def weights(state):
-    """What the forward pass reads: params, model state, frozen graft model."""
-    return {k: state[k] for k in ("params", "model_state", "frozen") if k in state}
+    """What the forward pass reads: params, model state, frozen graft model,
+    and the member's numbers (hyper: a task may read its per-member fields in
+    evaluation as in training)."""
+    return {k: state[k] for k in ("params", "model_state", "frozen", "hyper")
+            if k in state}
 
   # --- initialisation -------------------------------------------------------
   def _init_member(self, init_seed, data_seed, hyper):

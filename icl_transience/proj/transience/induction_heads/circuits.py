@@ -7,11 +7,13 @@ induction head's match (steps 3qk, 4); C, its copy (steps 3v, 5). A clamp
 sets a subcircuit to its ideal so that only the rest is learned:
 
 - ablate: those heads' values are zero (a head adds only its output bias);
+  only_head k >= 0 (a per-member number) ablates every other head of the
+  last block (Fig. 4b);
 - prev_token: those heads attend, from every token, to the token before
   (token 0 to itself);
-- induction (strength s): from the query, those heads put s on the label
-  token whose label is the query's, 1 - s on the other label token, 0 on
-  exemplars (Fig. 15 plots 2s - 1);
+- induction (strength s, a per-member number): from the query, those heads
+  put s on the label token whose label is the query's, 1 - s on the other
+  label token, 0 on exemplars (Fig. 15 plots 2s - 1);
 - copy_from (one layer-2 head): the output is that head's pre-softmax scores
   from the query to the two label tokens, on those two labels' logits, and
   -1e9 on every other logit, so only the head's query-key path is trained;
@@ -41,7 +43,6 @@ class Clamps:
   ablate: tuple = ()         # ((block, heads), ...)
   prev_token: tuple = ()     # ((block, heads), ...)
   induction: tuple = ()      # ((block, heads), ...)
-  strength: float = 1.0
   copy_from: tuple = ()      # ((1, (head,)),) or ()
   perfect_layer1: bool = False
 
@@ -54,8 +55,8 @@ def from_config(ih) -> Clamps:
   """The clamps of the config block `ih` (one-line errors name its fields)."""
   parse = lambda f: interventions.parse_heads(ih[f], f"ih.{f}")
   return Clamps(parse("ablate_heads"), parse("prev_token_heads"),
-                parse("induction_heads"), float(ih.induction_strength),
-                parse("copy_from_head"), bool(ih.perfect_layer1))
+                parse("induction_heads"), parse("copy_from_head"),
+                bool(ih.perfect_layer1))
 
 
 def validate(clamps: Clamps, depth: int, n_heads: int):
@@ -65,8 +66,6 @@ def validate(clamps: Clamps, depth: int, n_heads: int):
                          ("copy_from_head", clamps.copy_from)):
     interventions.check(interventions.Intervention(ablate=entries), depth,
                         n_heads, f"ih.{field}")
-  check(0.0 <= clamps.strength <= 1.0, "ih.induction_strength",
-        f"{clamps.strength} outside [0, 1]")
   check(not clamps.copy_from or (
       len(clamps.copy_from) == 1 and clamps.copy_from[0][0] == depth - 1
       and clamps.copy_from[0][1] != "all" and len(clamps.copy_from[0][1]) == 1),
@@ -81,23 +80,28 @@ def previous_token_pattern(length: int = TOKENS) -> jnp.ndarray:
   return jnp.asarray(np.eye(length)[np.maximum(rows - 1, 0)], jnp.float32)
 
 
-def _patches(model, clamps: Clamps, labels, target) -> list:
+def _patches(model, clamps: Clamps, labels, target, strength=1.0,
+             only_head=-1.0) -> list:
   """Each block's Patch for the ablation, PT and match clamps."""
   heads = lambda h, on: transformer.head_vector(h, model.n_heads, on, 1.0 - on)
   ablate, prev, match = (dict(clamps.ablate), dict(clamps.prev_token),
                          dict(clamps.induction))
+  last = model.depth - 1
   patches = []
   for i in range(model.depth):
     patch = transformer.Patch()
-    if i in ablate:
-      patch = patch.replace(head_mask=heads(ablate[i], 0.0))
+    mask = heads(ablate[i], 0.0) if i in ablate else jnp.ones(model.n_heads)
+    if i == last:  # only_head < 0: every head
+      mask = mask * jnp.where((only_head < 0) | (jnp.arange(model.n_heads) ==
+                                                 only_head), 1.0, 0.0)
+    if i in ablate or i == last:
+      patch = patch.replace(head_mask=mask)
     if i in prev:
       patch = patch.replace(pattern=previous_token_pattern(labels.shape[1] * 2 + 1),
                             pattern_heads=heads(prev[i], 1.0) > 0)
     if i in match:
       patch = patch.replace(
-          query_pattern=interventions.induction_pattern(labels, target,
-                                                        clamps.strength),
+          query_pattern=interventions.induction_pattern(labels, target, strength),
           query_heads=heads(match[i], 1.0) > 0)
     patches.append(patch)
   return patches
@@ -121,9 +125,11 @@ def _run(model, params, feats, labels, patches, **kwargs):
   return out, {a: attn[a][0] for a in ("q", "k", "pattern")}
 
 
-def forward(model, params, feats, labels, target, clamps: Clamps):
-  """Query logits (B, n_outputs) of the classifier under the clamps."""
-  patches = _patches(model, clamps, labels, target)
+def forward(model, params, feats, labels, target, clamps: Clamps,
+            strength=1.0, only_head=-1.0):
+  """Query logits (B, n_outputs) of the classifier under the clamps (the
+  match clamp's strength and only_head may be traced per-member numbers)."""
+  patches = _patches(model, clamps, labels, target, strength, only_head)
   copy_head = clamps.copy_from[0][1][0] if clamps.copy_from else None
   if clamps.perfect_layer1:
     embedded = model.apply({"params": params}, feats, labels, stop=0)
@@ -140,9 +146,10 @@ def forward(model, params, feats, labels, target, clamps: Clamps):
   return model.apply({"params": params}, feats, labels, patches=tuple(patches))
 
 
-def attention_patterns(model, params, feats, labels, target, clamps: Clamps):
+def attention_patterns(model, params, feats, labels, target, clamps: Clamps,
+                       strength=1.0, only_head=-1.0):
   """The last block's attention pattern (B, heads, T, T) under the clamps
   (the progress measures read it)."""
   _, seen = _run(model, params, feats, labels,
-                 _patches(model, clamps, labels, target))
+                 _patches(model, clamps, labels, target, strength, only_head))
   return seen["pattern"]

@@ -27,6 +27,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from icl_transience import config as config_lib
 from icl_transience.errors import UserError, check
 from icl_transience.proj.transience import classifier
 from icl_transience.proj.transience import classifier_config
@@ -35,6 +36,9 @@ from icl_transience.proj.transience import sources
 from icl_transience.proj.transience.induction_heads import circuits
 from icl_transience.proj.transience.induction_heads import distribution
 
+# Per-member numbers (config `hyper`): the match clamp's strength s, and the
+# one head of the last block left active (-1: all).
+HYPER = {"match_strength": 1.0, "only_head": -1.0}
 # evaluator -> (classes, exemplars, label pairs)
 EVALUATORS = {"fsl_train": ("train", "train", "train"),
               "fsl_val_rl": ("train", "train", "val"),
@@ -52,16 +56,22 @@ def ih_block() -> ml_collections.ConfigDict:
       strength_sequences=10_000,
       # clamps in every pass ('block:heads', 0-based; circuits.py)
       ablate_heads="", prev_token_heads="", induction_heads="",
-      induction_strength=1.0, copy_from_head="", perfect_layer1=False))
+      copy_from_head="", perfect_layer1=False))
+
+
 
 
 def blocks(c) -> dict:
-  """The source (the classifier's `data` block) and `ih`. Default source:
-  150 classes x 5 exemplars of the embedded synthetic features (dim 512):
-  the first 50 train, the last 100 are the held-out classes."""
+  """The source (the classifier's `data` block), `ih` and the per-member
+  numbers (`hyper`). Default source: 150 classes x 5 exemplars of the
+  embedded synthetic features (dim 512), non-negative like the authors'
+  ResNet features: the first 50 train, the last 100 are the held-out
+  classes."""
   data = classifier_config.blocks(c)["data"]
-  data.n_classes, data.n_exemplars = 150, 5
-  return {"data": data, "ih": ih_block()}
+  # the authors' features are ReLU ResNet activations: non-negative
+  data.n_classes, data.n_exemplars, data.relu_features = 150, 5, True
+  return {"data": data, "ih": ih_block(),
+          "hyper": ml_collections.ConfigDict(HYPER)}
 
 
 def class_rows(ih, n_classes: int) -> dict[str, tuple[int, int]]:
@@ -132,6 +142,13 @@ class InductionHeadsTask:
     check(self.c.model.mlp_ratio == 0 or not self.clamps.any, "model.mlp_ratio",
           "the clamps are defined on the attention-only model")
     circuits.validate(self.clamps, self.c.model.depth, self.c.model.n_heads)
+    for m in config_lib.members(self.c):
+      fields = dict(m.extra)
+      check(0.0 <= fields["match_strength"] <= 1.0, "hyper.match_strength",
+            f"{fields['match_strength']} outside [0, 1] (member {m.name})")
+      check(fields["only_head"] in range(-1, self.c.model.n_heads),
+            "hyper.only_head", f"{fields['only_head']} is not -1 or a head of "
+            f"the last block (member {m.name})")
 
   def init_weights(self, key):
     dim = sources.source_shape(self.c.data).dim
@@ -141,9 +158,11 @@ class InductionHeadsTask:
   def constants(self, sharding):
     return sources.load_table(self.c.data, sharding)
 
-  def _apply(self, params, feats, seqs):
-    return circuits.forward(self.model, params, feats, seqs["labels"],
-                            seqs["target"], self.clamps)
+  def _apply(self, weights, feats, seqs):
+    hyper = weights["hyper"]
+    return circuits.forward(self.model, weights["params"], feats, seqs["labels"],
+                            seqs["target"], self.clamps, hyper["match_strength"],
+                            hyper["only_head"])
 
   def _train_sampler(self):
     ih, n = self.ih, sources.source_shape(self.c.data).n_classes
@@ -155,8 +174,8 @@ class InductionHeadsTask:
     return dict(seqs, features=table[seqs["classes"], seqs["exemplars"]])
 
   def loss(self, weights, batch, hyper, step):
-    del hyper, step
-    logits = self._apply(weights["params"], batch["features"], batch)
+    del step
+    logits = self._apply(dict(weights, hyper=hyper), batch["features"], batch)
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["target"])
     acc = jnp.mean(jnp.argmax(logits, -1) == batch["target"])
     return jnp.mean(ce), ({"loss": jnp.mean(ce), "acc": acc}, None)
@@ -179,17 +198,17 @@ class InductionHeadsTask:
     return jax.device_put(sets, sharding)
 
   def evaluate(self, weights, table, eval_sets):
-    params = weights["params"]
+    hyper = weights["hyper"]
     out = {}
     for name, seqs in eval_sets.items():
       feats = table[seqs["classes"], seqs["exemplars"]]
       if name == "induction_strength":
-        pattern = circuits.attention_patterns(self.model, params, feats,
-                                              seqs["labels"], seqs["target"],
-                                              self.clamps)
+        pattern = circuits.attention_patterns(
+            self.model, weights["params"], feats, seqs["labels"], seqs["target"],
+            self.clamps, hyper["match_strength"], hyper["only_head"])
         out[name] = induction_strength(pattern, seqs["query_slot"])
         continue
-      logits = self._apply(params, feats, seqs)
+      logits = self._apply(weights, feats, seqs)
       out[name] = {k: jnp.mean(v) for k, v in probes.query_metrics(
           logits, seqs["labels"], seqs["target"]).items()}
     return out

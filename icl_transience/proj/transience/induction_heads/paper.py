@@ -1,0 +1,141 @@
+"""One command per figure of Singh et al. (ICML 2024): it trains the runs
+the figure needs (a finished run is skipped, a stopped one resumes) and
+draws it.
+
+  python -m icl_transience.proj.transience.induction_heads.paper \\
+      --figure=5b --root=runs/ih [--train=false]
+
+Runs live in ROOT/<variant> (the variants of configs/induction_heads.py,
+',' written '_'); the figure goes to ROOT/figures/ih_fig<N>.png. Figures:
+  3     the seeds 5-9 population (Fig. 3a losses, 3b strengths: the report)
+  4b    train loss with one layer-2 head alone (0-7) and with all
+  5b    train loss under the subcircuit clamps (none, 1, 1+2, match, copy,
+        1+2 + copy)
+  6     2 x 4: classes (top) and labels (bottom); normal training (2e6),
+        B (layer 1 + copy clamped), C (match clamped), B + C (layer 1
+        clamped), 3e5
+  8     previous-token clamps on one and on all layer-1 heads
+  15    the match clamp's strength: train and held-out-pair losses
+"""
+import importlib.util
+import os
+
+import matplotlib.pyplot as plt
+import numpy as np
+from absl import app
+from absl import flags
+from absl import logging
+
+from icl_transience import cli
+from icl_transience import metrics_table
+from icl_transience.analysis import figures
+from icl_transience.errors import UserError
+from icl_transience.train import loop
+
+LN2 = float(np.log(2))
+FIG5B = (("noclamp", "none"), ("pt", "1 (PT pattern 0:2)"), ("l1", "1,2 (layer 1)"),
+         ("match", "1,2,3qk,4 (match)"), ("copy", "3v,5 (copy)"),
+         ("l1_copy", "1,2,3v,5 (layer 1 + copy)"))
+DATA = (("", "50 classes, 5 labels"), ("classes100", "100 classes"),
+        ("classes200", "200 classes"), ("labels10", "10 labels"),
+        ("labels15", "15 labels"))
+COLUMNS = (("long", "normal training"), ("l1_copy,short", "B (layer 1 + copy clamped)"),
+           ("match,short", "C (match clamped)"), ("l1,short", "B + C (layer 1 clamped)"))
+FIG8 = (("noclamp", "no clamp"), ("pt", "PT clamp on 0:2"), ("pt_all", "PT clamp on all"))
+
+
+def fig6_variants():
+  return [",".join(filter(None, (d, col))) for d, _ in DATA for col, _ in COLUMNS]
+
+
+RUNS = {"3": ["seeds"], "4b": ["fig4b"], "5b": [v for v, _ in FIG5B],
+        "6": fig6_variants(), "8": [v for v, _ in FIG8], "15": ["fig15"]}
+
+
+def workdir(root: str, variant: str) -> str:
+  return os.path.join(root, variant.replace(",", "_") or "main")
+
+
+def load_config(path: str, variant: str):
+  spec = importlib.util.spec_from_file_location("ih_config", path)
+  module = importlib.util.module_from_spec(spec)
+  spec.loader.exec_module(module)
+  return module.get_config(variant)
+
+
+def train(config_path: str, root: str, variants):
+  for variant in variants:
+    logging.info("run %s", variant or "main")
+    loop.train(load_config(config_path, variant), workdir(root, variant))
+
+
+def curves(root, variant, evaluator="fsl_train"):
+  """{member: (x, y)} of the evaluator's loss in the variant's run."""
+  rows = metrics_table.read(workdir(root, variant))
+  if not rows:
+    raise UserError(f"--root: no metrics in {workdir(root, variant)} (train it: "
+                    "drop --train=false)")
+  members = dict.fromkeys(r["member"] for r in rows)
+  return {m: figures.series(rows, m, evaluator, "loss") for m in members}
+
+
+def _axes(ax, title, xmax=None):
+  ax.axhline(LN2, color="grey", ls="--", lw=0.8)
+  ax.set(title=title, xlabel="sequences seen", ylabel="train loss")
+  if xmax:
+    ax.set_xlim(0, xmax)
+  ax.grid(alpha=0.3)
+  ax.legend(fontsize=6)
+
+
+def draw(figure: str, root: str) -> str:
+  path = os.path.join(root, "figures", f"ih_fig{figure}.png")
+  if figure == "6":
+    fig, axes = plt.subplots(2, 4, figsize=(16, 7))
+    for row, data in ((0, DATA[:3]), (1, DATA[:1] + DATA[3:])):
+      for col, (column, title) in enumerate(COLUMNS):
+        for d, label in data:
+          (x, y), = curves(root, ",".join(filter(None, (d, column)))).values()
+          axes[row, col].plot(x, y, label=label, lw=1.2)
+        _axes(axes[row, col], title)
+  else:
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    if figure in ("3", "4b", "15"):
+      runs = [(RUNS[figure][0], None)]
+    else:
+      runs = FIG5B if figure == "5b" else FIG8
+    for variant, label in runs:
+      for member, (x, y) in curves(root, variant).items():
+        ax.plot(x, y, lw=1.2, label=label or member,
+                ls="--" if member in ("only_head-1", "main") else "-")
+      if figure == "15":
+        for member, (x, y) in curves(root, variant, "fsl_val_rl").items():
+          ax.plot(x, y, lw=0.8, ls=":", label=f"{member} (held-out pairs)")
+    _axes(ax, f"Singh et al. 2024, Fig. {figure}", 400_000 if figure == "5b" else None)
+  fig.tight_layout()
+  figures.save(fig, path)
+  return path
+
+
+def define_flags():
+  flags.DEFINE_enum("figure", None, list(RUNS), "Which figure.", required=True)
+  flags.DEFINE_string("root", None, "Folder of the runs.", required=True)
+  flags.DEFINE_string("config", "configs/induction_heads.py", "The config file.")
+  flags.DEFINE_bool("train", True, "Train (or finish) the runs first.")
+
+
+@cli.exit_on_user_error
+def main(argv):
+  del argv
+  f = flags.FLAGS
+  cli.start_logging()
+  if f.train:
+    if not os.path.isfile(f.config):
+      raise UserError(f"--config: no file {f.config}")
+    train(f.config, f.root, RUNS[f.figure])
+  print(draw(f.figure, f.root))
+
+
+if __name__ == "__main__":
+  define_flags()
+  app.run(main, flags_parser=cli.parse_flags)
