@@ -14,8 +14,8 @@ authors': 5,000; ours lie on the fused-step grid).
   seeds      init seeds 5-9 in one program (the spread of the ln 2 crossing)
   fig4b      one program: every layer-2 head alone (only_head 0-7) and all
   noclamp, pt, l1, match, copy, l1_copy
-             Fig. 5b: the subcircuit clamps (layer-2 heads but 1:3 ablated
-             except for copy), 6e5 sequences (noclamp: checkpoints every 2e4
+             Fig. 5b: the subcircuit clamps (layer-2 heads but 1:3 ablated,
+             except in copy and l1_copy), 6e5 sequences (noclamp: checkpoints every 2e4
              for the eval-time progress measures, Fig. 10)
   classes100, classes200, labels10, labels15
              Fig. 6's data (100 / 200 training classes; 10 / 15 labels)

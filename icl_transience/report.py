@@ -80,9 +80,12 @@ def metric_for(evaluator: str, metric: str, named: dict) -> str:
   return named.get(evaluator, metric) if metric == Settings.metric else metric
 
 
-def chance_level(metric: str, settings: Settings) -> float:
+def chance_level(metric: str, settings: Settings, own: float | None = None) -> float:
+  """--chance, else the curve's own (own), else CHANCE[metric]."""
   if settings.chance is not None:
     return settings.chance
+  if own is not None:
+    return own
   if metric not in CHANCE:
     raise UserError(f"--chance: no default chance level for metric {metric!r} "
                     f"(known: {', '.join(CHANCE)}); give --chance")
@@ -100,8 +103,11 @@ def verdict(peak: float, final: float, chance: float, settings: Settings) -> str
 
 def transience(rows, member: str, evaluator: str, settings: Settings,
                named: dict):
-  """Peak, final, decay and verdict of one curve; None if it is not logged."""
-  metric = metric_for(evaluator, settings.metric, named)
+  """Peak, final, decay and verdict of one curve; None if it is not logged.
+  named: {evaluator: the task's Curve}."""
+  curve = named.get(evaluator)
+  metric = metric_for(evaluator, settings.metric,
+                      {e: c.metric for e, c in named.items()})
   points = sorted((r["sequences"], r["step"], r["value"]) for r in rows
                   if r["member"] == member and r["evaluator"] == evaluator
                   and r["metric"] == metric)
@@ -109,7 +115,8 @@ def transience(rows, member: str, evaluator: str, settings: Settings,
     return None
   peak_sequences, peak_step, peak = max(points, key=lambda p: (p[2], -p[0]))
   final_sequences, final_step, final = points[-1]
-  chance = chance_level(metric, settings)
+  chance = chance_level(metric, settings, curve.chance if curve and
+                        metric == curve.metric else None)
   return dict(member=member, evaluator=evaluator, metric=metric, chance=chance,
               peak_step=peak_step, peak_sequences=peak_sequences, peak=peak,
               final_step=final_step, final_sequences=final_sequences,
@@ -119,7 +126,7 @@ def transience(rows, member: str, evaluator: str, settings: Settings,
 
 class Section(NamedTuple):
   name: str                       # its key in report.json
-  analyse: Callable               # (rows, member, evaluator, settings, named) -> dict | None
+  analyse: Callable   # (rows, member, evaluator, settings, {evaluator: Curve}) -> dict | None
   columns: tuple[str, ...]        # the printed columns
 
 
@@ -138,7 +145,7 @@ def section_for(evaluator: str) -> Section:
 def build_report(rows, settings: Settings, curves=()) -> dict:
   """{"settings": ..., section name: [row per (member, evaluator)]};
   curves: the task's (tasks.Curve), which name each evaluator's metric."""
-  named = {curve.evaluator: curve.metric for curve in curves}
+  named = {curve.evaluator: curve for curve in curves}
   report = {"settings": dataclasses.asdict(settings)}
   evaluators = dict.fromkeys(r["evaluator"] for r in rows
                              if r["evaluator"] != metrics_table.DIVERGED)

@@ -125,7 +125,8 @@ def summary(root: str, all_groups: list[Group]) -> list[dict]:
     curves = config_lib.run_curves(workdir)
     for member in dict.fromkeys(r["member"] for r in rows):
       entry = {"group": group.name, "member": member}
-      for evaluator, metric, _, _ in curves:
+      for curve in curves:
+        evaluator, metric = curve.evaluator, curve.metric
         x, y = figures.series(rows, member, evaluator, metric)
         if x:  # evaluator, or evaluator:metric where it shows several
           shared = sum(curve.evaluator == evaluator for curve in curves) > 1

@@ -62,11 +62,13 @@ class Task(Protocol):
 
 class Curve(NamedTuple):
   """A curve the generic figures, the sweep summary and the curve report
-  show: an evaluator's metric, its legend label and colour."""
+  show: an evaluator's metric, its legend label and colour, and the
+  metric's chance level there (None: the report's default for the metric)."""
   evaluator: str
   metric: str
   label: str
   colour: str | None = None
+  chance: float | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -101,7 +103,11 @@ def spec(c) -> TaskSpec:
   if name not in TASKS:
     raise UserError(f"task: unknown '{name}' (choose from {', '.join(TASKS)})")
   module, attr = TASKS[name].split(":")
-  return getattr(importlib.import_module(module), attr)
+  try:
+    return getattr(importlib.import_module(module), attr)
+  except ImportError as e:  # e.g. the example task, outside the package
+    raise UserError(f"task: cannot load '{name}' from {module} ({e}); run "
+                    "from the repository root") from e
 
 
 def upgrade(c):

@@ -57,8 +57,8 @@ def omniglot_subsets(omniglot_dir):  # pylint: disable=redefined-outer-name
 SLOW_FIRST = ("test_multidevice.py", "test_omniglot_task.py",
               "test_reliability.py", "test_resume.py", "test_train.py",
               "test_interventions.py", "test_plateau_task.py", "test_lds_task.py",
-              "test_toy.py", "test_sweep.py", "test_monitoring.py",
-              "test_optimizer.py")
+              "test_induction_task.py", "test_toy.py", "test_sweep.py",
+              "test_monitoring.py", "test_example_task.py", "test_optimizer.py")
 
 
 def pytest_collection_modifyitems(items):

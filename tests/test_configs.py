@@ -279,3 +279,12 @@ def test_population_takes_the_seed_alias_that_grid_takes():
   c.population = "seed=1; init_seed=1"
   with pytest.raises(UserError, match="^population: two members are identical$"):
     config_lib.members(c)
+
+
+def test_a_task_that_cannot_load_is_one_line(monkeypatch):
+  monkeypatch.setitem(tasks.TASKS, "elsewhere", "no_such_package.task:SPEC")
+  c = smoke.get_config()
+  c.task = "elsewhere"
+  with pytest.raises(UserError, match=r"^task: cannot load 'elsewhere' from "
+                     r"no_such_package.task \(No module named"):
+    tasks.spec(c)

@@ -118,6 +118,23 @@ def test_the_layer1_clamp_is_the_three_pass_computation():
   assert not np.allclose(logits, MODEL.apply({"params": PARAMS}, FEATS, LABELS))
 
 
+def test_patterns_under_the_layer1_clamp_are_those_of_the_shifted_pass():
+  clamps = circuits.Clamps(perfect_layer1=True)
+  got = circuits.attention_patterns(MODEL, PARAMS, FEATS, LABELS, TARGET, clamps)
+  embedded = MODEL.apply({"params": PARAMS}, FEATS, LABELS, stop=0)
+  shifted = embedded.at[:, 1:4].set(embedded[:, 0:3])
+  want = record(PARAMS, stream=shifted, start=1)["block_1"]["attn"]["pattern"][0]
+  np.testing.assert_allclose(got, want, rtol=1e-6)
+  assert not np.allclose(got, record(PARAMS)["block_1"]["attn"]["pattern"][0])
+
+
+def test_clamps_merge_block_by_block():
+  assert circuits.merge(((1, (0, 1)),), ((1, (2,)), (0, (2,)))) == (
+      (0, (2,)), (1, (0, 1, 2)))
+  assert circuits.merge(((0, "all"),), ((0, (2,)), (1, (3,)))) == (
+      (0, "all"), (1, (3,)))
+
+
 def test_induction_strength_is_right_minus_wrong_label_attention():
   pattern = np.zeros((2, 3, 5, 5))
   pattern[0, :, -1, 1], pattern[0, :, -1, 3] = [0.7, 0.2, 0.5], [0.1, 0.6, 0.5]
@@ -163,7 +180,11 @@ def test_bad_clamps_and_splits_are_one_line():
       ({"ih.prev_token_heads": "0:9"}, r"^ih.prev_token_heads: heads \(9,\) outside"),
       ({"ih.test_classes": 140}, "^ih.test_classes: 50 \\+ 140 classes"),
       ({"ih.evaluators": ("fsl_nope",)}, "^ih.evaluators: unknown 'fsl_nope'"),
-      ({"ih.relabel_split": (7, 2, 0)}, "^ih.relabel_split: expected three counts")):
+      ({"ih.relabel_split": (7, 2, 0)}, "^ih.relabel_split: expected three counts"),
+      ({"model.n_heads": 7}, "^model.n_heads: must divide d_model=16"),
+      ({"model.positions": "bogus"}, "^model.positions: unknown 'bogus'"),
+      ({"ih.perfect_layer1": True, "model.positions": "learned"},
+       "^ih.perfect_layer1: shifts whole token embeddings")):
     with pytest.raises(UserError, match=message):
       config_lib.validate(tiny(**fields))
 

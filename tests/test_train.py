@@ -89,9 +89,9 @@ def test_figures_draw_the_metrics_rows(smoke_run, tmp_path, monkeypatch):
                                                         "losses_main.png"]
   assert all(os.path.getsize(p) > 10_000 for p in paths)
   series = lambda evaluator, metric: table_curve(rows, "main", evaluator, metric)
-  for evaluator, metric, label, _ in curves:  # drawn when run
-    x, y = series(evaluator, metric)
-    assert dict(drawn["curves_main.png"]).get(label) == ([x, y] if x else None)
+  for curve in curves:  # drawn when run
+    x, y = series(curve.evaluator, curve.metric)
+    assert dict(drawn["curves_main.png"]).get(curve.label) == ([x, y] if x else None)
   losses = dict(drawn["losses_main.png"])
   assert losses["train (batch)"] == list(series("train_batch", "loss"))
   assert losses["icl"] == list(series("icl", "loss"))

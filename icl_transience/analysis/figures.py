@@ -47,11 +47,11 @@ def curves_figure(rows, member: str, curves, path: str):
   errors)."""
   fig, ax = plt.subplots(figsize=(7, 4))
   drawn, values = [], []
-  for evaluator, metric, label, colour in curves:
-    x, y = series(rows, member, evaluator, metric)
+  for curve in curves:
+    x, y = series(rows, member, curve.evaluator, curve.metric)
     if x:
-      ax.plot(x, y, label=label, color=colour, lw=1.5)
-      drawn.append(metric)
+      ax.plot(x, y, label=curve.label, color=curve.colour, lw=1.5)
+      drawn.append(curve.metric)
       values += y
   if drawn and all("acc" in m or "prob" in m for m in drawn):
     ax.set_ylim(-0.02, 1.02)
@@ -86,9 +86,10 @@ def summary(rows, member: str, curves) -> list[str]:
   """One line per curve of the task: peak (and where) and final value."""
   seen = metrics_table.diverged(rows).get(member)
   lines = [] if seen is None else [f"{member:>12s} diverged at {seen / 1e6:.2f}M"]
-  for evaluator, metric, label, _ in curves:
-    x, y = series(rows, member, evaluator, metric)
+  for curve in curves:
+    x, y = series(rows, member, curve.evaluator, curve.metric)
     if x:
+      label = curve.label
       peak = max(range(len(y)), key=y.__getitem__)
       lines.append(f"{member:>12s} {label:<32s} peak {y[peak]:.3f} at "
                    f"{x[peak] / 1e6:6.2f}M   final {y[-1]:.3f} at {x[-1] / 1e6:.2f}M")
@@ -102,7 +103,7 @@ LOG_METRICS = ("loss", "mse")
 
 
 def panel_metric(rows, evaluator: str, curves=()) -> str:
-  named = {e: m for e, m, _, _ in curves}
+  named = {curve.evaluator: curve.metric for curve in curves}
   have = sorted({r["metric"] for r in rows if r["evaluator"] == evaluator})
   if named.get(evaluator) in have:
     return named[evaluator]

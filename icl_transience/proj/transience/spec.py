@@ -21,20 +21,24 @@ CLASSIFIER_CURVES = (
     # its in-context accuracy is 0 by construction
     tasks.Curve("pure_iwl", "acc", "IWL eval* (full-vocabulary acc)", "tab:red"),
 )
-# Chan et al. 2022's evaluators: few-shot on holdout classes (ICL), no support
-# on trained ones (IWL).
-OMNIGLOT_CURVES = (
-    tasks.Curve("fewshot_holdout", "accuracy_closed", "Few-shot holdout (ICL)",
-                "tab:blue"),
-    tasks.Curve("fewshot_zipfian", "accuracy_closed", "Few-shot Zipfian",
-                "tab:green"),
-    tasks.Curve("no_support_zipfian", "accuracy_query", "No support (IWL)",
-                "tab:red"),
-    tasks.Curve("no_support_rare", "accuracy_query", "No support, rare",
-                "tab:orange"),
-    tasks.Curve("no_support_common", "accuracy_query", "No support, common",
-                "tab:brown"),
-)
+
+
+def omniglot_curves(c) -> tuple:
+  """Chan et al. 2022's evaluators: few-shot on holdout classes (ICL), no
+  support on trained ones (IWL). accuracy_closed (among the context's
+  labels) has chance 1 / ways; accuracy_query (over every label) about 0."""
+  ways = 1.0 / c.omniglot.ways
+  return (
+      tasks.Curve("fewshot_holdout", "accuracy_closed", "Few-shot holdout (ICL)",
+                  "tab:blue", ways),
+      tasks.Curve("fewshot_zipfian", "accuracy_closed", "Few-shot Zipfian",
+                  "tab:green", ways),
+      tasks.Curve("no_support_zipfian", "accuracy_query", "No support (IWL)",
+                  "tab:red", 0.0),
+      tasks.Curve("no_support_rare", "accuracy_query", "No support, rare",
+                  "tab:orange", 0.0),
+      tasks.Curve("no_support_common", "accuracy_query", "No support, common",
+                  "tab:brown", 0.0))
 
 
 def successor(c):
@@ -52,7 +56,7 @@ OMNIGLOT = tasks.TaskSpec(
     build=omniglot_task.OmniglotTask, blocks=omniglot_task.blocks,
     resumable=("omniglot.eval_batch_size",),
     l2_groups=transformer.l2_groups("embedder", "label_embed"),
-    curves=lambda c: OMNIGLOT_CURVES)
+    curves=omniglot_curves)
 # Singh et al. 2024, Fig. 3a: train, held-out classes, held-out label pairs.
 INDUCTION_HEAD_CURVES = (
     tasks.Curve("fsl_train", "loss", "train", "black"),

@@ -15,7 +15,8 @@ heads' induction strengths from the metrics table. Check K5.
 subcircuit's progress (the loss with head 0:2's pattern clamped to
 previous-token, every layer-2 head but 1:3 ablated), the copy subcircuit's
 (the loss with 1:3's match clamped), and the loss changes from removing layer
-1's direct path and from ablating every layer-2 head. Check K10.
+1's direct path (where the run's clamps are layer-2 ablations at most) and
+from ablating every layer-2 head. Check K10.
 The run's own clamps hold in every pass. Writes workdir/analyses/*.json and
 figures/ih_fig4a_<member>.png or ih_progress_<member>.png.
 """
@@ -69,10 +70,22 @@ class Run:
     self.query_slot = jnp.asarray(seqs["query_slot"])
 
   def clamps(self, **extra) -> circuits.Clamps:
+    """The run's clamps with `extra` added, block by block."""
     base = self.task.clamps
-    merged = {k: getattr(base, k) + extra.get(k, ()) for k in ("ablate", "prev_token",
-                                                               "induction", "copy_from")}
-    return dataclasses.replace(base, **merged)
+    return dataclasses.replace(base, **{
+        k: circuits.merge(getattr(base, k), v) for k, v in extra.items()})
+
+  def direct_path_removed(self, hyper):
+    """Layer 1's direct path removed (every layer-1 head ablated, layer 2's
+    patterns and values from the clean pass), as an intervention; None
+    where the run's clamps are more than layer-2 ablations or one head is
+    left alone (the clean pass would not be the run's model)."""
+    clamps = self.task.clamps
+    if (dataclasses.replace(clamps, ablate=()).any or float(hyper["only_head"]) >= 0
+        or any(block != 1 for block, _ in clamps.ablate)):
+      return None
+    return interventions.Intervention(ablate=circuits.merge(((0, "all"),), clamps.ablate),
+                                      keep=((1, ("pattern", "v")),))
 
   def measure(self, params, hyper, clamps=None, iv=None) -> dict:
     """{loss, acc} over the whole distribution, under clamps (circuits) or
@@ -124,9 +137,9 @@ def fig4a(run: Run, sequences: int = -1, member: str = "") -> dict:
                 ablate=((last, others(h)),))) for h in range(n)],
             "ablate_one": [run.measure(params, hyper, run.clamps(
                 ablate=((last, (h,)),))) for h in range(n)]}
-  if not run.task.clamps.any:
-    result["direct_path_removed"] = run.measure(params, hyper, iv=interventions.Intervention(
-        ablate=((0, "all"),), keep=((1, ("pattern", "v")),)))
+  direct = run.direct_path_removed(hyper)
+  if direct is not None:
+    result["direct_path_removed"] = run.measure(params, hyper, iv=direct)
   rows = metrics_table.read(run.workdir)
   strength = {r["metric"]: r["value"] for r in rows if r["member"] == member
               and r["evaluator"] == "induction_strength" and r["sequences"] == seen}
@@ -155,6 +168,7 @@ def progress(run: Run, member: str = "") -> dict:
     raise UserError("--progress: the measures clamp heads 0:2 and 1:3 of a "
                     "2-block model with >= 4 heads")
   rest = tuple(h for h in range(n) if h != 3)
+  direct = run.direct_path_removed(hyper)
   with checkpoints.manager(run.workdir, read_only=True) as mngr:
     steps = sorted(mngr.all_steps())
   points = []
@@ -167,7 +181,9 @@ def progress(run: Run, member: str = "") -> dict:
             prev_token=((0, (2,)),), ablate=((1, rest),)))["loss"],
         "copy": run.measure(params, hyper, run.clamps(induction=((1, (3,)),)))["loss"],
         "layer2_ablated": run.measure(params, hyper, run.clamps(
-            ablate=((1, "all"),)))["loss"] - base["loss"]})
+            ablate=((1, "all"),)))["loss"] - base["loss"],
+        "layer1_direct_removed": (None if direct is None else run.measure(
+            params, hyper, iv=direct)["loss"] - base["loss"])})
   return {"member": member, "points": points}
 
 
@@ -189,8 +205,10 @@ def draw_progress(result: dict, path: str):
   for key, label in (("loss", "train distribution (run's own clamps)"),
                      ("composite", "composite subcircuit (PT clamp 0:2)"),
                      ("copy", "copy subcircuit (match clamp 1:3)"),
-                     ("layer2_ablated", "loss change: layer 2 ablated")):
-    ax.plot(x, [p[key] for p in result["points"]], label=label, lw=1.5)
+                     ("layer2_ablated", "loss change: layer 2 ablated"),
+                     ("layer1_direct_removed", "loss change: layer 1's direct path removed")):
+    if result["points"] and result["points"][0][key] is not None:
+      ax.plot(x, [p[key] for p in result["points"]], label=label, lw=1.5)
   ax.axhline(np.log(2), color="grey", ls="--", lw=1)
   ax.set(xlabel="sequences seen", ylabel="loss", title=f"Figs. 10 and 12: {result['member']}")
   ax.legend(fontsize=7)

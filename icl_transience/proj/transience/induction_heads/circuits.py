@@ -59,7 +59,7 @@ def from_config(ih) -> Clamps:
                 bool(ih.perfect_layer1))
 
 
-def validate(clamps: Clamps, depth: int, n_heads: int):
+def validate(clamps: Clamps, depth: int, n_heads: int, positions: str):
   for field, entries in (("ablate_heads", clamps.ablate),
                          ("prev_token_heads", clamps.prev_token),
                          ("induction_heads", clamps.induction),
@@ -72,6 +72,9 @@ def validate(clamps: Clamps, depth: int, n_heads: int):
         "ih.copy_from_head", "one head of the last block, e.g. '1:3'")
   check(not (clamps.any and depth != 2), "model.depth",
         "the clamps are defined on the 2-block model")
+  check(not clamps.perfect_layer1 or positions == "rope", "ih.perfect_layer1",
+        "shifts whole token embeddings, which carry no position only with "
+        "model.positions=rope")
 
 
 def previous_token_pattern(length: int = TOKENS) -> jnp.ndarray:
@@ -125,31 +128,51 @@ def _run(model, params, feats, labels, patches, **kwargs):
   return out, {a: attn[a][0] for a in ("q", "k", "pattern")}
 
 
+def _last_block(model, params, feats, labels, patches, perfect_layer1: bool):
+  """The last block's q / k / pattern: of the plain pass, or under the
+  layer-1 clamp of the pass on the shifted embeddings; and the embeddings."""
+  if not perfect_layer1:
+    return _run(model, params, feats, labels, patches)[1], None
+  embedded = model.apply({"params": params}, feats, labels, stop=0)
+  shifted = embedded.at[:, 1:-1].set(embedded[:, :-2])
+  return _run(model, params, feats, labels, patches, stream=shifted,
+              start=1)[1], embedded
+
+
 def forward(model, params, feats, labels, target, clamps: Clamps,
             strength=1.0, only_head=-1.0):
   """Query logits (B, n_outputs) of the classifier under the clamps (the
   match clamp's strength and only_head may be traced per-member numbers)."""
   patches = _patches(model, clamps, labels, target, strength, only_head)
   copy_head = clamps.copy_from[0][1][0] if clamps.copy_from else None
-  if clamps.perfect_layer1:
-    embedded = model.apply({"params": params}, feats, labels, stop=0)
-    shifted = embedded.at[:, 1:-1].set(embedded[:, :-2])
-    _, seen = _run(model, params, feats, labels, patches, stream=shifted, start=1)
-    if copy_head is not None:
-      return _copy_logits(model, seen["q"], seen["k"], labels, copy_head)
-    last = patches[1].replace(clean={"pattern": seen["pattern"]})
-    return model.apply({"params": params}, feats, labels, stream=embedded,
-                       start=1, patches=(patches[0], last))
+  if not clamps.perfect_layer1 and copy_head is None:
+    return model.apply({"params": params}, feats, labels, patches=tuple(patches))
+  seen, embedded = _last_block(model, params, feats, labels, patches,
+                               clamps.perfect_layer1)
   if copy_head is not None:
-    _, seen = _run(model, params, feats, labels, patches)
     return _copy_logits(model, seen["q"], seen["k"], labels, copy_head)
-  return model.apply({"params": params}, feats, labels, patches=tuple(patches))
+  last = patches[1].replace(clean={"pattern": seen["pattern"]})
+  return model.apply({"params": params}, feats, labels, stream=embedded,
+                     start=1, patches=(patches[0], last))
 
 
 def attention_patterns(model, params, feats, labels, target, clamps: Clamps,
                        strength=1.0, only_head=-1.0):
-  """The last block's attention pattern (B, heads, T, T) under the clamps
-  (the progress measures read it)."""
-  _, seen = _run(model, params, feats, labels,
-                 _patches(model, clamps, labels, target, strength, only_head))
-  return seen["pattern"]
+  """The last block's attention pattern (B, heads, T, T) as the clamped
+  model computes it (under the layer-1 clamp: from the shifted embeddings);
+  the progress measures read it."""
+  patches = _patches(model, clamps, labels, target, strength, only_head)
+  return _last_block(model, params, feats, labels, patches,
+                     clamps.perfect_layer1)[0]["pattern"]
+
+
+def merge(*entries) -> tuple:
+  """((block, heads), ...) lists joined block by block (a union of heads;
+  'all' absorbs the rest)."""
+  out = {}
+  for block, heads in (e for group in entries for e in group):
+    if "all" in (heads, out.get(block)):
+      out[block] = "all"
+    else:
+      out[block] = tuple(sorted(set(out.get(block, ())) | set(heads)))
+  return tuple(sorted(out.items()))

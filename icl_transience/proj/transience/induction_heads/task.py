@@ -29,6 +29,7 @@ import optax
 
 from icl_transience import config as config_lib
 from icl_transience.errors import UserError, check
+from icl_transience.nn import transformer
 from icl_transience.proj.transience import classifier
 from icl_transience.proj.transience import classifier_config
 from icl_transience.proj.transience import probes
@@ -141,7 +142,14 @@ class InductionHeadsTask:
           "ih.eval_sequences", "must be positive")
     check(self.c.model.mlp_ratio == 0 or not self.clamps.any, "model.mlp_ratio",
           "the clamps are defined on the attention-only model")
-    circuits.validate(self.clamps, self.c.model.depth, self.c.model.n_heads)
+    model = self.c.model
+    check(model.positions in transformer.POSITIONS, "model.positions",
+          f"unknown '{model.positions}' (choose from {', '.join(transformer.POSITIONS)})")
+    check(model.d_model % model.n_heads == 0, "model.n_heads",
+          f"must divide d_model={model.d_model}")
+    check(model.max_len >= circuits.TOKENS, "model.max_len",
+          f"{model.max_len} positions, but sequences have {circuits.TOKENS} tokens")
+    circuits.validate(self.clamps, model.depth, model.n_heads, model.positions)
     for m in config_lib.members(self.c):
       fields = dict(m.extra)
       check(0.0 <= fields["match_strength"] <= 1.0, "hyper.match_strength",
