@@ -4,7 +4,7 @@ distribution (the 78,400 enumerated sequences; Singh et al., ICML 2024).
   python -m icl_transience.proj.transience.induction_heads.analyse \\
       --workdir=runs/ih --fig4a [--member=...] [--sequences=-1]
   python -m icl_transience.proj.transience.induction_heads.analyse \\
-      --workdir=runs/ih_noclamp --progress
+      --workdir=runs/ih_noclamp --progress --subsample=9800
 
 --fig4a (Fig. 4a, Table 1 text; one checkpoint): accuracy and loss of the
 whole model, of each last-block head kept alone (the others ablated) and
@@ -55,7 +55,7 @@ CHUNKS = 16
 class Run:
   """A run's model, clamps and whole training distribution."""
 
-  def __init__(self, workdir: str):
+  def __init__(self, workdir: str, subsample: int = 0):
     self.workdir, self.c = workdir, config_lib.load_run_config(workdir)
     if tasks.task_name(self.c) != "induction_heads":
       raise UserError(f"--workdir: {workdir} is a '{tasks.task_name(self.c)}' "
@@ -63,7 +63,10 @@ class Run:
     self.task = ih_task.InductionHeadsTask(self.c)
     every = distribution.enumerate_training_sequences(self.task.splits[0],
                                                       self.c.ih.train_classes)
-    seqs = ih_task.strength_set(every, np.arange(len(every.query_class)))
+    pick = np.arange(len(every.query_class))
+    if subsample:  # a fixed random subset (seed 0)
+      pick = np.sort(np.random.default_rng(0).permutation(pick)[:subsample])
+    seqs = ih_task.strength_set(every, pick)
     table = sources.load_table(self.c.data)
     self.feats = table[seqs["classes"], seqs["exemplars"]]
     self.labels, self.target = jnp.asarray(seqs["labels"]), jnp.asarray(seqs["target"])
@@ -222,6 +225,8 @@ def define_flags():
   flags.DEFINE_bool("progress", False, "Subcircuit progress at every checkpoint.")
   flags.DEFINE_integer("sequences", -1, "--fig4a's checkpoint (-1: newest).")
   flags.DEFINE_string("member", "", "Population member ('' = first).")
+  flags.DEFINE_integer("subsample", 0, "Measure on this many of the training "
+                       "sequences (a fixed random subset; 0: all).")
 
 
 @cli.exit_on_user_error
@@ -231,7 +236,9 @@ def main(argv):
   cli.quiet_library_logs()
   if f.fig4a == f.progress:
     raise UserError("--fig4a or --progress: choose one")
-  run = Run(f.workdir)
+  if f.subsample < 0:
+    raise UserError(f"--subsample: must be >= 0, got {f.subsample}")
+  run = Run(f.workdir, f.subsample)
   result = fig4a(run, f.sequences, f.member) if f.fig4a else progress(run, f.member)
   name = (f"fig4a_{result['member']}_{result['sequences']}" if f.fig4a
           else f"progress_{result['member']}")

@@ -120,7 +120,7 @@ def draw(figure: str, root: str) -> str:
 def define_flags():
   flags.DEFINE_enum("figure", None, list(RUNS), "Which figure.", required=True)
   flags.DEFINE_string("root", None, "Folder of the runs.", required=True)
-  flags.DEFINE_string("config", "configs/induction_heads.py", "The config file.")
+  flags.DEFINE_string("config_file", "configs/induction_heads.py", "The config file.")
   flags.DEFINE_bool("train", True, "Train (or finish) the runs first.")
 
 
@@ -130,9 +130,9 @@ def main(argv):
   f = flags.FLAGS
   cli.start_logging()
   if f.train:
-    if not os.path.isfile(f.config):
-      raise UserError(f"--config: no file {f.config}")
-    train(f.config, f.root, RUNS[f.figure])
+    if not os.path.isfile(f.config_file):
+      raise UserError(f"--config_file: no file {f.config_file}")
+    train(f.config_file, f.root, RUNS[f.figure])
   print(draw(f.figure, f.root))
 
 
