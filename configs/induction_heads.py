@@ -25,6 +25,8 @@ authors': 5,000; ours lie on the fused-step grid).
   pt_all     Fig. 8: all layer-1 heads clamped to previous-token
   fig15      one program: the match clamp on 1:3 at strength s = 1, .95, ..,
              .5, .4, .., 0 (no ablation), 6e5 sequences
+  graft      Fig. 7: layer 1 and the embeddings of a trained run, frozen
+             (--config.graft.workdir=RUN --config.graft.member=M), 8e5
 """
 from icl_transience import config
 from icl_transience import tasks
@@ -51,6 +53,9 @@ VARIANTS = {
              "ckpt.every": 1_000_000},
     "short": {"total_sequences": 300_000, "ckpt.every": 300_000},
     "pt_all": {**CLAMP_RUN, "ih.ablate_heads": REST_HEADS, "ih.prev_token_heads": "0:all"},
+    # with --config.graft.workdir=RUN (a trained run) [--config.graft.member=M]
+    "graft": {"graft.mode": "in", "graft.layer": 0, "total_sequences": 800_000,
+              "eval_every": 4_000, "ckpt.every": 800_000},
     "fig15": {**CLAMP_RUN, "ih.induction_heads": "1:3",
               "population": "; ".join(f"match_strength={s}" for s in STRENGTHS)},
 }

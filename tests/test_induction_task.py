@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from helpers import REPO  # pylint: disable=unused-import  (configs/ on the path)
+from helpers import REPO, final_state  # (REPO: configs/ on the path)
 import induction_heads  # pylint: disable=wrong-import-order
 from icl_transience import config as config_lib
 from icl_transience import metrics_table
@@ -221,9 +221,15 @@ def test_the_analyses_measure_the_whole_training_distribution(tmp_path):
 def test_every_figure_names_runs_of_the_config_and_draws_them(tmp_path, monkeypatch):
   from icl_transience.proj.transience.induction_heads import paper  # pylint: disable=g-import-not-at-top
   from icl_transience.analysis import figures  # pylint: disable=g-import-not-at-top
+  path = os.path.join(REPO, "configs", "induction_heads.py")
   for figure, variants in paper.RUNS.items():
     for variant in variants:
-      config_lib.validate(induction_heads.get_config(variant))
+      c = paper.load_config(path, variant, str(tmp_path))
+      if variant.startswith("graft"):  # on the seeds run's member
+        assert (c.graft.workdir, c.graft.member, c.init_seed) == (
+            paper.workdir(str(tmp_path), "seeds"), f"init_seed{variant[5:]}", 5)
+      else:
+        config_lib.validate(c)
     assert len(set(variants)) == len(variants), figure
   labels = {}
   monkeypatch.setattr(figures, "save", lambda fig, path: labels.update(
@@ -239,3 +245,23 @@ def test_every_figure_names_runs_of_the_config_and_draws_them(tmp_path, monkeypa
       label for _, label in paper.FIG5B]
   with pytest.raises(UserError, match="^--root: no metrics in"):
     paper.draw("8", str(tmp_path / "nowhere"))
+
+
+def test_a_grafted_layer1_is_frozen_and_the_rest_trains(tmp_path):
+  trained = str(tmp_path / "trained")
+  loop.train(tiny(), trained)
+  c = tiny(**{"graft.mode": "in", "graft.workdir": trained})
+  config_lib.validate(c)
+  loop.train(c, str(tmp_path / "grafted"))
+  start = final_state(c, str(tmp_path / "grafted"), step=0)["params"]
+  end = final_state(c, str(tmp_path / "grafted"))["params"]
+  for name in ("input_proj", "label_embed", "block_0"):  # not used: no gradient
+    for x, y in zip(jax.tree.leaves(start[name]), jax.tree.leaves(end[name])):
+      np.testing.assert_array_equal(x, y)
+  assert not np.allclose(start["block_1"]["attn"]["qkv"]["kernel"],
+                         end["block_1"]["attn"]["qkv"]["kernel"])
+  for fields, message in (({"graft.layer": 1}, "^graft.mode: this task grafts"),
+                          ({"ih.perfect_layer1": True}, "^graft.mode: a grafted layer 1")):
+    with pytest.raises(UserError, match=message):
+      config_lib.validate(tiny(**{"graft.mode": "in", "graft.workdir": trained,
+                                  **fields}))

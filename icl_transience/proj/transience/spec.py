@@ -67,4 +67,4 @@ INDUCTION_HEAD_CURVES = (
 INDUCTION_HEADS = tasks.TaskSpec(
     build=ih_task.InductionHeadsTask, blocks=ih_task.blocks,
     l2_groups=transformer.l2_groups("input_proj", "label_embed"),
-    curves=lambda c: INDUCTION_HEAD_CURVES, report=ih_report.report)
+    curves=lambda c: INDUCTION_HEAD_CURVES, report=ih_report.report, grafts=True)

@@ -128,9 +128,13 @@ def _run(model, params, feats, labels, patches, **kwargs):
   return out, {a: attn[a][0] for a in ("q", "k", "pattern")}
 
 
-def _last_block(model, params, feats, labels, patches, perfect_layer1: bool):
-  """The last block's q / k / pattern: of the plain pass, or under the
-  layer-1 clamp of the pass on the shifted embeddings; and the embeddings."""
+def _last_block(model, params, feats, labels, patches, perfect_layer1: bool,
+                grafted=None):
+  """The last block's q / k / pattern: of the plain pass (on the `grafted`
+  stream entering block 1, if given), or under the layer-1 clamp of the pass
+  on the shifted embeddings; and the embeddings."""
+  if grafted is not None:
+    return _run(model, params, feats, labels, patches, stream=grafted, start=1)[1], None
   if not perfect_layer1:
     return _run(model, params, feats, labels, patches)[1], None
   embedded = model.apply({"params": params}, feats, labels, stop=0)
@@ -140,11 +144,16 @@ def _last_block(model, params, feats, labels, patches, perfect_layer1: bool):
 
 
 def forward(model, params, feats, labels, target, clamps: Clamps,
-            strength=1.0, only_head=-1.0):
+            strength=1.0, only_head=-1.0, grafted=None):
   """Query logits (B, n_outputs) of the classifier under the clamps (the
-  match clamp's strength and only_head may be traced per-member numbers)."""
+  match clamp's strength and only_head may be traced per-member numbers);
+  grafted: the stream entering block 1, from a frozen model (Appendix,
+  Fig. 7), which replaces the live embeddings and block 0."""
   patches = _patches(model, clamps, labels, target, strength, only_head)
   copy_head = clamps.copy_from[0][1][0] if clamps.copy_from else None
+  if grafted is not None:
+    return model.apply({"params": params}, feats, labels, stream=grafted, start=1,
+                       patches=tuple(patches))
   if not clamps.perfect_layer1 and copy_head is None:
     return model.apply({"params": params}, feats, labels, patches=tuple(patches))
   seen, embedded = _last_block(model, params, feats, labels, patches,
@@ -157,13 +166,13 @@ def forward(model, params, feats, labels, target, clamps: Clamps,
 
 
 def attention_patterns(model, params, feats, labels, target, clamps: Clamps,
-                       strength=1.0, only_head=-1.0):
+                       strength=1.0, only_head=-1.0, grafted=None):
   """The last block's attention pattern (B, heads, T, T) as the clamped
   model computes it (under the layer-1 clamp: from the shifted embeddings);
   the progress measures read it."""
   patches = _patches(model, clamps, labels, target, strength, only_head)
   return _last_block(model, params, feats, labels, patches,
-                     clamps.perfect_layer1)[0]["pattern"]
+                     clamps.perfect_layer1, grafted)[0]["pattern"]
 
 
 def merge(*entries) -> tuple:

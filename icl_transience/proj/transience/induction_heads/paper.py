@@ -14,6 +14,8 @@ Runs live in ROOT/<variant> (the variants of configs/induction_heads.py,
   6     2 x 4: classes (top) and labels (bottom); normal training (2e6),
         B (layer 1 + copy clamped), C (match clamped), B + C (layer 1
         clamped), 3e5
+  7     a frozen trained layer 1 (seeds 5, 6, 7) grafted under a fresh
+        layer 2 (init seed 5), against normal training
   8     previous-token clamps on one and on all layer-1 heads
   15    the match clamp's strength: train and held-out-pair losses
 """
@@ -48,25 +50,33 @@ def fig6_variants():
   return [",".join(filter(None, (d, col))) for d, _ in DATA for col, _ in COLUMNS]
 
 
+GRAFT_SEEDS = (5, 6, 7)
 RUNS = {"3": ["seeds"], "4b": ["fig4b"], "5b": [v for v, _ in FIG5B],
-        "6": fig6_variants(), "8": [v for v, _ in FIG8], "15": ["fig15"]}
+        "6": fig6_variants(), "7": ["seeds"] + [f"graft{s}" for s in GRAFT_SEEDS],
+        "8": [v for v, _ in FIG8], "15": ["fig15"]}
 
 
 def workdir(root: str, variant: str) -> str:
   return os.path.join(root, variant.replace(",", "_") or "main")
 
 
-def load_config(path: str, variant: str):
+def load_config(path: str, variant: str, root: str):
+  """The variant's config; graft<S>: the graft variant on the seeds run's
+  member init_seed<S> (trained from init seed 5, as the paper's Fig. 7)."""
   spec = importlib.util.spec_from_file_location("ih_config", path)
   module = importlib.util.module_from_spec(spec)
   spec.loader.exec_module(module)
-  return module.get_config(variant)
+  if not variant.startswith("graft"):
+    return module.get_config(variant)
+  c = module.get_config("graft")
+  c.graft.workdir, c.graft.member = workdir(root, "seeds"), f"init_seed{variant[5:]}"
+  return c
 
 
 def train(config_path: str, root: str, variants):
   for variant in variants:
     logging.info("run %s", variant or "main")
-    loop.train(load_config(config_path, variant), workdir(root, variant))
+    loop.train(load_config(config_path, variant, root), workdir(root, variant))
 
 
 def curves(root, variant, evaluator="fsl_train"):
@@ -102,12 +112,16 @@ def draw(figure: str, root: str) -> str:
     fig, ax = plt.subplots(figsize=(7, 4.5))
     if figure in ("3", "4b", "15"):
       runs = [(RUNS[figure][0], None)]
+    elif figure == "7":
+      runs = [(f"graft{s}", f"layer 1 of seed {s}, frozen") for s in GRAFT_SEEDS]
+      x, y = curves(root, "seeds")["init_seed5"]
+      ax.plot(x, y, color="black", lw=1.2, label="normal training (seed 5)")
     else:
       runs = FIG5B if figure == "5b" else FIG8
     for variant, label in runs:
       for member, (x, y) in curves(root, variant).items():
         ax.plot(x, y, lw=1.2, label=label or member,
-                ls="--" if member in ("only_head-1", "main") else "-")
+                ls="--" if member == "only_head-1" else "-")
       if figure == "15":
         for member, (x, y) in curves(root, variant, "fsl_val_rl").items():
           ax.plot(x, y, lw=0.8, ls=":", label=f"{member} (held-out pairs)")

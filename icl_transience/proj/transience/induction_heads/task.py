@@ -150,6 +150,13 @@ class InductionHeadsTask:
     check(model.max_len >= circuits.TOKENS, "model.max_len",
           f"{model.max_len} positions, but sequences have {circuits.TOKENS} tokens")
     circuits.validate(self.clamps, model.depth, model.n_heads, model.positions)
+    graft = self.c.graft
+    check(graft.mode in ("none", "in") and (graft.mode == "none" or graft.layer == 0),
+          "graft.mode", "this task grafts a frozen layer 1: mode 'in', layer 0")
+    check(graft.mode == "none" or not (self.clamps.prev_token or self.clamps.copy_from
+                                       or self.clamps.perfect_layer1),
+          "graft.mode", "a grafted layer 1 takes no layer-1, copy or "
+          "previous-token clamp")
     for m in config_lib.members(self.c):
       fields = dict(m.extra)
       check(0.0 <= fields["match_strength"] <= 1.0, "hyper.match_strength",
@@ -166,11 +173,20 @@ class InductionHeadsTask:
   def constants(self, sharding):
     return sources.load_table(self.c.data, sharding)
 
+  def _grafted(self, weights, feats, labels):
+    """With a graft (mode 'in', layer 0; Appendix, Fig. 7): the frozen
+    model's stream after its block 0; else None."""
+    if self.c.graft.mode == "none":
+      return None
+    frozen = jax.lax.stop_gradient(weights["frozen"])
+    return self.model.apply({"params": frozen}, feats, labels, stop=1)
+
   def _apply(self, weights, feats, seqs):
     hyper = weights["hyper"]
     return circuits.forward(self.model, weights["params"], feats, seqs["labels"],
                             seqs["target"], self.clamps, hyper["match_strength"],
-                            hyper["only_head"])
+                            hyper["only_head"],
+                            self._grafted(weights, feats, seqs["labels"]))
 
   def _train_sampler(self):
     ih, n = self.ih, sources.source_shape(self.c.data).n_classes
@@ -213,7 +229,8 @@ class InductionHeadsTask:
       if name == "induction_strength":
         pattern = circuits.attention_patterns(
             self.model, weights["params"], feats, seqs["labels"], seqs["target"],
-            self.clamps, hyper["match_strength"], hyper["only_head"])
+            self.clamps, hyper["match_strength"], hyper["only_head"],
+            self._grafted(weights, feats, seqs["labels"]))
         out[name] = induction_strength(pattern, seqs["query_slot"])
         continue
       logits = self._apply(weights, feats, seqs)
