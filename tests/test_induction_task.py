@@ -243,7 +243,7 @@ def test_every_figure_names_runs_of_the_config_and_draws_them(tmp_path, monkeypa
   path = paper.draw("5b", str(tmp_path))
   assert [l for l in labels[path] if not l.startswith("_")] == [
       label for _, label in paper.FIG5B]
-  with pytest.raises(UserError, match="^--root: no metrics in"):
+  with pytest.raises(UserError, match="^--workdir: no metrics in"):
     paper.draw("8", str(tmp_path / "nowhere"))
 
 

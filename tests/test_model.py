@@ -36,7 +36,8 @@ def tiny_model(positions, mlp_ratio=0):
   """A 2-block model, 4 two-pair sequences and its initial variables."""
   cfg = ml_collections.ConfigDict(dict(depth=2, d_model=16, n_heads=2,
                                        mlp_ratio=mlp_ratio, positions=positions,
-                                       max_len=32, pos_timescale=30.0))
+                                       max_len=32, pos_timescale=30.0,
+                                       attention_bias=False))
   model = classifier.build_model(cfg, 10)
   feats = jax.random.normal(jax.random.PRNGKey(1), (4, 3, 8))
   labels = jnp.array([[1, 2]] * 4)

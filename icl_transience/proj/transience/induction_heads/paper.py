@@ -3,10 +3,10 @@ the figure needs (a finished run is skipped, a stopped one resumes) and
 draws it.
 
   python -m icl_transience.proj.transience.induction_heads.paper \\
-      --figure=5b --root=runs/ih [--train=false]
+      --figure=5b --workdir=runs/ih [--train=false]
 
-Runs live in ROOT/<variant> (the variants of configs/induction_heads.py,
-',' written '_'); the figure goes to ROOT/figures/ih_fig<N>.png. Figures:
+Runs live in WORKDIR/<variant> (the variants of configs/induction_heads.py,
+',' written '_'); the figure goes to WORKDIR/figures/ih_fig<N>.png. Figures:
   3     the seeds 5-9 population (Fig. 3a losses, 3b strengths: the report)
   4b    train loss with one layer-2 head alone (0-7) and with all
   5b    train loss under the subcircuit clamps (none, 1, 1+2, match, copy,
@@ -83,7 +83,7 @@ def curves(root, variant, evaluator="fsl_train"):
   """{member: (x, y)} of the evaluator's loss in the variant's run."""
   rows = metrics_table.read(workdir(root, variant))
   if not rows:
-    raise UserError(f"--root: no metrics in {workdir(root, variant)} (train it: "
+    raise UserError(f"--workdir: no metrics in {workdir(root, variant)} (train it: "
                     "drop --train=false)")
   members = dict.fromkeys(r["member"] for r in rows)
   return {m: figures.series(rows, m, evaluator, "loss") for m in members}
@@ -133,7 +133,7 @@ def draw(figure: str, root: str) -> str:
 
 def define_flags():
   flags.DEFINE_enum("figure", None, list(RUNS), "Which figure.", required=True)
-  flags.DEFINE_string("root", None, "Folder of the runs.", required=True)
+  flags.DEFINE_string("workdir", None, "Folder of the runs (one per variant).", required=True)
   flags.DEFINE_string("config_file", "configs/induction_heads.py", "The config file.")
   flags.DEFINE_bool("train", True, "Train (or finish) the runs first.")
 
@@ -146,8 +146,8 @@ def main(argv):
   if f.train:
     if not os.path.isfile(f.config_file):
       raise UserError(f"--config_file: no file {f.config_file}")
-    train(f.config_file, f.root, RUNS[f.figure])
-  print(draw(f.figure, f.root))
+    train(f.config_file, f.workdir, RUNS[f.figure])
+  print(draw(f.figure, f.workdir))
 
 
 if __name__ == "__main__":
