@@ -3,13 +3,13 @@ parent process of gpu_check.py imports this alone, so that it holds no
 accelerator memory while its phases run in their own processes).
 
 Targets (the suite's speed goals on one H100, and the science checks of
-BUILD_NOTES):
+the papers' NOTES.md):
   single      one coopetition model, fused steps   >= 6,500 steps/s
   population  64 coopetition models in one program >= 45,000 model-steps/s
   transience  configs/transience.py, flip ICL >= 0.85 within 2 M sequences
               (Singh et al. 2023: ICL first, before in-weights learning)
   coop        configs/coopetition.py to 20 M, the bands of Singh et al. 2025,
-              Fig. 1b, as BUILD_NOTES measured them on CPU
+              Fig. 1b, as our NOTES measured them on CPU
 """
 import math
 

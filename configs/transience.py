@@ -6,7 +6,7 @@ distractor + 2 others; 12,800 classes x 20 exemplars of the embedded
 synthetic features (the "reordered" layout), calibrated for this model:
 rank 8, non-negative (ReLU) features, each class 2 groups of near-duplicate
 exemplars (subclusters 2, subcluster_spread 1.7, spread 0.15, no isotropic
-noise), so ICL comes first as in the paper (BUILD_NOTES, "Fifth
+noise), so ICL comes first as in the paper (proj/transience/NOTES.md, "Fifth
 screening"); the 2-layer coopetition configs keep their own setting.
 Adam 3e-4 constant, batch 32;
 the six fixed-feature evaluators (1,000 sequences on all 12,800 classes and
@@ -48,7 +48,7 @@ from icl_transience.proj.transience.omniglot import task as omniglot
 from icl_transience.proj.transience import classifier_config
 
 # The embedded features calibrated for the 12-layer run: ICL first, as in the
-# paper's fixed-feature run (flip 0.857, '01' ICL 0.97 at 0.5 M; BUILD_NOTES).
+# paper's fixed-feature run (flip 0.857, '01' ICL 0.97 at 0.5 M; proj/transience/NOTES.md).
 CALIBRATED_DATA = {"data.rank": 8, "data.spread": 0.15, "data.isotropic_noise": 0.0,
                    "data.relu_features": True, "data.subclusters": 2,
                    "data.subcluster_spread": 1.7}
@@ -60,7 +60,7 @@ VARIANTS = {
     "c1600": {"train.n_classes": 1600, "evals.n_classes": 1600,
               "init_seed": 2023},
     "mq": {"train.match_query_and_distractors": True},
-    # + pairs_icl: flip_icl below it is the in-weights pull (BUILD_NOTES)
+    # + pairs_icl: flip_icl below it is the in-weights pull (proj/transience/NOTES.md)
     "screen": {"total_sequences": 1_000_000, "eval_every": 100_000,
                "ckpt.every": 500_000,
                "evals.names": EVALUATORS + ("pairs_icl",)},

@@ -90,7 +90,8 @@ def test_every_documented_tool_is_listed_and_answers_help():
   tools = tool_list.tools()
   assert set(tools) == with_main and len(tools) >= 8, (tools, with_main)
   documented = set()
-  for path in (["README.md"] + glob.glob("icl_transience/proj/*/README.md", root_dir=REPO)
+  for path in (["README.md"] + glob.glob("docs/*.md", root_dir=REPO)
+               + glob.glob("icl_transience/proj/**/README.md", root_dir=REPO, recursive=True)
                + glob.glob("configs/*.py", root_dir=REPO)
                + glob.glob("launch/*.sh", root_dir=REPO)):
     with open(os.path.join(REPO, path), encoding="utf-8") as f:

@@ -51,7 +51,7 @@ PREFERRED_HAYSTACK = 5           # Daniels et al. 2025 reads H = 5
 
 @dataclasses.dataclass(frozen=True)
 class Checks:
-  """Thresholds of our LDS acceptance checks 4 and 5 (BUILD_NOTES)."""
+  """Thresholds of our LDS acceptance checks 4 and 5 (NOTES.md)."""
   threshold: float = 0.3   # check 4: "k after final" median below this
   min_ratio: float = 2.0   # check 4: t1 / t2 at least this
   high: float = 0.8        # check 5: from above this ...

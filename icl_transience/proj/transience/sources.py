@@ -2,7 +2,7 @@
 
 Sources:
   synthetic  low-rank class clusters made on device from a seed (the default:
-             the embedded synthetic features, see BUILD_NOTES)
+             the embedded synthetic features, see NOTES.md)
   features   a file: HDF5 (dataset path such as 'resnet18/224/feat'), .npy,
              or .npz (array name), holding classes x exemplars x dim
   onehot     class c is the one-hot vector e_c (every exemplar identical)
