@@ -27,7 +27,7 @@ def scratch_bytes(population: int, per_pass: int) -> int:
     trainer = step_lib.Trainer(c, mesh)
     state = jax.eval_shape(lambda: trainer.init(config_lib.members(c)))
     table = jax.eval_shape(lambda: trainer.task.constants(trainer.replicated))
-    sets = trainer.task.eval_sets(trainer.replicated)
+    sets = trainer.eval_sets()
     compiled = trainer.population_eval().lower(
         trainer.weights(state), table, sets).compile()
   return compiled.memory_analysis().temp_size_in_bytes

@@ -4,7 +4,8 @@
 Items x ~ N(0, I) in `hidden.dim` dimensions are labelled 1[x . w > 0] for a
 hidden direction w drawn from `hidden.seed`; a linear classifier learns w.
 The training stream is sampled on device, one batch per step; the evaluator
-`heldout` is a fixed set of items drawn from the run's eval_seed.
+`heldout` is a fixed set of items (from the run's eval_seed) and its
+accuracy and loss.
 
   python main.py --config=examples/hidden_direction.py --workdir=runs/example
 """
@@ -15,6 +16,7 @@ import ml_collections
 import optax
 
 from icl_transience import config
+from icl_transience import evaluators
 from icl_transience import tasks
 from icl_transience.errors import UserError
 
@@ -32,6 +34,8 @@ class HiddenDirectionTask:
   def __init__(self, c):
     self.c, self.h = c, c.hidden
     self.model = nn.Dense(1, name="linear")
+    self.evaluators = {"heldout": evaluators.Evaluator(self._heldout_set,
+                                                       self._heldout_metrics)}
 
   def validate(self, n_devices: int):
     del n_devices
@@ -61,14 +65,12 @@ class HiddenDirectionTask:
     metrics = self._metrics(weights["params"], batch["items"], batch["labels"])
     return metrics["loss"], (metrics, None)
 
-  def eval_sets(self, sharding):
-    items = jax.random.normal(jax.random.key(self.c.eval_seed),
-                              (self.h.eval_items, self.h.dim))
-    return jax.device_put(items, sharding)
+  def _heldout_set(self, key):
+    return jax.random.normal(key, (self.h.eval_items, self.h.dim))
 
-  def evaluate(self, weights, direction, items):
+  def _heldout_metrics(self, weights, direction, items):
     labels = (items @ direction > 0).astype(jnp.float32)
-    return {"heldout": self._metrics(weights["params"], items, labels)}
+    return self._metrics(weights["params"], items, labels)
 
 
 SPEC = tasks.TaskSpec(

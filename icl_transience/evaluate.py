@@ -50,11 +50,8 @@ def evaluate_checkpoints(workdir: str, parallel: int = 0, shard: int = 0,
     trainer = step_lib.Trainer(c, mesh)
     abstract = trainer.abstract_state(members)
     table = trainer.task.constants(trainer.replicated)
-    eval_sets = trainer.task.eval_sets(trainer.replicated)
-    member = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype),
-                          trainer.weights(abstract))
-    evaluators = list(jax.eval_shape(trainer.task.evaluate, member, table,
-                                     eval_sets))
+    eval_sets = trainer.eval_sets()
+    evaluators = list(trainer.task.evaluators)
     # Shard the fixed list of (step, member) checkpoints, then drop what is
     # done: shard jobs started at different times still split the work.
     mine = [(s, n) for s in mngr.all_steps() for n in names][shard::num_shards]

@@ -52,12 +52,9 @@ class Task(Protocol):
     ["frozen"], "hyper"}; metrics a dict of scalars (at least the loss); the
     trainer adds L2 penalties itself."""
 
-  def eval_sets(self, sharding) -> Any:
-    """Fixed evaluation data (from the eval seed)."""
-
-  def evaluate(self, weights, consts, eval_sets) -> dict:
-    """{evaluator: {metric: scalar}} of one member (weights as in loss);
-    jittable (the trainer maps it over members or checkpoints)."""
+  # the evaluators this run computes, in order ({name: evaluators.Evaluator}:
+  # how its fixed set is built and which metrics it computes)
+  evaluators: Mapping[str, Any]
 
 
 class Curve(NamedTuple):

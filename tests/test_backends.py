@@ -43,7 +43,7 @@ def test_training_and_evaluation_use_the_configured_precision(precision, expecte
     table = trainer.task.constants(trainer.replicated)
     alive = trainer.alive([True])
     train = trainer.train_chunk.lower(state, table, alive)
-    sets = trainer.task.eval_sets(trainer.replicated)
+    sets = trainer.eval_sets()
     evaluate = trainer.population_eval().lower(trainer.weights(state), table, sets)
   assert dot_precisions(train) == expected
   assert dot_precisions(evaluate) == expected
@@ -81,7 +81,7 @@ def test_evaluation_memory_is_bounded_by_the_members_per_pass():
       trainer = step_lib.Trainer(c, mesh)
       state = trainer.init(config_lib.members(c))
       table = trainer.task.constants(trainer.replicated)
-      sets = trainer.task.eval_sets(trainer.replicated)
+      sets = trainer.eval_sets()
       compiled = trainer.population_eval().lower(
           trainer.weights(state), table, sets).compile()
       scratch.append(compiled.memory_analysis().temp_size_in_bytes)

@@ -96,9 +96,11 @@ def run(tmp_path_factory):
   return c, workdir, metrics_table.read(workdir), lds_task.LDSTask(c), params
 
 
-def eval_sets(task, method="eval_sets"):
-  """task.eval_sets (or constants) as the training loop places them (so the
-  compiled generators are reused)."""
+def eval_keys(task, method="eval_keys"):
+  """The task's evaluation keys, or its constants as the training loop
+  places them (so the compiled generators are reused)."""
+  if method == "eval_keys":
+    return task.eval_keys()
   mesh = loop.make_mesh(0)
   with jax.set_mesh(mesh):
     return getattr(task, method)(NamedSharding(mesh, PartitionSpec()))
@@ -132,7 +134,7 @@ def test_initialisation_and_causal_predictions(run):
 
 def pretrain_traces(task):
   """Both pre-training error sets, as the evaluator reads them."""
-  return task.pretrain_traces(eval_sets(task), eval_sets(task, "constants"))
+  return task.pretrain_traces(eval_keys(task), eval_keys(task, "constants"))
 
 
 def test_loss_is_the_masked_mean_of_summed_squares(run):
@@ -161,15 +163,15 @@ def test_loss_is_the_masked_mean_of_summed_squares(run):
 
 def test_eval_sets_follow_the_eval_seed(run):
   _, _, _, task, _ = run
-  first, traces = eval_sets(task), pretrain_traces(task)
+  first, traces = eval_keys(task), pretrain_traces(task)
   other_task = lds_task.LDSTask(smoke_config(eval_seed=9))
-  other = eval_sets(other_task)
+  other = eval_keys(other_task)
   assert not np.array_equal(traces["pretrain_test"].inputs,
                             pretrain_traces(other_task)["pretrain_test"].inputs)
   assert not np.array_equal(first["needle"], other["needle"])
   # pretrain_train shows the training trajectories (the smoke config's
   # pretrain_systems is the whole pool), pretrain_test none of them.
-  trajectories = np.asarray(eval_sets(task, "constants").trajectories)
+  trajectories = np.asarray(eval_keys(task, "constants").trajectories)
   test, train = (np.asarray(traces[n].targets)[np.asarray(traces[n].mask)]
                  for n in ("pretrain_test", "pretrain_train"))
   seen = lambda x, pool: (np.abs(pool - x).max(-1) < 1e-5).any()
@@ -193,7 +195,7 @@ def test_training_run_logs_every_evaluator(run):
   # recomputed from the step-100 parameters: the needle quartiles over
   # examples of per-trial medians, and both pre-training errors
   predict = jax.jit(lambda x: task.model.apply({"params": params[100]}, x))
-  sets = eval_sets(task)
+  sets = eval_keys(task)
   stats = lds_prompts.needle_statistics(
       predict, sets["needle"], lds_task.needle_spec(c, 2, "normal", task.spec),
       c.lds.needle_config)
@@ -206,7 +208,7 @@ def test_training_run_logs_every_evaluator(run):
                                    value, rtol=1e-5, atol=1e-7)
   # memorisation: needles on the training systems and their own
   # trajectories, from time k on, one trial per example
-  pool = eval_sets(task, "constants")
+  pool = eval_keys(task, "constants")
   for late in c.lds.train_needle_late_starts:  # smoke: (2,)
     spec = lds_task.train_needle_spec(c, 2, late, task.spec)
     stats = lds_prompts.needle_statistics(predict, sets["needle"], spec,
@@ -259,7 +261,7 @@ def test_report_of_the_training_run(run):
   # prompts (median over examples of the trial medians)
   stats = lds_prompts.needle_statistics(
       lambda x: lds_baseline.pseudo_inverse_predict(x, task.spec),
-      task.eval_sets(None)["needle"], lds_task.needle_spec(c, 2, "normal", task.spec),
+      task.eval_keys()["needle"], lds_task.needle_spec(c, 2, "normal", task.spec),
       c.lds.needle_config)
   needle = summary["pseudo_inverse_needle"]
   assert sorted(needle) == sorted([f"after_final_{k}" for k in c.lds.final_steps] +
@@ -295,7 +297,7 @@ def test_needle_positions_and_the_extended_control(run):
         result["positions"][1][str(k)],
         [logged[f"after_final_{k}_{q}"] for q in lds_task.QUARTILES], rtol=1e-5)
   predict = jax.jit(lambda x: task.model.apply({"params": params[100]}, x))
-  key, spec = eval_sets(task)["needle"], lds_task.needle_spec(c, 2)
+  key, spec = eval_keys(task)["needle"], lds_task.needle_spec(c, 2)
   stats = lds_prompts.needle_statistics(predict, key, spec, 1)
   np.testing.assert_allclose(result["positions"][0]["2"][1],
                              np.median(stats.after_final[:, 1]), rtol=1e-5)

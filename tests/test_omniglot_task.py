@@ -18,6 +18,7 @@ from helpers import assert_trees_equal, final_state
 import transience  # pylint: disable=wrong-import-order  (configs/, via helpers)
 
 from icl_transience import config as config_lib
+from icl_transience import evaluators
 from icl_transience import metrics_table
 from icl_transience.proj.transience.omniglot import chan_sequences
 from icl_transience.proj.transience.omniglot import data as omniglot
@@ -119,10 +120,10 @@ def test_batch_statistics_per_member_in_train_mode(setup):
 
 def test_evaluation_reads_running_averages(setup):
   task, weights, codes = setup["task"], setup["weights"], setup["codes"]
-  sets = task.eval_sets(None)
+  sets = evaluators.fixed_sets(task.evaluators, task.c.eval_seed)
   assert set(sets) == set(EVALUATORS)
   assert (np.asarray(sets["fewshot_holdout"].labels) < 2).all()  # 0/1 labels
-  evaluate = quick_jit(task.evaluate)
+  evaluate = quick_jit(functools.partial(evaluators.evaluate, task.evaluators))
   first = jax.device_get(evaluate(weights, codes, sets))
   shifted = jax.tree.map(lambda s: s + 0.5, weights["model_state"])
   moved = evaluate(dict(weights, model_state=shifted), codes, sets)

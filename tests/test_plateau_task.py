@@ -144,7 +144,7 @@ def test_context_probe_target_is_the_hidden_factor_or_the_label(
   task = task_lib.PlateauTask(smoke_config(**{
       "plateau.context_probe_target": target}))
   params = quick_jit(task.init_weights)(jax.random.PRNGKey(0))
-  sets = quick_jit(task._eval_sets)()
+  record = quick_jit(task._sequence_set("context_probe"))(jax.random.PRNGKey(1))
   seen = {}
 
   def capture(train_x, train_y, test_x, test_y):
@@ -152,9 +152,8 @@ def test_context_probe_target_is_the_hidden_factor_or_the_label(
     return 0.0
 
   monkeypatch.setattr(task, "_context_probe", capture)
-  monkeypatch.setattr(task, "_weights_probe", lambda *args: {})
-  task.evaluate(params, None, sets)
-  p, seqs = task.p, sets["sequences"]
+  task._context_probe_eval(params, None, record)
+  p, seqs = task.p, record
   want = (seqs["hidden"] if target == "factor"
           else seqs["labels"][:, p.context_probe_position])
   np.testing.assert_array_equal(seen["test"], want[:p.icl_sequences])

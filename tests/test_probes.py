@@ -4,6 +4,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from icl_transience.proj.transience.sequences import BURSTY
+from icl_transience import evaluators
 from icl_transience.proj.transience import probes
 from icl_transience.proj.transience import classifier_config
 
@@ -70,11 +71,16 @@ def test_train_eval_is_the_standard_set_whatever_the_variant_trains_on():
   assert probes.eval_spec("train_dist", main) == probes.eval_spec("train_eval", main)
 
 
+def fixed_sets(c):
+  """The fixed sets of the evaluators c.evals.names picks, as a run builds them."""
+  return evaluators.fixed_sets(probes.run_evaluators(c, None), c.eval_seed)
+
+
 def test_eval_sets_follow_the_eval_seed():
   c = smoke_config()
-  a = probes.build_eval_sets(c)
+  a = fixed_sets(c)
   c.eval_seed = 7
-  other = probes.build_eval_sets(c)
+  other = fixed_sets(c)
   for name in c.evals.names:
     assert (np.asarray(a[name].classes) != np.asarray(other[name].classes)).any()
     assert np.asarray(a[name].classes).max() < c.evals.n_classes
@@ -84,7 +90,7 @@ def test_eval_sets_follow_the_eval_seed():
 
 def test_pairs_icl_shows_the_flip_sequences_under_a_random_trained_label_pair():
   c = smoke_config(**{"evals.names": ("flip_icl", "pairs_icl")})
-  sets = probes.build_eval_sets(c)
+  sets = fixed_sets(c)
   pairs, flip = sets["pairs_icl"], sets["flip_icl"]
   spec = probes.eval_spec("pairs_icl", c)
   assert (spec.burstiness, spec.fs_relabel) == (c.train.context_len // 2, c.evals.n_classes)

@@ -174,7 +174,7 @@ def _train(c, workdir, mesh, profile_dir):
                c.total_sequences)
   table = trainer.task.constants(trainer.replicated)
   evaluate = trainer.population_eval()
-  eval_sets = trainer.task.eval_sets(trainer.replicated)
+  eval_sets = trainer.eval_sets()
   # Every process computes the rows; process 0 writes them.
   table_rows = metrics_table.MetricsTable(workdir, write=jax.process_index() == 0)
   run = Run(c, workdir, trainer, table, eval_sets, evaluate, table_rows, names,

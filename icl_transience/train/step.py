@@ -39,6 +39,7 @@ import optax
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from icl_transience import config as config_lib
+from icl_transience import evaluators as evaluators_lib
 from icl_transience import tasks
 
 def in_l2_group(path, modules) -> bool:
@@ -264,8 +265,13 @@ class Trainer:
     return state, alive, metrics
 
   # --- evaluation -----------------------------------------------------------
+  def eval_sets(self):
+    """The fixed sets of the task's evaluators, replicated on every device."""
+    return evaluators_lib.fixed_sets(self.task.evaluators, self.c.eval_seed,
+                                     self.replicated)
+
   def population_eval(self):
-    """task.evaluate over a stacked population (or checkpoints), jitted,
+    """The task's evaluators over a stacked population (or checkpoints), jitted,
     eval_members_per_pass members at a time on each device: evaluation
     memory is bounded whatever the population size. In the members layout
     each device evaluates its own members."""
@@ -273,7 +279,8 @@ class Trainer:
 
     def evaluate(weights, table, eval_sets):
       n = jax.tree.leaves(weights)[0].shape[0]
-      return jax.lax.map(lambda w: self.task.evaluate(w, table, eval_sets),
+      return jax.lax.map(lambda w: evaluators_lib.evaluate(
+          self.task.evaluators, w, table, eval_sets),
                          weights, batch_size=min(per_pass, n))
     if self.members_sharded:
       evaluate = jax.shard_map(evaluate, mesh=self.mesh,

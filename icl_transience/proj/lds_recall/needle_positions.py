@@ -125,7 +125,7 @@ def run(workdir: str, sequences: int, member: str, haystack: int, steps,
     params, seen = pretrained.load_params(ref, "--workdir", loop.run_mesh(c))
   params = jax.device_get(params)
   predict = jax.jit(lambda x: task.model.apply({"params": params}, x))
-  key = task.eval_sets(None)["needle"]  # the run's own needle prompts
+  key = task.eval_keys()["needle"]  # the run's own needle prompts
   result = {"sequences": seen, "member": member, "haystack": haystack,
             "steps": list(steps), "examples": spec.n_examples,
             "trials": spec.n_trials,

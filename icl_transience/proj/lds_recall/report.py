@@ -63,9 +63,9 @@ def pseudo_inverse_reference(c) -> float:
   """Mean error of the pseudo-inverse baseline (Daniels et al. 2025) on the
   run's own pretrain_test traces, over all positions like the model's `mse`."""
   task = lds_task.LDSTask(c)
-  keys = task.eval_sets(None)
+  keys = task.eval_keys()
   spec = lds_task.eval_spec(task.spec)
-  test_pool, _ = task.pretrain_pools(keys, None)
+  test_pool = task.pretrain_pools(keys, None, 0)
   error = jax.jit(lambda key, pool: lds_task.pretrain_error(
       lambda x: lds_baseline.pseudo_inverse_predict(x, spec), key, pool, spec,
       c.lds.pretrain_traces, c.lds.eval_batch))
@@ -80,7 +80,7 @@ def pseudo_inverse_needle(c, evaluator: str) -> dict[str, float]:
   haystack, variant = lds_task.needle_evaluators(c)[evaluator]
   stats = lds_prompts.needle_statistics(
       jax.jit(lambda x: lds_baseline.pseudo_inverse_predict(x, task.spec)),
-      task.eval_sets(None)["needle"],
+      task.eval_keys()["needle"],
       lds_task.needle_spec(c, haystack, variant, task.spec), c.lds.needle_config)
   return {f"{kind}_{k}": float(np.median(medians[:, k - 1]))
           for kind, medians in (("after_final", stats.after_final),

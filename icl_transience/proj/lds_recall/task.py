@@ -29,16 +29,21 @@ Evaluators (Daniels et al. 2025), from data fixed by `eval_seed`:
   {variant}_h{H}  the same for each OOD variant of lds_prompts.VARIANTS in
                   `ood_variants`, at every H of `ood_haystack_lens`, or at
                   its own lengths ('synchronised@1,2,3')
-eval_sets holds keys only: the pre-training traces (eval_batch at a time)
-and the needle prompts (one example at a time) are generated inside
-`evaluate` from fixed keys, since 40,000 traces of 250 57-d tokens, or a
-1000-trial prompt set of the longer haystacks, would take gigabytes.
+Each evaluator's fixed set is keys only (`eval_keys`, from the eval seed):
+the pre-training traces (eval_batch at a time) and the needle prompts (one
+example at a time) are generated inside its metrics from fixed keys, since
+40,000 traces of 250 57-d tokens, or a 1000-trial prompt set of the longer
+haystacks, would take gigabytes. Every needle evaluator reads the same
+prompt key, so they differ only in their prompts' shape.
 """
 import dataclasses
+import functools
 
 import jax
 import jax.numpy as jnp
 import ml_collections
+
+from icl_transience import evaluators
 
 from icl_transience.proj.lds_recall import lds
 from icl_transience.errors import UserError, check
@@ -147,6 +152,7 @@ class LDSTask:
     self.shown = {"pretrain_test": "mse"}
     if first:
       self.shown[first] = "after_final_1_median"
+    self.evaluators = self._evaluators()
 
   @property
   def spec(self) -> lds.LDSSpec:
@@ -227,50 +233,67 @@ class LDSTask:
     loss = jnp.sum(errors) / jnp.maximum(jnp.sum(batch.mask), 1)
     return loss, ({"loss": loss, "mse": jnp.mean(errors)}, None)
 
-  def eval_sets(self, sharding) -> dict:
+  def eval_keys(self) -> dict:
     """The keys of the pre-training traces, their test pool (and, when
     resampling, an unseen "training" pool) and every needle prompt set."""
     names = ("traces", "test_pool", "other_pool", "needle")
-    keys = jax.random.split(jax.random.PRNGKey(self.c.eval_seed), len(names))
-    return jax.device_put(dict(zip(names, keys)), sharding)
+    return dict(zip(names, jax.random.split(
+        jax.random.PRNGKey(self.c.eval_seed), len(names))))
 
-  def pretrain_pools(self, keys, consts) -> tuple[lds.LDSPool, lds.LDSPool]:
-    """(test pool, training pool) of the pre-training error sets."""
+  def _evaluators(self) -> dict:
+    """pretrain_test, pretrain_train, then the needle evaluators (all of
+    them: the lds block's lists name them)."""
+    def keys_of(*names):  # a fixed set: the run's own keys (not the slot's)
+      return lambda key: {n: self.eval_keys()[n] for n in names}
+    out = {name: evaluators.Evaluator(keys_of("traces", pool), functools.partial(
+               self._pretrain_metrics, i))
+           for i, (name, pool) in enumerate((("pretrain_test", "test_pool"),
+                                             ("pretrain_train", "other_pool")))}
+    # (validate checks the needle specs first, naming the evaluator)
+    for name, args in needle_evaluators(self.c).items():
+      out[name] = evaluators.Evaluator(keys_of("needle"), functools.partial(
+          self._needle_metrics, needle_spec, args, False))
+    for name, args in train_needle_evaluators(self.c).items():
+      out[name] = evaluators.Evaluator(keys_of("needle"), functools.partial(
+          self._needle_metrics, train_needle_spec, args, True))
+    return out
+
+  def _pretrain_metrics(self, which: int, weights, consts, keys) -> dict:
+    """Error on pre-training set `which` (0 test, 1 training systems)."""
+    predict = lambda x: self.model.apply({"params": weights["params"]}, x)
+    key = jax.random.split(keys["traces"])[which]
+    pool = self.pretrain_pools(keys, consts, which)
+    return pretrain_error(predict, key, pool, eval_spec(self.spec),
+                          self.c.lds.pretrain_traces, self.c.lds.eval_batch)
+
+  def _needle_metrics(self, make_spec, args, on_training_pool: bool, weights,
+                      consts, keys):
+    return self._needle(weights["params"], keys["needle"],
+                        make_spec(self.c, *args, self.spec),
+                        pool=consts if on_training_pool else None)
+
+  def pretrain_pools(self, keys, consts, which: int) -> lds.LDSPool:
+    """The pool of pre-training error set `which`: 0 the test systems, 1
+    the training systems (the trainer's pool, or an unseen one when
+    trajectories are resampled)."""
     spec, n = eval_spec(self.spec), self.c.lds.pretrain_systems
-    test = lds.make_pool(keys["test_pool"], spec, n)
-    train = (lds.make_pool(keys["other_pool"], spec, n) if consts is None
-             else jax.tree.map(lambda x: x[:n], consts))
-    return test, train
+    if which == 0:
+      return lds.make_pool(keys["test_pool"], spec, n)
+    return (lds.make_pool(keys["other_pool"], spec, n) if consts is None
+            else jax.tree.map(lambda x: x[:n], consts))
 
-  def pretrain_traces(self, eval_sets, consts) -> dict[str, lds.LDSBatch]:
-    """Every trace of both pre-training error sets at once, as `evaluate`
-    reads them a chunk at a time (for small sets: inspection and tests)."""
+  def pretrain_traces(self, keys, consts) -> dict[str, lds.LDSBatch]:
+    """Every trace of both pre-training error sets at once, as their
+    evaluators read them a chunk at a time (for small sets: inspection and
+    tests); keys = eval_keys()."""
     lds_c, spec = self.c.lds, eval_spec(self.spec)
     out = {}
-    for name, key, pool in zip(("pretrain_test", "pretrain_train"),
-                               jax.random.split(eval_sets["traces"]),
-                               self.pretrain_pools(eval_sets, consts)):
+    for which, (name, key) in enumerate(zip(("pretrain_test", "pretrain_train"),
+                                            jax.random.split(keys["traces"]))):
+      pool = self.pretrain_pools(keys, consts, which)
       chunks = [pretrain_chunk(key, pool, spec, lds_c.eval_batch, i)
                 for i in range(lds_c.pretrain_traces // lds_c.eval_batch)]
       out[name] = jax.tree.map(lambda *x: jnp.concatenate(x), *chunks)
-    return out
-
-  def evaluate(self, weights, consts, eval_sets) -> dict:
-    params, lds_c = weights["params"], self.c.lds
-    predict = lambda x: self.model.apply({"params": params}, x)
-    out = {}
-    for name, key, pool in zip(("pretrain_test", "pretrain_train"),
-                               jax.random.split(eval_sets["traces"]),
-                               self.pretrain_pools(eval_sets, consts)):
-      out[name] = pretrain_error(predict, key, pool, eval_spec(self.spec),
-                                 lds_c.pretrain_traces, lds_c.eval_batch)
-    for name, (h, variant) in needle_evaluators(self.c).items():
-      out[name] = self._needle(params, eval_sets["needle"],
-                               needle_spec(self.c, h, variant, self.spec))
-    for name, (h, late) in train_needle_evaluators(self.c).items():
-      out[name] = self._needle(params, eval_sets["needle"],
-                               train_needle_spec(self.c, h, late, self.spec),
-                               pool=consts)
     return out
 
   # --- evaluation internals --------------------------------------------------

@@ -45,6 +45,7 @@ import jax.numpy as jnp
 import optax
 
 from icl_transience import config as config_lib
+from icl_transience import evaluators
 from icl_transience.proj.plateaus import authors_probe
 from icl_transience.proj.plateaus import embeddings
 from icl_transience.proj.plateaus import pool_sequences as pool
@@ -68,6 +69,13 @@ class AuthorsPlateauTask:
 
   def __init__(self, c):
     self.c, self.p = c, c.plateau
+    self.evaluators = {
+        "icl": evaluators.Evaluator(self._test_set, functools.partial(
+            self._sequence_eval, False)),
+        "iwl": evaluators.Evaluator(self._test_set, functools.partial(
+            self._sequence_eval, True)),
+        "weights_probe": evaluators.Evaluator(self._probe_sets,
+                                              self._weights_probe_eval)}
     p, m = self.p, c.model
     self.batch_size = c.batch_size
     self.factor_sizes = tuple(p.factor_sizes)
@@ -254,18 +262,23 @@ class AuthorsPlateauTask:
                     "fixed_share": batch["is_fixed"].mean()}, None)
 
   # --- evaluation ---------------------------------------------------------------
-  def eval_sets(self, sharding) -> dict:
-    def build():
-      train_rows, test_rows, _, _, k_test = self._pool()
-      sets = {"test": pool.sample_sequences(
-          jax.random.fold_in(k_test, self.c.eval_seed), test_rows,
-          self.p.test_sequences, self.spec)}
-      if not self.p.train_sequences:   # the fresh stream: a probe set of its own
-        sets["probe_train"] = pool.sample_sequences(
-            jax.random.fold_in(k_test, self.c.eval_seed + 1), train_rows,
-            self.p.weights_probe_sequences, self.spec)
-      return sets
-    return jax.device_put(jax.jit(build)(), sharding)
+  def _probe_sets(self, key) -> dict:
+    """The held-out test sequences (key unused: they come from the dataset
+    seed and the eval seed) and, for the fresh stream, a probe training
+    set of its own."""
+    del key
+    train_rows, test_rows, _, _, k_test = self._pool()
+    sets = {"test": pool.sample_sequences(
+        jax.random.fold_in(k_test, self.c.eval_seed), test_rows,
+        self.p.test_sequences, self.spec)}
+    if not self.p.train_sequences:
+      sets["probe_train"] = pool.sample_sequences(
+          jax.random.fold_in(k_test, self.c.eval_seed + 1), train_rows,
+          self.p.weights_probe_sequences, self.spec)
+    return sets
+
+  def _test_set(self, key):
+    return self._probe_sets(key)["test"]
 
   def _batches(self, seqs: pool.Sequences, size: int) -> pool.Sequences:
     """(n_batches, size, ...) of the first whole batches (at least one)."""
@@ -314,9 +327,8 @@ class AuthorsPlateauTask:
         metrics[f"{variant}_{self.factor_names[f]}"] = acc[f]
     return metrics
 
-  def evaluate(self, weights, consts, eval_sets) -> dict:
-    params = weights["params"]
-    test = eval_sets["test"]
-    return {"icl": self._sequence_metrics(params, consts, test, False),
-            "iwl": self._sequence_metrics(params, consts, test, True),
-            "weights_probe": self._weights_probe(params, consts, eval_sets)}
+  def _sequence_eval(self, fixed: bool, weights, consts, test) -> dict:
+    return self._sequence_metrics(weights["params"], consts, test, fixed)
+
+  def _weights_probe_eval(self, weights, consts, sets) -> dict:
+    return self._weights_probe(weights["params"], consts, sets)

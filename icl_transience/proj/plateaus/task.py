@@ -43,6 +43,7 @@ import numpy as np
 import optax
 
 from icl_transience import config as config_lib
+from icl_transience import evaluators
 from icl_transience.proj.plateaus import plateau as plateau_lib
 from icl_transience.proj.plateaus import factor_sequences as fseq
 from icl_transience.proj.plateaus import shapes
@@ -64,6 +65,12 @@ class PlateauTask:
     self.p = c.plateau
     self.batch_size = c.batch_size
     self.eval_seed = c.eval_seed
+    self.evaluators = {
+        "icl": evaluators.Evaluator(self._sequence_set("icl"), self._sequence_eval),
+        "iwl": evaluators.Evaluator(self._sequence_set("iwl"), self._sequence_eval),
+        "context_probe": evaluators.Evaluator(self._sequence_set("context_probe"),
+                                              self._context_probe_eval),
+        "weights_probe": evaluators.Evaluator(self._probe_set, self._weights_probe_eval)}
     self.seq_spec = fseq.FactorSequenceSpec(
         context_len=self.p.context_len, label_vocab=self.p.label_vocab,
         factor_sizes=tuple(self.p.factor_sizes),
@@ -218,20 +225,30 @@ class PlateauTask:
                     "fixed_share": batch["is_fixed"].mean()}, None)
 
   # --- evaluation ---------------------------------------------------------------
-  def eval_sets(self, sharding) -> dict:
-    return jax.device_put(jax.jit(self._eval_sets)(), sharding)
+  def _eval_keys(self):
+    return jax.random.split(jax.random.PRNGKey(self.eval_seed), 4)
 
-  def _eval_sets(self) -> dict:
-    """Two records, each one forward pass: "sequences" = icl | context_train
-    (D_rnd) | iwl (D_fix) sequences, "probe" = probe_train | probe_test images."""
-    p = self.p
-    keys = jax.random.split(jax.random.PRNGKey(self.eval_seed), 4)
-    n = p.icl_sequences + p.context_probe_train + p.iwl_sequences
-    record = self._sample(keys[0], n, p.iwl_sequences / n)
-    order = jnp.argsort(record.pop("is_fixed"), stable=True)  # D_fix last
-    return {"sequences": dict(jax.tree.map(lambda x: x[order], record),
-                              noise_key=keys[1]),
-            "probe": dict(self._probe_items(keys[2]), noise_key=keys[3])}
+  def _sequence_set(self, part: str):
+    """key -> the part's rows of one draw from the eval seed of icl |
+    context_train (D_rnd) | iwl (D_fix) sequences (so no two parts share a
+    sequence): icl, iwl, or context_probe = icl then context_train; with
+    the key for its inputs' noise."""
+    def fixed_set(key):
+      p = self.p
+      n = p.icl_sequences + p.context_probe_train + p.iwl_sequences
+      record = self._sample(self._eval_keys()[0], n, p.iwl_sequences / n)
+      order = jnp.argsort(record.pop("is_fixed"), stable=True)  # D_fix last
+      lo, hi = {"icl": (0, p.icl_sequences),
+                "context_probe": (0, p.icl_sequences + p.context_probe_train),
+                "iwl": (p.icl_sequences + p.context_probe_train, n)}[part]
+      return dict(jax.tree.map(lambda x: x[order][lo:hi], record), noise_key=key)
+    return fixed_set
+
+  def _probe_set(self, key) -> dict:
+    """probe_train | probe_test images (from the eval seed's own keys)."""
+    del key
+    keys = self._eval_keys()
+    return dict(self._probe_items(keys[2]), noise_key=keys[3])
 
   def _probe_items(self, key) -> dict:
     """weights_probe_train then weights_probe_test single images (factors,
@@ -324,21 +341,23 @@ class PlateauTask:
             "batch_size": self.p.probe_batch_size,
             "learning_rate": self.p.probe_lr}
 
-  def evaluate(self, weights, consts, eval_sets) -> dict:
-    params, p = weights["params"], self.p
-    seqs = eval_sets["sequences"]
-    correct, ce, features = self._sequence_outputs(params, consts, seqs)
-    icl = slice(0, p.icl_sequences)
-    train = slice(p.icl_sequences, p.icl_sequences + p.context_probe_train)
-    iwl = slice(p.icl_sequences + p.context_probe_train, None)
-    target = (seqs["hidden"] if p.context_probe_target == "factor"
-              else seqs["labels"][:, p.context_probe_position])
-    return {
-        "icl": self._sequence_metrics(correct[icl], ce[icl], seqs["seen"][icl]),
-        "iwl": self._sequence_metrics(correct[iwl], ce[iwl], seqs["seen"][iwl]),
-        "context_probe": {"acc": self._context_probe(
-            features[train], target[train], features[icl], target[icl])},
-        "weights_probe": self._weights_probe(params, consts, eval_sets["probe"])}
+  def _sequence_eval(self, weights, consts, record) -> dict:
+    """icl / iwl: accuracies and loss of the set's sequences."""
+    correct, ce, _ = self._sequence_outputs(weights["params"], consts, record)
+    return self._sequence_metrics(correct, ce, record["seen"])
+
+  def _context_probe_eval(self, weights, consts, record) -> dict:
+    """A probe fitted on the context_train rows, scored on the icl rows."""
+    p = self.p
+    _, _, features = self._sequence_outputs(weights["params"], consts, record)
+    target = (record["hidden"] if p.context_probe_target == "factor"
+              else record["labels"][:, p.context_probe_position])
+    icl, train = slice(0, p.icl_sequences), slice(p.icl_sequences, None)
+    return {"acc": self._context_probe(features[train], target[train],
+                                       features[icl], target[icl])}
+
+  def _weights_probe_eval(self, weights, consts, record) -> dict:
+    return self._weights_probe(weights["params"], consts, record)
 
   def _context_probe(self, train_x, train_y, test_x, test_y):
     train_x, test_x = plateau_lib.standardise(train_x, test_x)

@@ -29,6 +29,7 @@ from absl import flags
 
 from icl_transience import cli
 from icl_transience import config as config_lib
+from icl_transience import evaluators as evaluators_lib
 from icl_transience import tasks
 from icl_transience import metrics_table
 from icl_transience.proj.transience import classifier_config
@@ -63,8 +64,10 @@ def run_table(c, params, table, eval_sets, named: dict) -> dict:
   for name, iv in named.items():
     interventions.check(iv, c.model.depth, c.model.n_heads, name)
     apply_fn = lambda p, f, l, t, iv=iv: interventions.forward(model, p, f, l, iv, t)
-    evaluate = jax.jit(probes.make_evaluate(apply_fn, c.data.n_classes,
-                                            c.evals.batch_size, with_target=True))
+    metrics = probes.set_metrics(apply_fn, c.data.n_classes, c.evals.batch_size,
+                                 with_target=True)
+    evaluate = jax.jit(lambda p, t, sets, metrics=metrics: {
+        n: metrics(p, t, s) for n, s in sets.items()})
     results[name] = jax.tree.map(float, jax.device_get(evaluate(params, table, eval_sets)))
   return results
 
@@ -126,7 +129,7 @@ def ablate(workdir: str, sequences: int = -1, member: str = "",
     # The run's own evaluator sets (a set depends on its index in the list).
     c.evals.names = tuple(dict.fromkeys(
         list(c.evals.names) + evaluators + [record_evaluator]))
-    all_sets = probes.build_eval_sets(c)
+    all_sets = evaluators_lib.fixed_sets(probes.run_evaluators(c, None), c.eval_seed)
     eval_sets = {name: all_sets[name] for name in evaluators}
     results = run_table(c, params, table, eval_sets, named)
     if record:

@@ -1,11 +1,10 @@
-"""Evaluators as plug-ins: name -> sequence spec; fixed sets; query metrics.
+"""The classifier's evaluators: name -> sequence spec; query metrics.
 
-An evaluator is fn(standard, train) -> its spec, from the standard set and
-the run's training distribution (both on the eval classes and exemplars).
-
-Each evaluator is a fixed set of sequences built once from the eval seed on
-the eval classes and exemplars (Singh et al. 2025), stored as indices; features are
-gathered at evaluation time.
+A registered evaluator is fn(standard, train) -> its spec, from the standard
+set and the run's training distribution (both on the eval classes and
+exemplars). Its fixed set is evals.n_sequences sequences of that spec drawn
+once from the eval seed (Singh et al. 2025), stored as indices; features are
+gathered at evaluation time. Its metrics are the query metrics below.
 """
 import dataclasses
 from typing import Callable
@@ -13,6 +12,7 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from icl_transience import evaluators
 from icl_transience.errors import UserError
 from icl_transience.proj.transience import classifier_config
 from icl_transience.proj.transience import sequences
@@ -105,27 +105,30 @@ def eval_spec(name: str, c) -> sequences.SequenceSpec:
 
 
 def validate(c):
-  """The evaluators' fields (config block `evals`); one line naming the field."""
+  """The evaluators' fields (config block `evals`; their names are checked
+  by run_evaluators); one line naming the field."""
   shape = sources.source_shape(c.data)
-  for name in c.evals.names:
-    if name not in EVALUATORS:
-      raise UserError(f"evals.names: unknown evaluator '{name}' "
-                      f"(known: {', '.join(EVALUATORS)})")
+  for name in evaluators.select(EVALUATORS, c.evals.names, "evals.names"):
     classifier_config.check_spec(eval_spec(name, c), f"evals.{name}", shape)
   if not (c.evals.n_sequences > 0 and c.evals.batch_size > 0 and
           c.evals.n_sequences % c.evals.batch_size == 0):
     raise UserError("evals.batch_size: must divide evals.n_sequences")
 
 
-def build_eval_sets(c, sharding=None) -> dict[str, sequences.Sequences]:
-  """The fixed evaluation sets (deterministic in eval_seed), placed with
-  `sharding` (which may span processes)."""
-  key = jax.random.PRNGKey(c.eval_seed)
-  sample = jax.jit(sequences.sample_sequences, static_argnums=(1, 2),
-                   out_shardings=sharding)
-  return {name: sample(jax.random.fold_in(key, i), eval_spec(name, c),
-                       c.evals.n_sequences)
-          for i, name in enumerate(c.evals.names)}
+def run_evaluators(c, apply_fn, with_target: bool = False) -> dict:
+  """{name: evaluators.Evaluator} of the evaluators evals.names picks:
+  each one's fixed set of sequences and the query metrics of apply_fn."""
+  metrics = set_metrics(apply_fn, c.data.n_classes, c.evals.batch_size,
+                        with_target)
+  chosen = evaluators.select(EVALUATORS, c.evals.names, "evals.names")
+  return {name: evaluators.Evaluator(fixed_set(name, c), metrics)
+          for name in chosen}
+
+
+def fixed_set(name: str, c):
+  """key -> the evaluator's evals.n_sequences sequences (as indices)."""
+  spec, n = eval_spec(name, c), c.evals.n_sequences
+  return lambda key: sequences.sample_sequences(key, spec, n)
 
 
 def query_metrics(logits, labels, target) -> dict[str, jax.Array]:
@@ -162,10 +165,11 @@ def query_metrics(logits, labels, target) -> dict[str, jax.Array]:
   }
 
 
-def make_evaluate(apply_fn, n_classes: int, batch_size: int,
-                  with_target: bool = False):
-  """(params, table, eval_sets) -> {evaluator: {metric: mean}} for one
-  member; with_target: apply_fn also takes the query targets (a clamp)."""
+def set_metrics(apply_fn, n_classes: int, batch_size: int,
+                with_target: bool = False):
+  """(weights, table, fixed set) -> {metric: mean} for one member, the set
+  batch_size sequences a pass; with_target: apply_fn also takes the query
+  targets (a clamp)."""
 
   def evaluate_set(params, table, seqs: sequences.Sequences):
     n = seqs.target.shape[0]
@@ -182,7 +186,4 @@ def make_evaluate(apply_fn, n_classes: int, batch_size: int,
     per_seq = jax.lax.map(one_chunk, chunks)
     return {k: jnp.mean(v) for k, v in per_seq.items()}
 
-  def evaluate(params, table, eval_sets):
-    return {name: evaluate_set(params, table, s) for name, s in eval_sets.items()}
-
-  return evaluate
+  return evaluate_set

@@ -5,7 +5,7 @@ Batches are (exemplar, label) sequences sampled on device as indices
 (proj/transience/sequences.py) whose features are gathered from the source table (the
 task's constants); the model is classifier.SequenceClassifier, optionally
 grafted to a frozen model (weights["frozen"], Singh et al. 2025, Fig. 4); the loss is the
-query's cross-entropy; evaluators are the plug-ins of proj/transience/probes.py.
+query's cross-entropy; its evaluators are those of proj/transience/probes.py.
 """
 import jax.numpy as jnp
 import optax
@@ -31,6 +31,7 @@ class ClassifyTask:
     self.model = classifier.build_model(
         c.model, classifier_config.n_outputs(c), c.clamp)
     self.source_classes = c.data.n_classes  # one-hot width for 'onehot'
+    self.evaluators = probes.run_evaluators(c, self.apply)
 
   def validate(self, n_devices: int):
     del n_devices
@@ -67,11 +68,3 @@ class ClassifyTask:
     ce = optax.softmax_cross_entropy_with_integer_labels(logits, batch["target"])
     acc = jnp.mean(jnp.argmax(logits, -1) == batch["target"])
     return jnp.mean(ce), ({"loss": jnp.mean(ce), "acc": acc}, None)
-
-  def eval_sets(self, sharding):
-    return probes.build_eval_sets(self.c, sharding)
-
-  def evaluate(self, weights, table, eval_sets):
-    evaluate = probes.make_evaluate(self.apply, self.c.data.n_classes,
-                                    self.c.evals.batch_size)
-    return evaluate(weights, table, eval_sets)

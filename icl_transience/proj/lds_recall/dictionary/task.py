@@ -36,6 +36,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from icl_transience import evaluators
 from icl_transience.errors import UserError
 from icl_transience.nn import transformer
 
@@ -272,6 +273,14 @@ class DictionaryTask:
     self.c = c
     self.spec = corpus_spec(c)
     self.model = build_model(c)
+    self.evaluators = {
+        "first_token": evaluators.Evaluator(
+            self._part("normal"), functools.partial(self._token_metrics, "first")),
+        "second_token": evaluators.Evaluator(
+            self._part("normal"), functools.partial(self._token_metrics, "second")),
+        "misdirected": evaluators.Evaluator(self._part("misdirected"),
+                                            self._misdirected_metrics),
+        "corpus": evaluators.Evaluator(self._part("corpus"), self._corpus_metrics)}
 
   def validate(self, n_devices: int):
     s, d, m = self.spec, self.c.dictionary, self.c.model
@@ -322,12 +331,12 @@ class DictionaryTask:
     loss, acc = self._next_token(weights["params"], batch["tokens"])
     return loss, ({"loss": loss, "acc": acc}, None)
 
-  def eval_sets(self, sharding):
+  def _part(self, name: str):
+    """key -> part `name` of eval_sets from the run's eval seed (the parts
+    share one key split, so an evaluator's set does not depend on its slot)."""
     d = self.c.dictionary
-    sets = jax.jit(eval_sets, static_argnums=(1, 2, 3))(
-        jax.random.PRNGKey(self.c.eval_seed), self.spec, d.eval_prompts,
-        d.eval_batch_size)
-    return jax.device_put(sets, sharding)
+    return lambda key: eval_sets(jax.random.PRNGKey(self.c.eval_seed), self.spec,
+                                 d.eval_prompts, d.eval_batch_size)[name]
 
   def _chunked(self, fn, tree):
     """lax.map of fn over eval_batch_size chunks; scores concatenated."""
@@ -348,25 +357,27 @@ class DictionaryTask:
 
     return self._chunked(scores, prompts)
 
-  def evaluate(self, weights, consts, eval_sets):
+  def _token_metrics(self, which: str, weights, consts, prompts):
+    """first_token / second_token: accuracy and log-prob, overall and per task."""
     del consts
-    params = weights["params"]
-    normal = self._query_scores(params, eval_sets["normal"], False)
-    task = eval_sets["normal"]["task"]
-    out = {}
-    for which in ("first", "second"):
-      metrics = {"acc": normal[which].mean(),
-                 "logprob": normal[f"{which}_logprob"].mean()}
-      for index, name in enumerate(TASK_NAMES):
-        is_task = (task == index).astype(jnp.float32)
-        metrics[f"acc_{name}"] = ((normal[which] * is_task).sum()
-                                  / jnp.maximum(is_task.sum(), 1.0))
-      out[f"{which}_token"] = metrics
-    misdirected = self._query_scores(params, eval_sets["misdirected"], True)
-    out["misdirected"] = {k: v.mean() for k, v in misdirected.items()}
-    loss, acc = self._next_token(params, eval_sets["corpus"])
-    out["corpus"] = {"loss": loss, "acc": acc}
-    return out
+    normal = self._query_scores(weights["params"], prompts, False)
+    metrics = {"acc": normal[which].mean(),
+               "logprob": normal[f"{which}_logprob"].mean()}
+    for index, name in enumerate(TASK_NAMES):
+      is_task = (prompts["task"] == index).astype(jnp.float32)
+      metrics[f"acc_{name}"] = ((normal[which] * is_task).sum()
+                                / jnp.maximum(is_task.sum(), 1.0))
+    return metrics
+
+  def _misdirected_metrics(self, weights, consts, prompts):
+    del consts
+    scores = self._query_scores(weights["params"], prompts, True)
+    return {k: v.mean() for k, v in scores.items()}
+
+  def _corpus_metrics(self, weights, consts, documents):
+    del consts
+    loss, acc = self._next_token(weights["params"], documents)
+    return {"loss": loss, "acc": acc}
 
 
 def corpus_block() -> ml_collections.ConfigDict:

@@ -10,7 +10,7 @@ the query's cross-entropy over ih.fs_relabel logits. The model is the
 suite's sequence classifier (RoPE, attention biases), with the clamps of
 circuits.py held in every pass.
 
-Evaluators (ih.evaluators; eval_sequences each, fixed by the eval seed):
+Evaluators (ih.evaluators picks them; eval_sequences each, fixed by the eval seed):
   fsl_train        training classes, exemplars and label pairs
   fsl_val_rl       the held-out label pairs ("test (relabel)")
   fsl_train_valex  the held-out exemplars
@@ -28,6 +28,7 @@ import numpy as np
 import optax
 
 from icl_transience import config as config_lib
+from icl_transience import evaluators
 from icl_transience.errors import UserError, check
 from icl_transience.nn import transformer
 from icl_transience.proj.transience import classifier
@@ -121,14 +122,17 @@ class InductionHeadsTask:
     self.clamps = circuits.from_config(self.ih)
     self.model = classifier.build_model(c.model, self.ih.fs_relabel)
     self.shown = {"fsl_train": "loss", "fsl_val_rl": "loss"}
+    known = {name: evaluators.Evaluator(self._query_set(name), self._query_metrics)
+             for name in EVALUATORS}
+    self.evaluators = dict(
+        evaluators.select(known, self.ih.evaluators, "ih.evaluators"),
+        induction_strength=evaluators.Evaluator(self._strength_set,
+                                                self._strength_metrics))
 
   def validate(self, n_devices: int):
     del n_devices
     ih, shape = self.ih, sources.source_shape(self.c.data)
     sources.check_finite(self.c.data)
-    for name in ih.evaluators:
-      check(name in EVALUATORS, "ih.evaluators",
-            f"unknown '{name}' (choose from {', '.join(EVALUATORS)})")
     check(ih.train_classes >= 2 and ih.test_classes >= 2, "ih.train_classes",
           "train and test classes need >= 2 each")
     check(ih.train_classes + ih.test_classes <= shape.n_classes, "ih.test_classes",
@@ -204,39 +208,42 @@ class InductionHeadsTask:
     acc = jnp.mean(jnp.argmax(logits, -1) == batch["target"])
     return jnp.mean(ce), ({"loss": jnp.mean(ce), "acc": acc}, None)
 
-  def eval_sets(self, sharding):
-    ih, n = self.ih, sources.source_shape(self.c.data).n_classes
-    key = jax.random.PRNGKey(self.c.eval_seed)
-    pairs = {"train": self.splits[0], "val": self.splits[1]}
-    sets = {}
-    for i, name in enumerate(ih.evaluators):
-      classes, exemplars, labels = EVALUATORS[name]
-      sets[name] = sample(jax.random.fold_in(key, i), ih.eval_sequences,
-                          class_rows(ih, n)[classes],
-                          exemplar_range(ih, exemplars), pairs[labels])
-    every = distribution.enumerate_training_sequences(self.splits[0],
-                                                      ih.train_classes)
-    pick = np.random.default_rng(self.c.eval_seed).permutation(
-        len(every.query_class))[:ih.strength_sequences]
-    sets["induction_strength"] = strength_set(every, pick)
-    return jax.device_put(sets, sharding)
+  # --- evaluators ---------------------------------------------------------
+  def _query_set(self, name: str):
+    """key -> ih.eval_sequences sequences of the evaluator's classes,
+    exemplars and label pairs."""
+    classes, exemplars, labels = EVALUATORS[name]
 
-  def evaluate(self, weights, table, eval_sets):
+    def fixed_set(key):
+      ih, n = self.ih, sources.source_shape(self.c.data).n_classes
+      pairs = {"train": self.splits[0], "val": self.splits[1]}[labels]
+      return sample(key, ih.eval_sequences, class_rows(ih, n)[classes],
+                    exemplar_range(ih, exemplars), pairs)
+    return fixed_set
+
+  def _query_metrics(self, weights, table, seqs):
+    logits = self._apply(weights, table[seqs["classes"], seqs["exemplars"]], seqs)
+    return {k: jnp.mean(v) for k, v in probes.query_metrics(
+        logits, seqs["labels"], seqs["target"]).items()}
+
+  def _strength_set(self, key):
+    """ih.strength_sequences of the enumerated training distribution (a
+    permutation from the eval seed; the key is not needed)."""
+    del key
+    every = distribution.enumerate_training_sequences(self.splits[0],
+                                                      self.ih.train_classes)
+    pick = np.random.default_rng(self.c.eval_seed).permutation(
+        len(every.query_class))[:self.ih.strength_sequences]
+    return strength_set(every, pick)
+
+  def _strength_metrics(self, weights, table, seqs):
     hyper = weights["hyper"]
-    out = {}
-    for name, seqs in eval_sets.items():
-      feats = table[seqs["classes"], seqs["exemplars"]]
-      if name == "induction_strength":
-        pattern = circuits.attention_patterns(
-            self.model, weights["params"], feats, seqs["labels"], seqs["target"],
-            self.clamps, hyper["match_strength"], hyper["only_head"],
-            self._grafted(weights, feats, seqs["labels"]))
-        out[name] = induction_strength(pattern, seqs["query_slot"])
-        continue
-      logits = self._apply(weights, feats, seqs)
-      out[name] = {k: jnp.mean(v) for k, v in probes.query_metrics(
-          logits, seqs["labels"], seqs["target"]).items()}
-    return out
+    feats = table[seqs["classes"], seqs["exemplars"]]
+    pattern = circuits.attention_patterns(
+        self.model, weights["params"], feats, seqs["labels"], seqs["target"],
+        self.clamps, hyper["match_strength"], hyper["only_head"],
+        self._grafted(weights, feats, seqs["labels"]))
+    return induction_strength(pattern, seqs["query_slot"])
 
 
 def strength_set(every, pick) -> dict:

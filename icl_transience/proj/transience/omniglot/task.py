@@ -43,6 +43,7 @@ import ml_collections
 import numpy as np
 import optax
 
+from icl_transience import evaluators
 from icl_transience.errors import UserError
 from icl_transience.proj.transience import classifier_config
 from icl_transience.proj.transience.omniglot import chan_sequences as chan
@@ -131,6 +132,9 @@ class OmniglotTask:
         resnet_strides=tuple(self.o.resnet_strides),
         bn_momentum=self.o.bn_momentum, bn_epsilon=self.o.bn_epsilon)
     self.n_characters = None  # known once the images are loaded
+    self.evaluators = evaluators.select(
+        {kind: evaluators.Evaluator(self._fixed_set(kind), self._set_metrics(kind))
+         for kind in EVALUATOR_KINDS}, self.o.evaluators, "omniglot.evaluators")
 
   def spec(self, kind: str, n_characters: int) -> chan.ChanSpec:
     """The Chan sequence family `kind` over a dataset of n_characters."""
@@ -148,14 +152,9 @@ class OmniglotTask:
   def validate(self, n_devices: int):
     del n_devices  # the generic checks cover the batch split
     o = self.o
-    evaluators = tuple(o.evaluators)
-    for kind in evaluators:
-      if kind not in EVALUATOR_KINDS:
-        raise UserError(f"omniglot.evaluators: unknown evaluator '{kind}' "
-                        f"(choose from {', '.join(EVALUATOR_KINDS)})")
-    if not evaluators or len(set(evaluators)) != len(evaluators):
+    if not o.evaluators:
       raise UserError("omniglot.evaluators: give one or more distinct kinds")
-    for kind in ("bursty",) + evaluators:  # dataset size checked on loading
+    for kind in ("bursty",) + tuple(o.evaluators):  # dataset size checked on loading
       self.spec(kind, omniglot.FULL_CHARACTERS)
     if not (o.eval_sequences > 0 and o.eval_batch_size > 0
             and o.eval_sequences % o.eval_batch_size == 0):
@@ -201,17 +200,13 @@ class OmniglotTask:
           k_noise, images.shape, images.dtype)
     return {"images": images, "labels": seqs.labels, "target": seqs.target}
 
-  def eval_sets(self, sharding):
-    n_characters = self.n_characters or self._load_codes().shape[0]
-    specs = [self.spec(kind, n_characters) for kind in self.o.evaluators]
-    n = self.o.eval_sequences
-
-    def sample(key):  # one program for every evaluator (one compilation)
-      return {s.kind: chan.sample_sequences(jax.random.fold_in(key, i), s, n)
-              for i, s in enumerate(specs)}
-
-    return jax.jit(sample, out_shardings=sharding)(
-        jax.random.PRNGKey(self.c.eval_seed))
+  def _fixed_set(self, kind: str):
+    """key -> omniglot.eval_sequences Chan sequences of the kind."""
+    def fixed_set(key):
+      n_characters = self.n_characters or self._load_codes().shape[0]
+      return chan.sample_sequences(key, self.spec(kind, n_characters),
+                                   self.o.eval_sequences)
+    return fixed_set
 
   # --- model ---------------------------------------------------------------
   def init_weights(self, key):
@@ -233,10 +228,9 @@ class OmniglotTask:
     acc = jnp.mean(jnp.argmax(logits, -1) == batch["target"])
     return ce, ({"loss": ce, "acc": acc}, batch_stats)
 
-  def evaluate(self, weights, codes, eval_sets):
-    return {kind: self._evaluate_set(weights, codes, seqs,
-                                     self.spec(kind, codes.shape[0]))
-            for kind, seqs in eval_sets.items()}
+  def _set_metrics(self, kind: str):
+    return lambda weights, codes, seqs: self._evaluate_set(
+        weights, codes, seqs, self.spec(kind, codes.shape[0]))
 
   def _evaluate_set(self, weights, codes, seqs, spec: chan.ChanSpec):
     """Means over the set, in chunks of eval_batch_size sequences."""
