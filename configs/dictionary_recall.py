@@ -12,7 +12,6 @@ ordering on a 2-core CPU in ~15 minutes), "smoke" (seconds; tests).
 """
 
 from icl_transience import config
-from icl_transience.proj.lds_recall.dictionary import task as dictionary_task
 
 
 # CPU: a 3-layer d-64 model on a reduced corpus (20 words per language, 3
@@ -44,10 +43,8 @@ VARIANTS = {"cpu": CPU, "smoke": SMOKE}
 
 
 def get_config(variant: str = ""):
-  c = config.base_config()
-  c.task = "dictionary"
+  c = config.for_task("dictionary")
   c.num_devices = 0          # every device: the batch is large enough to split
-  c.dictionary = dictionary_task.corpus_block()
   c.model.depth = 6
   c.model.d_model = 256
   c.model.n_heads = 8

@@ -29,7 +29,6 @@ authors': 5,000; ours lie on the fused-step grid).
              (--config.graft.workdir=RUN --config.graft.member=M), 8e5
 """
 from icl_transience import config
-from icl_transience import tasks
 
 REST_HEADS = "1:0,1,2,4,5,6,7"   # every layer-2 head but 1:3 (the strongest)
 CLAMP_RUN = {"total_sequences": 600_000, "eval_every": 800, "ckpt.every": 600_000}
@@ -62,9 +61,7 @@ VARIANTS = {
 
 
 def ih_config():
-  c = config.base_config()
-  c.task = "induction_heads"
-  c.update(tasks.blocks(c))
+  c = config.for_task("induction_heads")
   return config.override(c, {
       "init_seed": 5, "data_seed": 0, "eval_seed": 1, "batch_size": 32,
       "total_sequences": 1_000_000, "eval_every": 4_800, "steps_per_call": 25,

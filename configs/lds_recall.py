@@ -37,7 +37,6 @@ import ml_collections
 from icl_transience import config
 from icl_transience.errors import UserError
 from icl_transience.proj.lds_recall import gpt2
-from icl_transience.proj.lds_recall import task as lds_task
 
 LR_UNIT = 1.5849e-5   # 10^-4.8 (Daniels et al. 2025)
 EVAL_STEPS = 1000     # optimizer steps between evaluations and checkpoints
@@ -107,14 +106,11 @@ def spec_lr(batch_size: int, multiplier: float) -> float:
 
 def preset_config(name: str) -> ml_collections.ConfigDict:
   size, batch, multiplier, steps, remat = PRESETS[name]
-  c = config.base_config()
-  c.task = "lds"
+  c = config.for_task("lds")
   c.num_devices = 0          # every device: the batch is large enough to split
-  c.lds = lds_task.lds_block()
   c.lds.ood_variants = OOD
   c.model.d_model, c.model.depth, c.model.n_heads = gpt2.SIZES[size]
   c.model.mlp_ratio = 4
-  c.model.positions = "learned"
   c.model.max_len = 2048
   c.model.remat = remat
   c.batch_size = batch

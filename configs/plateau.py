@@ -56,7 +56,6 @@ probe sets (4096 / 1024 images, 1024 sequences, probe lr 3e-3).
 import ml_collections
 
 from icl_transience import config
-from icl_transience.proj.plateaus import config_blocks
 
 STRATEGIES = ("weights_warmup=0; weights_warmup=5000; fixed_fraction=0.25; "
               "weights_loss=0.1")
@@ -64,8 +63,7 @@ STRATEGIES = ("weights_warmup=0; weights_warmup=5000; fixed_fraction=0.25; "
 
 def plateau_config() -> ml_collections.ConfigDict:
   """The baseline D_rnd run of Fu et al."""
-  c = config.base_config()
-  c.task = "plateau"
+  c = config.for_task("plateau")
   c.num_devices = 0          # every device: the batch is large enough to split
   c.batch_size = 128
   c.total_sequences = 128 * 100_000        # 100k steps
@@ -77,7 +75,6 @@ def plateau_config() -> ml_collections.ConfigDict:
   c.model.d_model = 256
   c.model.n_heads = 8
   c.model.mlp_ratio = 4
-  c.model.positions = "learned"
   c.model.max_len = 96                     # 2 L tokens
   c.model.encoder_channels = (32, 64, 128, 128)
   c.model.encoder_readout = "mean"         # mean over the 4x4 map | flatten it
@@ -86,9 +83,6 @@ def plateau_config() -> ml_collections.ConfigDict:
   c.optim.warmup_steps = 1000
   c.optim.clip_norm = 1.0
   c.optim.schedule = "constant"
-
-  for name, block in config_blocks.blocks(c).items():
-    c[name] = block
   return c
 
 
@@ -156,8 +150,7 @@ VARIANTS = {
 
 def authors_config() -> ml_collections.ConfigDict:
   """Fu et al.'s Shapes3D run as their code trains it (frozen embeddings)."""
-  c = config.base_config()
-  c.task = "plateau_authors"
+  c = config.for_task("plateau_authors")
   c.num_devices = 0
   c.batch_size = 128
   c.steps_per_call = 391                   # half an epoch
@@ -168,11 +161,8 @@ def authors_config() -> ml_collections.ConfigDict:
   c.model.d_model = 128
   c.model.n_heads = 4
   c.model.mlp_ratio = 4
-  c.model.positions = "learned"
   c.model.max_len = 80
   c.optim.lr = 1e-4                        # constant; no warm-up, no clipping
-  for name, block in config_blocks.authors_blocks(c).items():
-    c[name] = block
   return c
 
 

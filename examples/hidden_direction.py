@@ -81,9 +81,7 @@ SPEC = tasks.TaskSpec(
 def get_config(arg: str = ""):
   """A run of seconds on a CPU."""
   del arg
-  c = config.base_config()
-  c.task = "hidden_direction"
-  c.update(blocks(c))
+  c = config.for_task("hidden_direction")
   c.update(dict(batch_size=16, steps_per_call=25, total_sequences=1600,
                 eval_every=400))
   c.optim.lr = 0.05

@@ -2,8 +2,8 @@
 
 Every number the papers name is a field here. Periods and horizons count
 *sequences seen* (like the icl-dynamics code); optimizer steps = sequences /
-batch_size. Config files in configs/ start from `base_config()` and add
-their task's blocks (tasks.blocks; e.g. classifier_config.coopetition_config).
+batch_size. Config files in configs/ start from `for_task(name)`: these
+generic fields and the task's own blocks (tasks.blocks), its model included.
 """
 import dataclasses
 import json
@@ -27,11 +27,20 @@ MEMBER_ALIASES = {"seed": "init_seed"}
 MATMUL_PRECISIONS = ("highest", "high", "default")
 
 
+def for_task(name: str) -> ml_collections.ConfigDict:
+  """A config of task `name`: the generic fields and the task's own blocks
+  (its model, data, evaluators, ...) with their defaults."""
+  c = base_config()
+  c.task = name
+  c.update(tasks.blocks(c))
+  return c
+
+
 def base_config() -> ml_collections.ConfigDict:
-  """The fields every task shares. A project adds its task's blocks (its
-  data, sequences, evaluators): tasks.blocks(c) names them, e.g.
-  proj/transience/classifier_config.coopetition_config(); the defaults here
-  are those of the coopetition main run (Singh et al. 2025)."""
+  """The fields every task shares; a config starts from for_task(name),
+  which adds the task's blocks (tasks.blocks), its model block included.
+  The defaults here are those of the coopetition main run (Singh et al.
+  2025)."""
   c = ml_collections.ConfigDict()
   c.task = "classify"      # a name of tasks.TASKS
   c.init_seed = 5          # model initialisation
@@ -71,16 +80,6 @@ def base_config() -> ml_collections.ConfigDict:
   # Per-member task hyperparameters (numbers; task configs add fields here),
   # settable per member in `population` like lr and l2.
   c.hyper = ml_collections.ConfigDict()
-
-  c.model = ml_collections.ConfigDict()
-  c.model.depth = 2
-  c.model.d_model = 64
-  c.model.n_heads = 8
-  c.model.mlp_ratio = 0           # 0 = attention-only
-  c.model.positions = "learned"   # learned | sinusoidal | rope
-  c.model.max_len = 32
-  c.model.pos_timescale = 30.0    # sinusoids' timescale; rope's base
-  c.model.attention_bias = False  # biases on the attention projections
 
   c.optim = ml_collections.ConfigDict()
   c.optim.lr = 1e-5
@@ -132,8 +131,8 @@ def _checkpoint_ref() -> ml_collections.ConfigDict:
 
 def load_run_config(workdir: str) -> ml_collections.ConfigDict:
   """A run's config.json; fields added since it was written get defaults
-  (the generic ones and those of its task's blocks), and top-level blocks
-  its task does not have are dropped."""
+  (the generic ones and those of its task's blocks), and the fields its
+  task does not have are dropped (drop_foreign_fields)."""
   path = epath.Path(workdir) / "config.json"
   if not path.exists():
     raise UserError(f"no run in {workdir} (config.json missing)")
@@ -147,7 +146,13 @@ def load_run_config(workdir: str) -> ml_collections.ConfigDict:
                     "not an object); restore it from a copy, or use a new --workdir")
   c = ml_collections.ConfigDict(fields)
   tasks.upgrade(c)
-  _fill_defaults(c, drop_foreign_blocks(c))
+  return fit_to_task(c)
+
+
+def fit_to_task(c) -> ml_collections.ConfigDict:
+  """c (in place) holding exactly its task's fields: those it lacks get
+  their defaults, those of another task go; returns c."""
+  _fill_defaults(c, drop_foreign_fields(c))
   return c
 
 
@@ -159,17 +164,20 @@ def run_curves(workdir: str) -> tuple:
   return tasks.curves(load_run_config(workdir))
 
 
-def drop_foreign_blocks(c) -> ml_collections.ConfigDict:
+def drop_foreign_fields(c) -> ml_collections.ConfigDict:
   """Removes (in place) the top-level blocks that neither the generic
   config nor c's task defines (e.g. the classifier's blocks, which every
   task's config carried before; the omniglot block of a transience config
-  on synthetic features); returns those defaults."""
-  defaults = base_config()
-  defaults.task = c.get("task", defaults.task)
-  for name, block in tasks.blocks(c).items():
-    defaults[name] = block
-  for name in [k for k in c if k not in defaults]:
-    del c[name]
+  on synthetic features) and the fields of a block that its defaults lack
+  (e.g. those of the one shared model block every config carried before,
+  which the task never read); returns the defaults."""
+  defaults = for_task(c.get("task", base_config().task))
+  for name in list(c):
+    if name not in defaults:
+      del c[name]
+    elif isinstance(c[name], ml_collections.ConfigDict):
+      for field in [f for f in c[name] if f not in defaults[name]]:
+        del c[name][field]
   return defaults
 
 
@@ -182,13 +190,16 @@ def _fill_defaults(c, defaults):
 
 
 def override(c, fields: dict):
-  """Sets dotted fields in place ({'train.burstiness': 0, ...}); returns c."""
+  """Sets dotted fields in place ({'train.burstiness': 0, ...}); returns c.
+  Setting `task` refits c to the new task's blocks (fit_to_task)."""
   for field, value in fields.items():
     node = c
     *parents, leaf = field.split(".")
     for p in parents:
       node = node[p]
     node[leaf] = value
+    if field == "task":
+      fit_to_task(c)
   return c
 
 

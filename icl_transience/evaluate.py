@@ -49,7 +49,7 @@ def evaluate_checkpoints(workdir: str, parallel: int = 0, shard: int = 0,
   with jax.set_mesh(mesh), checkpoints.manager(workdir, read_only=True) as mngr:
     trainer = step_lib.Trainer(c, mesh)
     abstract = trainer.abstract_state(members)
-    table = trainer.task.constants(trainer.replicated)
+    consts = trainer.task.constants(trainer.replicated)
     eval_sets = trainer.eval_sets()
     evaluators = list(trainer.task.evaluators)
     # Shard the fixed list of (step, member) checkpoints, then drop what is
@@ -69,7 +69,7 @@ def evaluate_checkpoints(workdir: str, parallel: int = 0, shard: int = 0,
     job = "evaluate" if num_shards == 1 else f"evaluate_{shard}of{num_shards}"
     with monitoring.attached(c, workdir, table_rows, job,
                              list(dict.fromkeys(n for _, n in todo))):
-      done = _evaluate(c, mngr, trainer, abstract, (table, eval_sets), todo,
+      done = _evaluate(c, mngr, trainer, abstract, (consts, eval_sets), todo,
                        parallel, table_rows)
   logging.info("evaluated %d member checkpoint(s)", done)
   return done
@@ -79,7 +79,7 @@ def _evaluate(c, mngr, trainer, abstract, constants, todo, parallel,
               table_rows) -> int:
   """Evaluates the (step, member) checkpoints of todo, `parallel` per
   compiled call; returns how many."""
-  table, eval_sets = constants
+  consts, eval_sets = constants
   evaluate = trainer.population_eval()
   done = 0
   with tqdm.tqdm(total=len(todo), unit="ckpt", disable=None) as bar:
@@ -93,7 +93,7 @@ def _evaluate(c, mngr, trainer, abstract, constants, todo, parallel,
       weights = [trainer.weights(state) for _, _, state in batch]
       weights += weights[-1:] * (parallel - len(weights))  # one compiled shape
       stacked = jax.tree.map(lambda *xs: jax.numpy.stack(xs), *weights)
-      results = trainer.fetch(evaluate(stacked, table, eval_sets))
+      results = trainer.fetch(evaluate(stacked, consts, eval_sets))
       for i, (step, name, _) in enumerate(batch):
         table_rows.append(metrics_table.rows_from(
             name, step, step * c.batch_size, jax.tree.map(lambda v: v[i], results)))

@@ -147,17 +147,21 @@ def test_variants_combine_left_to_right_and_unknown_ones_are_named():
 def test_transience_variants_validate(variant):
   c = transience.get_config(variant)
   config_lib.validate(c)
-  assert (c.train.context_len, c.train.burstiness, c.train.distractor) == (8, 3, True)
-  assert (c.model.depth, c.model.mlp_ratio, c.model.positions) == (12, 4, "sinusoidal")
+  assert (c.model.depth, c.model.mlp_ratio) == (12, 4)
   assert c.optim.lr == 3e-4
   assert c.total_sequences == (1_000_000 if variant == "screen" else 1_600_000_000)
+  if variant == "omniglot":  # the image task: its own blocks, no classifier's
+    assert not {"train", "evals", "clamp"} & set(c)
+    assert set(c.model) == {"depth", "d_model", "n_heads", "mlp_ratio", "pos_timescale"}
+    return
+  assert (c.train.context_len, c.train.burstiness, c.train.distractor) == (8, 3, True)
+  assert c.model.positions == "sinusoidal"
   b2 = probes.eval_spec("b2_train_eval", c)
   assert (b2.burstiness, b2.n_rest) == (2, 4)
   assert probes.eval_spec("icl", c).burstiness == 4
   assert probes.eval_spec("train_eval", c) == probes.eval_spec("train_dist", c)
-  if variant != "omniglot":  # the 12-layer runs' own calibrated features
-    data = (c.data.rank, c.data.subclusters, c.data.subcluster_spread, c.data.relu_features)
-    assert data == (8, 2, 1.7, True)
+  data = (c.data.rank, c.data.subclusters, c.data.subcluster_spread, c.data.relu_features)
+  assert data == (8, 2, 1.7, True)  # the 12-layer runs' own calibrated features
 
 
 def test_the_coopetition_runs_keep_their_features_and_the_transience_runs_theirs():
@@ -220,14 +224,19 @@ def test_a_project_config_carries_its_own_blocks_and_old_runs_get_their_defaults
 
 def test_an_old_lds_run_with_the_classifier_blocks_resumes(tmp_path):
   """Before the package split every task's config.json carried the
-  classifier's data / train / evals blocks; such a run still resumes."""
+  classifier's data / train / evals blocks, and before each task owned its
+  model block, the shared model fields (positions, ...); such a run still
+  resumes."""
   c = lds_recall.get_config("smoke")
   written = json.loads(c.to_json())
   written.update({k: json.loads(v.to_json()) for k, v in
-                  classifier_config.blocks(c).items()})
+                  classifier_config.blocks(c).items() if k != "model"})
+  written["model"].update(positions="learned", pos_timescale=30.0,
+                          attention_bias=False)
   (tmp_path / "config.json").write_text(json.dumps(written))
   loaded = config_lib.load_run_config(str(tmp_path))
   assert not {"data", "train", "evals"} & set(loaded)
+  assert set(loaded.model) == set(c.model) and "positions" not in loaded.model
   loop.save_config(c, str(tmp_path))  # the resume check: no field differs
 
 
@@ -237,11 +246,15 @@ def test_an_old_omniglot_run_resumes_as_the_omniglot_task(tmp_path):
   config that asks for the images is told where they went, in one line."""
   c = transience.get_config("omniglot")
   assert tasks.task_name(c) == "omniglot"
-  written = json.loads(c.to_json())
-  written["task"] = "classify"
+  # as they were written: the classifier's blocks and its model fields too
+  written = json.loads(transience.get_config().to_json())
+  written["data"]["source"] = "omniglot"
+  written["omniglot"] = json.loads(c.to_json())["omniglot"]
+  written["optim"] = json.loads(c.to_json())["optim"]
   (tmp_path / "config.json").write_text(json.dumps(written))
   loaded = config_lib.load_run_config(str(tmp_path))
   assert loaded.task == "omniglot" and "omniglot" in loaded
+  assert not {"train", "evals", "clamp"} & set(loaded) and "positions" not in loaded.model
   loop.save_config(c, str(tmp_path))  # the resume check: no field differs
   plain = transience.get_config()
   plain.data.source = "omniglot"
@@ -288,3 +301,19 @@ def test_a_task_that_cannot_load_is_one_line(monkeypatch):
   with pytest.raises(UserError, match=r"^task: cannot load 'elsewhere' from "
                      r"no_such_package.task \(No module named"):
     tasks.spec(c)
+
+
+def test_each_task_owns_its_model_block():
+  """A config starts from its task and holds only the model fields that
+  task's model reads: no task carries the classifier's positions unless
+  its model has them."""
+  shared = {"depth", "d_model", "n_heads", "mlp_ratio"}
+  own = {"classify": {"max_len", "positions", "pos_timescale", "attention_bias"},
+         "induction_heads": {"max_len", "positions", "pos_timescale", "attention_bias"},
+         "omniglot": {"pos_timescale"}, "lds": {"max_len", "remat"},
+         "dictionary": {"max_len"}, "plateau_authors": {"max_len"},
+         "plateau": {"max_len", "encoder_channels", "encoder_readout"}}
+  for name, fields in own.items():
+    assert set(config_lib.for_task(name).model) == shared | fields, name
+  assert "model" not in config_lib.for_task("hidden_direction")  # a Dense layer
+  assert "model" not in config_lib.base_config()

@@ -277,7 +277,6 @@ def test_extra_losses_match_a_hand_computation(smoke, hyper):
     ("plateau.n_classes", 40, r"plateau.extra_dims_start: 16: the labels need"),
     ("plateau.extra_dims_start", 8, r"plateau.extra_dims_start: 8: the labels"),
     ("population", "context_loss=0.1,weights_loss=0.1", r"hyper: context_loss and"),
-    ("model.positions", "rope", r"model.positions: this model uses 'learned'"),
     ("plateau.weights_probe_sequences", 65, r"exceeds plateau.train_sequences"),
     ("plateau.embeddings", "/nonexistent.npz", r"plateau.embeddings: no file"),
 ])

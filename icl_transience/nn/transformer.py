@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import flax.linen as nn
 import flax.struct
+import ml_collections
 import numpy as np
 
 POSITIONS = ("learned", "sinusoidal", "rope")
@@ -19,6 +20,14 @@ POSITIONS = ("learned", "sinusoidal", "rope")
 # the group of its embedding modules (tasks.TaskSpec.l2_groups).
 L2_GROUPS = {"mlp": ("mlp_in", "mlp_out", "ln_mlp"), "attention": ("attn", "ln_attn")}
 lecun_normal = nn.initializers.lecun_normal()  # truncated normal, var 1/fan_in
+
+
+def model_block(**fields) -> ml_collections.ConfigDict:
+  """A task's `model` config block: the fields every model of these blocks
+  has (depth, width, heads, MLP ratio; 0 = attention-only), with `fields`
+  (the task's own, e.g. max_len, positions) added or changed."""
+  return ml_collections.ConfigDict(dict(
+      dict(depth=2, d_model=64, n_heads=8, mlp_ratio=0), **fields))
 
 
 def l2_groups(*embedder: str) -> dict:

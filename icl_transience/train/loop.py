@@ -82,10 +82,7 @@ def save_config(c, workdir: str):
   new = json.loads(c.to_json())
   if epath.Path(path).exists():
     old = json.loads(config_lib.load_run_config(workdir).to_json())
-    # blocks this task does not read (dropped on loading) are not compared
-    ours = ml_collections.ConfigDict(new)
-    config_lib.drop_foreign_blocks(ours)
-    flat_old, flat_new = _flatten(old), _flatten(json.loads(ours.to_json()))
+    flat_old, flat_new = _flatten(old), _flatten(new)
     resumable = RESUMABLE_CHANGES + tasks.spec(c).resumable
     for field in sorted(set(flat_old) | set(flat_new)):  # every process checks
       if any(field == r or field.startswith(r + ".") for r in resumable):
@@ -146,7 +143,9 @@ def _postfix(rows, names, step, batch_size, shown_probes):
 
 def train(c, workdir: str, profile_dir: str = ""):
   """Trains (or resumes) the population of `c` in `workdir`; with
-  profile_dir, writes a profiler trace of PROFILED_CALLS fused calls there."""
+  profile_dir, writes a profiler trace of PROFILED_CALLS fused calls there.
+  The run's config holds exactly its task's fields (config.fit_to_task)."""
+  c = config_lib.fit_to_task(ml_collections.ConfigDict(c.to_dict()))
   mesh = run_mesh(c)
   config_lib.validate(c, n_devices=mesh.devices.size)
   if epath.Path(workdir).exists() and not epath.Path(workdir).is_dir():
@@ -172,17 +171,13 @@ def _train(c, workdir, mesh, profile_dir):
   logging.info("%d member(s) %s on %d device(s) (%s layout); %d steps = %d "
                "sequences", len(names), names, mesh.devices.size, layout, total,
                c.total_sequences)
-  table = trainer.task.constants(trainer.replicated)
-  evaluate = trainer.population_eval()
-  eval_sets = trainer.eval_sets()
+  consts = trainer.task.constants(trainer.replicated)
   # Every process computes the rows; process 0 writes them.
   table_rows = metrics_table.MetricsTable(workdir, write=jax.process_index() == 0)
-  run = Run(c, workdir, trainer, table, eval_sets, evaluate, table_rows, names,
-            profile_dir)
   with checkpoints.manager(workdir, c.ckpt.keep) as mngr, \
        monitoring.attached(c, workdir, table_rows, "train", names), \
        StopRequest().installed() as stop:
-    run.mngr = mngr
+    run = Run(c, workdir, trainer, consts, mngr, table_rows, profile_dir)
     found, unreadable = checkpoints.restore_newest(
         mngr, workdir, trainer.abstract_state(members), names)
     if found is None and unreadable and not c.ckpt.restart_if_corrupt:
@@ -192,8 +187,7 @@ def _train(c, workdir, mesh, profile_dir):
           "--config.ckpt.restart_if_corrupt=True to start the run afresh")
     if found is None:
       state, start = pretrained.prepare(c, trainer, trainer.init(members))
-      run.append(_result_rows(names, start, bs, trainer.fetch(evaluate(
-          trainer.weights(state), table, eval_sets))))
+      run.append(_result_rows(names, start, bs, run.evaluate_now(state)))
       run.save(state, start)
     else:
       start, state, meta = found
@@ -209,14 +203,19 @@ def _train(c, workdir, mesh, profile_dir):
 class Run:
   """The host side of one training run: calls, evaluations, rows, saves."""
 
-  def __init__(self, c, workdir, trainer, table, eval_sets, evaluate,
-               table_rows, names, profile_dir=""):
-    self.c, self.workdir, self.trainer, self.names = c, workdir, trainer, names
-    self.table, self.eval_sets, self.evaluate = table, eval_sets, evaluate
-    self.table_rows = table_rows
-    self.mngr = None  # the checkpoint manager, once open
+  def __init__(self, c, workdir, trainer, consts, mngr, table_rows,
+               profile_dir=""):
+    self.c, self.workdir, self.trainer = c, workdir, trainer
+    self.names = [m.name for m in config_lib.members(c)]
+    self.consts, self.mngr, self.table_rows = consts, mngr, table_rows
+    self.eval_sets, self.evaluate = trainer.eval_sets(), trainer.population_eval()
     self.diverged = {}  # member -> optimizer steps it took before diverging
     self.profile_dir, self.tracing = profile_dir, False
+
+  def evaluate_now(self, state):
+    """{evaluator: {metric: (members,) values}} of the state, on the host."""
+    return self.trainer.fetch(self.evaluate(self.trainer.weights(state),
+                                            self.consts, self.eval_sets))
 
   def append(self, rows):
     try:
@@ -270,7 +269,7 @@ class Run:
         # grid; a call stops short to land on an explicit checkpoint.
         length = k - step % k
         length = min([length] + [s - step for s in landings if s > step])
-        state, alive, metrics = trainer.train_chunk(state, self.table, alive,
+        state, alive, metrics = trainer.train_chunk(state, self.consts, alive,
                                                     length=length)
         if snapshot is not None:  # copied while this call trains
           self.write(*snapshot)
@@ -283,7 +282,7 @@ class Run:
         pending.append(in_flight)
         if step % eval_period == 0 or step == total:
           results, chunks = trainer.fetch((self.evaluate(
-              trainer.weights(state), self.table, self.eval_sets),
+              trainer.weights(state), self.consts, self.eval_sets),
                                            [m for m, _ in pending]))
           train_metrics = jax.tree.map(  # the calls' means, weighted by length
               lambda *m: np.average(np.stack(m), 0, [n for _, n in pending]),

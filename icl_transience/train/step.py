@@ -277,10 +277,10 @@ class Trainer:
     each device evaluates its own members."""
     per_pass = self.c.eval_members_per_pass
 
-    def evaluate(weights, table, eval_sets):
+    def evaluate(weights, consts, eval_sets):
       n = jax.tree.leaves(weights)[0].shape[0]
       return jax.lax.map(lambda w: evaluators_lib.evaluate(
-          self.task.evaluators, w, table, eval_sets),
+          self.task.evaluators, w, consts, eval_sets),
                          weights, batch_size=min(per_pass, n))
     if self.members_sharded:
       evaluate = jax.shard_map(evaluate, mesh=self.mesh,

@@ -47,6 +47,7 @@ from icl_transience import evaluators
 
 from icl_transience.proj.lds_recall import lds
 from icl_transience.errors import UserError, check
+from icl_transience.nn import transformer
 from icl_transience.proj.lds_recall import lds_prompts
 from icl_transience.proj.lds_recall import gpt2
 
@@ -147,7 +148,7 @@ class LDSTask:
         state_dim=c.lds.state_dim, d_model=c.model.d_model,
         depth=c.model.depth, n_heads=c.model.n_heads,
         mlp_ratio=c.model.mlp_ratio, max_len=c.model.max_len,
-        remat=c.model.get("remat", False))
+        remat=c.model.remat)
     first = f"needle_h{c.lds.haystack_lens[0]}" if c.lds.haystack_lens else None
     self.shown = {"pretrain_test": "mse"}
     if first:
@@ -163,8 +164,6 @@ class LDSTask:
     check(c.batch_size > 0 and c.batch_size % n_devices == 0, "batch_size",
            f"{c.batch_size} must be a positive multiple of the {n_devices} "
            "devices")
-    check(c.model.positions == "learned", "model.positions",
-           "the GPT-2 model has learned positions only")
     check(c.model.d_model % c.model.n_heads == 0, "model.n_heads",
            f"must divide d_model={c.model.d_model}")
     check(c.model.depth >= 1 and c.model.mlp_ratio >= 1, "model.depth",
@@ -359,6 +358,9 @@ def lds_block() -> ml_collections.ConfigDict:
 
 
 def blocks(c) -> dict:
-  """The LDS task's config block with its defaults."""
+  """The LDS task's config blocks with their defaults: its GPT-2 model
+  (learned positions; remat: recompute blocks in the backward pass) and
+  `lds`."""
   del c
-  return {"lds": lds_block()}
+  return {"model": transformer.model_block(mlp_ratio=4, max_len=2048, remat=False),
+          "lds": lds_block()}

@@ -119,7 +119,6 @@ class AuthorsPlateauTask:
            f"dims after it, in the {p.n_classes} read-out classes")
     check(self.n_values <= self.item_dim(), "plateau.item_dim",
            f"the label one-hots need {self.n_values} of the item dims")
-    check(m.positions == "learned", "model.positions", "this model uses 'learned'")
     check(m.d_model % m.n_heads == 0, "model.n_heads",
            f"must divide d_model={m.d_model}")
     check(m.max_len >= 2 * p.context_len, "model.max_len",

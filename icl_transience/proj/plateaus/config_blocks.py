@@ -3,6 +3,8 @@ baseline D_rnd run (per-member strategy fields in `hyper`, the rest in
 `plateau`)."""
 import ml_collections
 
+from icl_transience.nn import transformer
+
 
 def blocks(c) -> dict:
   """The plateau task's config blocks with their defaults (Fu et al.'s
@@ -44,7 +46,11 @@ def blocks(c) -> dict:
   p.probe_lr = 1e-3
   p.probe_l2 = 1e-3                        # ridge only
   p.eval_batch_size = 64                   # sequences per evaluation chunk
-  return {"hyper": hyper, "plateau": p}
+  model = transformer.model_block(
+      depth=8, d_model=256, mlp_ratio=4, max_len=96,   # 2 L tokens
+      encoder_channels=(32, 64, 128, 128),
+      encoder_readout="mean")          # mean over the 4x4 map | flatten it
+  return {"model": model, "hyper": hyper, "plateau": p}
 
 
 def authors_blocks(c) -> dict:
@@ -84,4 +90,6 @@ def authors_blocks(c) -> dict:
   p.probe_lr = 1e-3
   p.eval_batch_size = 125                # sequences per evaluation chunk (whole
                                          # chunks are read: 125 divides 40,000)
-  return {"hyper": hyper, "plateau": p}
+  model = transformer.model_block(depth=12, d_model=128, n_heads=4,
+                                  mlp_ratio=4, max_len=80)
+  return {"model": model, "hyper": hyper, "plateau": p}

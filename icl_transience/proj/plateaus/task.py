@@ -106,7 +106,6 @@ class PlateauTask:
       check(tuple(p.factor_sizes) == shapes.FACTOR_SIZES, "plateau.factor_sizes",
              f"shapes3d has {shapes.FACTOR_SIZES}")
       shapes3d.check_available(p.shapes3d_dir)
-    check(m.positions == "learned", "model.positions", "this model uses 'learned'")
     check(m.d_model % m.n_heads == 0, "model.n_heads",
            f"must divide d_model={m.d_model}")
     check(m.max_len >= 2 * p.context_len, "model.max_len",

@@ -71,16 +71,23 @@ def blocks(c) -> dict:
   clamp = ml_collections.ConfigDict()
   clamp.ablate_heads = ""           # those heads' values zeroed
   clamp.block_label_attention = ""  # no attention from a label token to its exemplar
-  return {"data": data, "train": train, "evals": evals, "clamp": clamp}
+  return {"model": model_block(), "data": data, "train": train,
+          "evals": evals, "clamp": clamp}
+
+
+def model_block():
+  """The sequence classifier (proj/transience/classifier.py): the 2-layer
+  attention-only model of the coopetition main run."""
+  return transformer.model_block(
+      max_len=32,
+      positions="learned",     # learned | sinusoidal | rope
+      pos_timescale=30.0,      # sinusoids' timescale; rope's base
+      attention_bias=False)    # biases on the attention projections
 
 
 def coopetition_config() -> ml_collections.ConfigDict:
   """The coopetition main run: the generic fields and the classifier's blocks."""
-  c = config.base_config()
-  c.task = "classify"
-  for name, block in blocks(c).items():
-    c[name] = block
-  return c
+  return config.for_task("classify")
 
 
 def train_spec(c) -> sequences.SequenceSpec:

@@ -396,6 +396,9 @@ def corpus_block() -> ml_collections.ConfigDict:
 
 
 def blocks(c) -> dict:
-  """The dictionary task's config block with its defaults."""
+  """The dictionary task's config blocks with their defaults: its decoder
+  (learned positions) and `dictionary`."""
   del c
-  return {"dictionary": corpus_block()}
+  return {"model": transformer.model_block(depth=6, d_model=256, mlp_ratio=4,
+                                           max_len=64),
+          "dictionary": corpus_block()}

@@ -72,7 +72,7 @@ def blocks(c) -> dict:
   data = classifier_config.blocks(c)["data"]
   # the authors' features are ReLU ResNet activations: non-negative
   data.n_classes, data.n_exemplars, data.relu_features = 150, 5, True
-  return {"data": data, "ih": ih_block(),
+  return {"model": classifier_config.model_block(), "data": data, "ih": ih_block(),
           "hyper": ml_collections.ConfigDict(HYPER)}
 
 

@@ -31,9 +31,8 @@ exact up to float32 rounding (< 1e-6; checked when the images are loaded).
 
 The fields of config block `omniglot` (see `default_config`) hold every
 number of Chan et al.'s sequences and evaluators and of their ResNet
-embedder; the transformer reads model.depth, d_model, n_heads, mlp_ratio and
-pos_timescale (model.positions and model.max_len do not apply: Chan's
-sinusoids are always used).
+embedder; its model block holds what the transformer reads: depth, d_model,
+n_heads, mlp_ratio and pos_timescale (Chan's sinusoids are always used).
 """
 import os
 
@@ -45,6 +44,7 @@ import optax
 
 from icl_transience import evaluators
 from icl_transience.errors import UserError
+from icl_transience.nn import transformer
 from icl_transience.proj.transience import classifier_config
 from icl_transience.proj.transience.omniglot import chan_sequences as chan
 from icl_transience.proj.transience.omniglot import chan_transformer
@@ -92,8 +92,13 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 def blocks(c) -> dict:
-  """The image task's config blocks: the classifier's and `omniglot`."""
-  return dict(classifier_config.blocks(c), omniglot=default_config())
+  """The image task's config blocks: its model (Chan et al.'s transformer
+  over ResNet embeddings: sinusoidal positions of timescale pos_timescale),
+  the data source (the classifier's `data` block) and `omniglot`."""
+  return {"model": transformer.model_block(depth=12, mlp_ratio=4,
+                                           pos_timescale=30.0),
+          "data": classifier_config.blocks(c)["data"],
+          "omniglot": default_config()}
 
 
 def encode_images(images: np.ndarray) -> np.ndarray:
