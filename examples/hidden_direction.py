@@ -1,11 +1,8 @@
-"""A complete task in one module, as an example of the task contract
-(tasks.TaskSpec; docs/adding_a_task.md).
-
-Items x ~ N(0, I) in `hidden.dim` dimensions are labelled 1[x . w > 0] for a
-hidden direction w drawn from `hidden.seed`; a linear classifier learns w.
-The training stream is sampled on device, one batch per step; the evaluator
-`heldout` is a fixed set of items (from the run's eval_seed) and its
-accuracy and loss.
+"""A complete task in one module, an example of the task contract
+(docs/adding_a_task.md): items x ~ N(0, I) in `hidden.dim` dimensions are
+labelled 1[x . w > 0] for a hidden direction w (from `hidden.seed`); a
+linear classifier learns w. The evaluator `heldout`: a fixed set of items,
+its accuracy and loss.
 
   python main.py --config=examples/hidden_direction.py --workdir=runs/example
 """
@@ -18,7 +15,7 @@ import optax
 from icl_transience import config
 from icl_transience import evaluators
 from icl_transience import tasks
-from icl_transience.errors import UserError
+from icl_transience.errors import check
 
 
 def blocks(c) -> dict:
@@ -34,14 +31,15 @@ class HiddenDirectionTask:
   def __init__(self, c):
     self.c, self.h = c, c.hidden
     self.model = nn.Dense(1, name="linear")
-    self.evaluators = {"heldout": evaluators.Evaluator(self._heldout_set,
-                                                       self._heldout_metrics)}
+    self.evaluators = {"heldout": evaluators.Evaluator(  # fixed set, metrics
+        lambda key: jax.random.normal(key, (self.h.eval_items, self.h.dim)),
+        lambda weights, direction, items: self._metrics(
+            weights["params"], items, (items @ direction > 0).astype(jnp.float32)))}
 
   def validate(self, n_devices: int):
     del n_devices
     for field in ("dim", "eval_items"):
-      if self.h[field] < 1:
-        raise UserError(f"hidden.{field}: must be >= 1, got {self.h[field]}")
+      check(self.h[field] >= 1, f"hidden.{field}", f"must be >= 1, got {self.h[field]}")
 
   def init_weights(self, key):
     return {"params": self.model.init(key, jnp.zeros((1, self.h.dim)))["params"]}
@@ -65,13 +63,6 @@ class HiddenDirectionTask:
     metrics = self._metrics(weights["params"], batch["items"], batch["labels"])
     return metrics["loss"], (metrics, None)
 
-  def _heldout_set(self, key):
-    return jax.random.normal(key, (self.h.eval_items, self.h.dim))
-
-  def _heldout_metrics(self, weights, direction, items):
-    labels = (items @ direction > 0).astype(jnp.float32)
-    return self._metrics(weights["params"], items, labels)
-
 
 SPEC = tasks.TaskSpec(
     build=HiddenDirectionTask, blocks=blocks, resumable=("hidden.eval_items",),
@@ -81,9 +72,6 @@ SPEC = tasks.TaskSpec(
 def get_config(arg: str = ""):
   """A run of seconds on a CPU."""
   del arg
-  c = config.for_task("hidden_direction")
-  c.update(dict(batch_size=16, steps_per_call=25, total_sequences=1600,
-                eval_every=400))
-  c.optim.lr = 0.05
-  c.ckpt.every = 800
-  return c
+  return config.override(config.for_task("hidden_direction"), {
+      "batch_size": 16, "steps_per_call": 25, "total_sequences": 1600,
+      "eval_every": 400, "optim.lr": 0.05, "ckpt.every": 800})

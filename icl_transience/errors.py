@@ -13,6 +13,15 @@ def check(ok: bool, field: str, message: str):
     raise UserError(f"{field}: {message}")
 
 
+def renamed(validate, prefix: str, new_prefix: str):
+  """Runs validate(); a UserError naming a `prefix` field is raised again
+  naming it as a `new_prefix` field (a data spec's fields as config fields)."""
+  try:
+    validate()
+  except UserError as e:
+    raise UserError(new_prefix + str(e).removeprefix(prefix)) from e
+
+
 class Diverged(UserError):
   """Every member of a run diverged: the run stopped (one line, exit 2)."""
 

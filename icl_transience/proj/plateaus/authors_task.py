@@ -93,8 +93,7 @@ class AuthorsPlateauTask:
     self.model = readin_model.ReadInTransformer(
         n_classes=p.n_classes, depth=m.depth, d_model=m.d_model,
         n_heads=m.n_heads, mlp_ratio=m.mlp_ratio, max_len=m.max_len)
-    self.factor_names = (shapes.FACTOR_NAMES if len(self.factor_sizes) == 6
-                         else tuple(f"factor{i}" for i in range(len(self.factor_sizes))))
+    self.factor_names = shapes.factor_names(len(self.factor_sizes))
 
   # --- config ---------------------------------------------------------------
   def validate(self, n_devices: int) -> None:

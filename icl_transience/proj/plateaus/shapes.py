@@ -30,6 +30,16 @@ FACTOR_NAMES = ("floor_hue", "wall_hue", "object_hue", "scale", "shape",
 FACTOR_SIZES = (10, 10, 10, 8, 4, 15)
 FLOOR_HUE, WALL_HUE, OBJECT_HUE, SCALE, SHAPE, ORIENTATION = range(6)
 SHAPE_NAMES = ("square", "circle", "triangle", "pill")
+
+
+def factor_names(n: int, words: bool = False) -> tuple[str, ...]:
+  """Metric names of n factors: the Shapes3D names when there are six,
+  attribute<i> for word items, else factor<i>."""
+  if words:
+    return tuple(f"attribute{i}" for i in range(n))
+  return FACTOR_NAMES if n == len(FACTOR_NAMES) else tuple(f"factor{i}" for i in range(n))
+
+
 REFERENCE_SIZE = 32  # object sizes are given in pixels at this image size
 
 

@@ -48,7 +48,7 @@ from icl_transience.proj.plateaus import plateau as plateau_lib
 from icl_transience.proj.plateaus import factor_sequences as fseq
 from icl_transience.proj.plateaus import shapes
 from icl_transience.proj.plateaus import shapes3d
-from icl_transience.errors import UserError, check
+from icl_transience.errors import check, renamed
 from icl_transience.proj.plateaus import image_sequence
 
 SOURCES = ("procedural", "shapes3d")
@@ -89,7 +89,8 @@ class PlateauTask:
         encoder_readout=m.encoder_readout,
         heads_layer=self.p.weights_loss_layer % (m.depth + 1))
     self.n_layers = m.depth + 1
-    self.factor_names = factor_names(self.p)
+    self.factor_names = shapes.factor_names(len(self.p.factor_sizes),
+                                             self.p.input == "words")
 
   def validate(self, n_devices: int) -> None:
     del n_devices  # the trainer checks batch_size against the devices
@@ -98,9 +99,9 @@ class PlateauTask:
            f"unknown '{p.input}' (choose from {', '.join(image_sequence.INPUTS)})")
     check(p.source in SOURCES, "plateau.source",
            f"unknown '{p.source}' (choose from {', '.join(SOURCES)})")
-    _renamed(self.seq_spec.validate, "sequence.")
+    renamed(self.seq_spec.validate, "sequence.", "plateau.")
     if p.input == "pixels":
-      _renamed(self.shapes_spec.validate, "shapes.")
+      renamed(self.shapes_spec.validate, "shapes.", "plateau.")
     if p.source == "shapes3d":
       check(p.input == "pixels", "plateau.source", "shapes3d needs input='pixels'")
       check(tuple(p.factor_sizes) == shapes.FACTOR_SIZES, "plateau.factor_sizes",
@@ -396,20 +397,3 @@ class PlateauTask:
         metrics[f"{variant}_L{k}"] = acc[v, i].mean()
     return metrics
 
-
-def _renamed(validate, prefix: str):
-  """Runs a data spec's validate, naming its fields as plateau.* fields."""
-  try:
-    validate()
-  except UserError as e:
-    raise UserError("plateau." + str(e).removeprefix(prefix)) from e
-
-
-def factor_names(p) -> tuple[str, ...]:
-  """Metric names of the factors (Shapes3D names when there are six)."""
-  n = len(p.factor_sizes)
-  if p.input == "words":
-    return tuple(f"attribute{i}" for i in range(n))
-  if n == len(shapes.FACTOR_NAMES):
-    return shapes.FACTOR_NAMES
-  return tuple(f"factor{i}" for i in range(n))

@@ -29,7 +29,6 @@ the separator ";" and the document start; ids up to vocab_size are unused.
 import dataclasses
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -38,6 +37,7 @@ import optax
 
 from icl_transience import evaluators
 from icl_transience.errors import UserError
+from icl_transience.proj.lds_recall.dictionary import decoder
 from icl_transience.nn import transformer
 
 TASK_NAMES = ("translate", "copy", "reverse")
@@ -207,40 +207,6 @@ def eval_sets(key, spec: CorpusSpec, n_prompts: int, n_documents: int):
           "corpus": sample_documents(k_corpus, spec, n_documents)}
 
 
-class DecoderLM(nn.Module):
-  """Token + learned position embeddings, pre-LN causal blocks
-  (transformer.Block), final LayerNorm, untied unembedding."""
-  vocab_size: int
-  depth: int = 6
-  d_model: int = 256
-  n_heads: int = 8
-  mlp_ratio: int = 4
-  max_len: int = 64
-
-  @nn.compact
-  def __call__(self, tokens, read=None):
-    """(B, L) ids -> (B, L, vocab) logits; with `read` (B, R) positions, only
-    the logits at those positions, (B, R, vocab)."""
-    x = nn.Embed(self.vocab_size, self.d_model,
-                 embedding_init=nn.initializers.normal(0.02), name="embed")(tokens)
-    table = self.param("positions", nn.initializers.normal(0.02),
-                       (self.max_len, self.d_model))
-    x = x + table[:tokens.shape[1]]
-    for i in range(self.depth):
-      x = transformer.Block(self.n_heads, self.mlp_ratio, name=f"block_{i}")(x)
-    if read is not None:
-      x = jnp.take_along_axis(x, read[..., None], axis=1)
-    x = nn.LayerNorm(epsilon=1e-5, name="ln_final")(x)
-    return nn.Dense(self.vocab_size, use_bias=False,
-                    kernel_init=transformer.lecun_normal, name="unembed")(x)
-
-
-def build_model(c) -> DecoderLM:
-  return DecoderLM(vocab_size=c.dictionary.vocab_size, depth=c.model.depth,
-                   d_model=c.model.d_model, n_heads=c.model.n_heads,
-                   mlp_ratio=c.model.mlp_ratio, max_len=c.model.max_len)
-
-
 def _answer_scores(logits, target):
   """(accuracy, log-prob) per prompt of `target` under (n, vocab) logits."""
   log_probs = jax.nn.log_softmax(logits)
@@ -272,7 +238,7 @@ class DictionaryTask:
   def __init__(self, c):
     self.c = c
     self.spec = corpus_spec(c)
-    self.model = build_model(c)
+    self.model = decoder.build_model(c)
     self.evaluators = {
         "first_token": evaluators.Evaluator(
             self._part("normal"), functools.partial(self._token_metrics, "first")),
