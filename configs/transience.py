@@ -39,9 +39,10 @@ fields live in the `omniglot` block; it shares model depth/width/heads/MLP
 ratio/timescale, batch 32, Adam 3e-4 and the 1.6 B-sequence (5e7-step)
 horizon with the fixed-feature run. The optimizer schedule is the one
 difference outside that block: the trainer reads it from `optim`, so the
-variant also sets Chan's warm-up + inverse-sqrt decay; with only
---config.task=omniglot add --config.optim.warmup_steps=4000
---config.optim.schedule=inverse_sqrt to get it.
+variant also sets Chan's warm-up + inverse-sqrt decay, and Chan's
+evaluators (`evals.names`); with only --config.task=omniglot add
+--config.optim.warmup_steps=4000 --config.optim.schedule=inverse_sqrt and
+"--config.evals.names=('no_support_zipfian','fewshot_holdout')".
 """
 from icl_transience import config
 from icl_transience.proj.transience.omniglot import task as omniglot
@@ -66,6 +67,7 @@ VARIANTS = {
                "evals.names": EVALUATORS + ("pairs_icl",)},
     # lr(t) = 3e-4 min(t / 4000, sqrt(4000 / t)) (Chan et al. 2022)
     "omniglot": {"task": "omniglot", "data.source": "omniglot",
+                 "evals.names": ("no_support_zipfian", "fewshot_holdout"),
                  "optim.warmup_steps": 4000,
                  "optim.schedule": "inverse_sqrt"},
 }

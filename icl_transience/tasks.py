@@ -12,6 +12,8 @@ import dataclasses
 import importlib
 from typing import Any, Callable, Mapping, NamedTuple, Protocol
 
+import ml_collections
+
 from icl_transience.errors import UserError
 
 TASKS = {
@@ -88,6 +90,8 @@ class TaskSpec:
   # For configs written before a task of its own split off from this one:
   # successor(c) -> the name of the task that runs c now, or None.
   successor: Callable[..., str | None] | None = None
+  # For configs written before a field moved: {old dotted name: new one}.
+  renamed: Mapping[str, str] = dataclasses.field(default_factory=dict)
 
 
 def task_name(c) -> str:
@@ -108,10 +112,26 @@ def spec(c) -> TaskSpec:
 
 
 def upgrade(c):
-  """Sets (in place) the task of a config written before its task split off
-  from the one it names (TaskSpec.successor); returns c."""
+  """Brings (in place) a config written by an older version up to date: the
+  task it runs now (TaskSpec.successor), then its moved fields
+  (TaskSpec.renamed); returns c."""
   if task_name(c) in TASKS and spec(c).successor:
     c.task = spec(c).successor(c) or task_name(c)
+  if task_name(c) in TASKS:
+    for old, new in spec(c).renamed.items():
+      *old_parents, old_leaf = old.split(".")
+      node = c
+      for p in old_parents:
+        node = node.get(p, {})
+      if old_leaf in node:
+        *new_parents, new_leaf = new.split(".")
+        target = c
+        for p in new_parents:
+          if p not in target:
+            target[p] = ml_collections.ConfigDict()
+          target = target[p]
+        target[new_leaf] = node[old_leaf]
+        del node[old_leaf]
   return c
 
 

@@ -151,7 +151,7 @@ def test_transience_variants_validate(variant):
   assert c.optim.lr == 3e-4
   assert c.total_sequences == (1_000_000 if variant == "screen" else 1_600_000_000)
   if variant == "omniglot":  # the image task: its own blocks, no classifier's
-    assert not {"train", "evals", "clamp"} & set(c)
+    assert not {"train", "clamp"} & set(c) and set(c.evals) == {"names"}
     assert set(c.model) == {"depth", "d_model", "n_heads", "mlp_ratio", "pos_timescale"}
     return
   assert (c.train.context_len, c.train.burstiness, c.train.distractor) == (8, 3, True)
@@ -249,12 +249,15 @@ def test_an_old_omniglot_run_resumes_as_the_omniglot_task(tmp_path):
   # as they were written: the classifier's blocks and its model fields too
   written = json.loads(transience.get_config().to_json())
   written["data"]["source"] = "omniglot"
-  written["omniglot"] = json.loads(c.to_json())["omniglot"]
+  written["omniglot"] = dict(json.loads(c.to_json())["omniglot"],
+                             evaluators=["no_support_zipfian", "fewshot_holdout"])
   written["optim"] = json.loads(c.to_json())["optim"]
   (tmp_path / "config.json").write_text(json.dumps(written))
   loaded = config_lib.load_run_config(str(tmp_path))
   assert loaded.task == "omniglot" and "omniglot" in loaded
-  assert not {"train", "evals", "clamp"} & set(loaded) and "positions" not in loaded.model
+  assert not {"train", "clamp"} & set(loaded) and "positions" not in loaded.model
+  assert list(loaded.evals.names) == list(c.evals.names)  # the field moved
+  assert "evaluators" not in loaded.omniglot
   loop.save_config(c, str(tmp_path))  # the resume check: no field differs
   plain = transience.get_config()
   plain.data.source = "omniglot"

@@ -179,7 +179,7 @@ def test_bad_clamps_and_splits_are_one_line():
       ({"population": "only_head=8"}, "^hyper.only_head: 8.0 is not -1"),
       ({"ih.prev_token_heads": "0:9"}, r"^ih.prev_token_heads: heads \(9,\) outside"),
       ({"ih.test_classes": 140}, "^ih.test_classes: 50 \\+ 140 classes"),
-      ({"ih.evaluators": ("fsl_nope",)}, "^ih.evaluators: unknown evaluator 'fsl_nope'"),
+      ({"evals.names": ("fsl_nope",)}, "^evals.names: unknown evaluator 'fsl_nope'"),
       ({"ih.relabel_split": (7, 2, 0)}, "^ih.relabel_split: expected three counts"),
       ({"model.n_heads": 7}, "^model.n_heads: must divide d_model=16"),
       ({"model.positions": "bogus"}, "^model.positions: unknown 'bogus'"),

@@ -149,7 +149,7 @@ def test_evaluation_reads_running_averages(setup):
 
 def test_bad_fields_are_user_errors(setup, monkeypatch):
   for field, value, message in [
-      ("omniglot.evaluators", ("bursty",), "omniglot.evaluators: unknown"),
+      ("evals.names", ("bursty",), "evals.names: unknown"),
       ("omniglot.fs_shots", 3, "omniglot.fs_shots"),
       ("omniglot.eval_batch_size", 3, "omniglot.eval_batch_size"),
       ("omniglot.p_bursty", 1.5, "omniglot.p_bursty"),

@@ -77,9 +77,10 @@ def _flatten(d: dict, prefix: str = "") -> dict:
 
 
 def save_config(c, workdir: str):
-  """Writes config.json; refuses a workdir that holds a different run."""
+  """Writes config.json (the task's fields only: config.fit_to_task);
+  refuses a workdir that holds a different run."""
   path = str(epath.Path(workdir) / "config.json")
-  new = json.loads(c.to_json())
+  new = json.loads(config_lib.fit_to_task(ml_collections.ConfigDict(c.to_dict())).to_json())
   if epath.Path(path).exists():
     old = json.loads(config_lib.load_run_config(workdir).to_json())
     flat_old, flat_new = _flatten(old), _flatten(new)

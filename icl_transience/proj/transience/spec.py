@@ -55,6 +55,7 @@ CLASSIFY = tasks.TaskSpec(
 OMNIGLOT = tasks.TaskSpec(
     build=omniglot_task.OmniglotTask, blocks=omniglot_task.blocks,
     resumable=("omniglot.eval_batch_size",),
+    renamed={"omniglot.evaluators": "evals.names"},
     l2_groups=transformer.l2_groups("embedder", "label_embed"),
     curves=omniglot_curves)
 # Singh et al. 2024, Fig. 3a: train, held-out classes, held-out label pairs.
@@ -67,4 +68,5 @@ INDUCTION_HEAD_CURVES = (
 INDUCTION_HEADS = tasks.TaskSpec(
     build=ih_task.InductionHeadsTask, blocks=ih_task.blocks,
     l2_groups=transformer.l2_groups("input_proj", "label_embed"),
-    curves=lambda c: INDUCTION_HEAD_CURVES, report=ih_report.report, grafts=True)
+    curves=lambda c: INDUCTION_HEAD_CURVES, report=ih_report.report, grafts=True,
+    renamed={"ih.evaluators": "evals.names"})

@@ -10,7 +10,7 @@ the query's cross-entropy over ih.fs_relabel logits. The model is the
 suite's sequence classifier (RoPE, attention biases), with the clamps of
 circuits.py held in every pass.
 
-Evaluators (ih.evaluators picks them; eval_sequences each, fixed by the eval seed):
+Evaluators (evals.names picks them; ih.eval_sequences each, fixed by the eval seed):
   fsl_train        training classes, exemplars and label pairs
   fsl_val_rl       the held-out label pairs ("test (relabel)")
   fsl_train_valex  the held-out exemplars
@@ -54,7 +54,7 @@ def ih_block() -> ml_collections.ConfigDict:
       train_classes=50, test_classes=100,   # --class_split 50 _ 100
       train_exemplars=1, val_exemplars=4,   # --exemplar_split 1 4 0
       fs_relabel=5, relabel_split=(8, 2, 0), relabel_split_seed=20,
-      evaluators=tuple(EVALUATORS), eval_sequences=1000,
+      eval_sequences=1000,
       strength_sequences=10_000,
       # clamps in every pass ('block:heads', 0-based; circuits.py)
       ablate_heads="", prev_token_heads="", induction_heads="",
@@ -64,8 +64,8 @@ def ih_block() -> ml_collections.ConfigDict:
 
 
 def blocks(c) -> dict:
-  """The source (the classifier's `data` block), `ih` and the per-member
-  numbers (`hyper`). Default source: 150 classes x 5 exemplars of the
+  """The model, the source (the classifier's `data` block), `ih`, the
+  evaluators (`evals.names`) and the per-member numbers (`hyper`). Default source: 150 classes x 5 exemplars of the
   embedded synthetic features (dim 512), non-negative like the authors'
   ResNet features: the first 50 train, the last 100 are the held-out
   classes."""
@@ -73,6 +73,7 @@ def blocks(c) -> dict:
   # the authors' features are ReLU ResNet activations: non-negative
   data.n_classes, data.n_exemplars, data.relu_features = 150, 5, True
   return {"model": classifier_config.model_block(), "data": data, "ih": ih_block(),
+          "evals": ml_collections.ConfigDict(dict(names=tuple(EVALUATORS))),
           "hyper": ml_collections.ConfigDict(HYPER)}
 
 
@@ -125,7 +126,7 @@ class InductionHeadsTask:
     known = {name: evaluators.Evaluator(self._query_set(name), self._query_metrics)
              for name in EVALUATORS}
     self.evaluators = dict(
-        evaluators.select(known, self.ih.evaluators, "ih.evaluators"),
+        evaluators.select(known, c.evals.names, "evals.names"),
         induction_strength=evaluators.Evaluator(self._strength_set,
                                                 self._strength_metrics))
 

@@ -7,7 +7,7 @@ turned into (B, K+1, 105, 105, 1) images in [0, 1] by proj/transience/omniglot/d
 lazy gather; the model is the Chan transformer (ResNet embedder + 12-layer
 transformer, proj/transience/omniglot/chan_transformer.py); the loss is the query's softmax
 cross-entropy. Evaluators are fixed sets of Chan sequences (eval_seed) of the
-kinds in `omniglot.evaluators`: by default the ICL evaluator
+kinds in `evals.names`: by default the ICL evaluator
 ('fewshot_holdout': 2 holdout classes x 4 shots, labels 0/1) and the IWL
 evaluator ('no_support_zipfian'), each reporting Chan's `accuracy_query`
 (argmax over the whole vocabulary), `accuracy_closed` (argmax over labels
@@ -75,9 +75,7 @@ def default_config() -> ml_collections.ConfigDict:
       n_common=100,
       n_holdout=80,
       order_seed=1337,          # numpy default_rng seed of Chan's class order
-      # evaluators (Chan et al. 2022); Chan's list adds fewshot_zipfian, and
-      # with a non-zero zipf_exponent uses no_support_rare and no_support_common
-      evaluators=("no_support_zipfian", "fewshot_holdout"),
+      # evaluators (evals.names) of the kinds of chan_sequences
       fs_shots=4,               # few-shot evaluators: ways x fs_shots = context
       eval_sequences=10_000,    # per evaluator ("~10,000" in Chan's code)
       eval_batch_size=100,      # sequences per forward pass at evaluation
@@ -98,6 +96,10 @@ def blocks(c) -> dict:
   return {"model": transformer.model_block(depth=12, mlp_ratio=4,
                                            pos_timescale=30.0),
           "data": classifier_config.blocks(c)["data"],
+          # Chan et al. 2022: their list adds fewshot_zipfian, and with a
+          # non-zero zipf_exponent uses no_support_rare and no_support_common
+          "evals": ml_collections.ConfigDict(dict(
+              names=("no_support_zipfian", "fewshot_holdout"))),
           "omniglot": default_config()}
 
 
@@ -126,7 +128,7 @@ class OmniglotTask:
     self.c = c
     self.o = c.omniglot
     self.shown = {k: ("accuracy_closed" if k.startswith("fewshot")
-                      else "accuracy_query") for k in self.o.evaluators}
+                      else "accuracy_query") for k in c.evals.names}
     self.n_outputs = self.o.n_rare + self.o.n_common + self.o.n_holdout
     self.model = chan_transformer.ChanTransformer(
         n_outputs=self.n_outputs, depth=c.model.depth, d_model=c.model.d_model,
@@ -139,7 +141,7 @@ class OmniglotTask:
     self.n_characters = None  # known once the images are loaded
     self.evaluators = evaluators.select(
         {kind: evaluators.Evaluator(self._fixed_set(kind), self._set_metrics(kind))
-         for kind in EVALUATOR_KINDS}, self.o.evaluators, "omniglot.evaluators")
+         for kind in EVALUATOR_KINDS}, c.evals.names, "evals.names")
 
   def spec(self, kind: str, n_characters: int) -> chan.ChanSpec:
     """The Chan sequence family `kind` over a dataset of n_characters."""
@@ -157,9 +159,9 @@ class OmniglotTask:
   def validate(self, n_devices: int):
     del n_devices  # the generic checks cover the batch split
     o = self.o
-    if not o.evaluators:
-      raise UserError("omniglot.evaluators: give one or more distinct kinds")
-    for kind in ("bursty",) + tuple(o.evaluators):  # dataset size checked on loading
+    if not self.c.evals.names:
+      raise UserError("evals.names: give one or more distinct kinds")
+    for kind in ("bursty",) + tuple(self.c.evals.names):  # dataset size checked on loading
       self.spec(kind, omniglot.FULL_CHARACTERS)
     if not (o.eval_sequences > 0 and o.eval_batch_size > 0
             and o.eval_sequences % o.eval_batch_size == 0):
