@@ -90,6 +90,17 @@ def coopetition_config() -> ml_collections.ConfigDict:
   return config.for_task("classify")
 
 
+def check_model(model, tokens: int):
+  """The classifier's model block, for sequences of `tokens` tokens; one
+  line naming the field."""
+  check(model.positions in transformer.POSITIONS, "model.positions",
+        f"unknown '{model.positions}' (choose from {', '.join(transformer.POSITIONS)})")
+  check(model.d_model % model.n_heads == 0, "model.n_heads",
+        f"must divide d_model={model.d_model}")
+  check(tokens <= model.max_len, "model.max_len",
+        f"{model.max_len} positions, but sequences have {tokens} tokens")
+
+
 def train_spec(c) -> sequences.SequenceSpec:
   """The training distribution: config block `train` is a SequenceSpec."""
   return sequences.SequenceSpec(**dict(c.train, exemplars=tuple(c.train.exemplars)))
@@ -143,14 +154,7 @@ def validate(c):
   check_spec(spec, "train", shape)
   if c.train.relabel == "pairs":
     check(c.train.fs_relabel >= 2, "train.fs_relabel", "must be >= 2")
-  check(c.model.positions in transformer.POSITIONS, "model.positions",
-         f"unknown '{c.model.positions}' (choose from "
-         f"{', '.join(transformer.POSITIONS)})")
-  check(c.model.d_model % c.model.n_heads == 0, "model.n_heads",
-         f"must divide d_model={c.model.d_model}")
-  check(2 * c.train.context_len + 1 <= c.model.max_len, "model.max_len",
-         f"{c.model.max_len} positions, but sequences have "
-         f"{2 * c.train.context_len + 1} tokens")
+  check_model(c.model, 2 * c.train.context_len + 1)
   for field in ("ablate_heads", "block_label_attention"):
     heads = interventions.parse_heads(c.clamp[field], f"clamp.{field}")
     interventions.check(interventions.Intervention(ablate=heads), c.model.depth,

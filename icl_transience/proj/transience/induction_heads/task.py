@@ -30,7 +30,6 @@ import optax
 from icl_transience import config as config_lib
 from icl_transience import evaluators
 from icl_transience.errors import UserError, check
-from icl_transience.nn import transformer
 from icl_transience.proj.transience import classifier
 from icl_transience.proj.transience import classifier_config
 from icl_transience.proj.transience import probes
@@ -148,12 +147,7 @@ class InductionHeadsTask:
     check(self.c.model.mlp_ratio == 0 or not self.clamps.any, "model.mlp_ratio",
           "the clamps are defined on the attention-only model")
     model = self.c.model
-    check(model.positions in transformer.POSITIONS, "model.positions",
-          f"unknown '{model.positions}' (choose from {', '.join(transformer.POSITIONS)})")
-    check(model.d_model % model.n_heads == 0, "model.n_heads",
-          f"must divide d_model={model.d_model}")
-    check(model.max_len >= circuits.TOKENS, "model.max_len",
-          f"{model.max_len} positions, but sequences have {circuits.TOKENS} tokens")
+    classifier_config.check_model(model, circuits.TOKENS)
     circuits.validate(self.clamps, model.depth, model.n_heads, model.positions)
     graft = self.c.graft
     check(graft.mode in ("none", "in") and (graft.mode == "none" or graft.layer == 0),
