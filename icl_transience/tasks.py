@@ -119,20 +119,24 @@ def upgrade(c):
     c.task = spec(c).successor(c) or task_name(c)
   if task_name(c) in TASKS:
     for old, new in spec(c).renamed.items():
-      *old_parents, old_leaf = old.split(".")
-      node = c
-      for p in old_parents:
-        node = node.get(p, {})
-      if old_leaf in node:
-        *new_parents, new_leaf = new.split(".")
-        target = c
-        for p in new_parents:
-          if p not in target:
-            target[p] = ml_collections.ConfigDict()
-          target = target[p]
-        target[new_leaf] = node[old_leaf]
-        del node[old_leaf]
+      _move(c, old, new)
   return c
+
+
+def _move(c, old: str, new: str):
+  """Moves c's dotted field `old` (if it has one) to `new`."""
+  *parents, leaf = old.split(".")
+  node = c
+  for p in parents:
+    node = node.get(p, {})
+  if leaf in node:
+    *parents, new_leaf = new.split(".")
+    target = c
+    for p in parents:
+      target[p] = target.get(p) or ml_collections.ConfigDict()
+      target = target[p]
+    target[new_leaf] = node[leaf]
+    del node[leaf]
 
 
 def build(c) -> Task:
