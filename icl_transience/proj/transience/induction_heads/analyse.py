@@ -21,6 +21,7 @@ The run's own clamps hold in every pass. Writes workdir/analyses/*.json and
 figures/ih_fig4a_<member>.png or ih_progress_<member>.png.
 """
 import dataclasses
+import functools
 import json
 import math
 import os
@@ -71,6 +72,7 @@ class Run:
     self.feats = table[seqs["classes"], seqs["exemplars"]]
     self.labels, self.target = jnp.asarray(seqs["labels"]), jnp.asarray(seqs["target"])
     self.query_slot = jnp.asarray(seqs["query_slot"])
+    self._programs = {}  # (clamps, intervention) -> its jitted measure
 
   def clamps(self, **extra) -> circuits.Clamps:
     """The run's clamps with `extra` added, block by block."""
@@ -92,7 +94,15 @@ class Run:
 
   def measure(self, params, hyper, clamps=None, iv=None) -> dict:
     """{loss, acc} over the whole distribution, under clamps (circuits) or
-    an intervention with clean activations (interventions.forward)."""
+    an intervention with clean activations (interventions.forward); one
+    compiled program per clamp set, reused across checkpoints and members."""
+    if (clamps, iv) not in self._programs:
+      self._programs[clamps, iv] = jax.jit(functools.partial(
+          self._measure, clamps=clamps, iv=iv))
+    out = self._programs[clamps, iv](params, hyper)
+    return {k: float(jnp.mean(v)) for k, v in out.items()}
+
+  def _measure(self, params, hyper, clamps, iv):
     model = self.task.model
 
     def chunk(args):
@@ -106,9 +116,8 @@ class Run:
       return {"loss": m["loss"], "acc": m["acc"]}
     chunks = math.gcd(len(self.target), CHUNKS)
     split = lambda x: x.reshape((chunks, -1) + x.shape[1:])
-    out = jax.jit(lambda p: jax.lax.map(chunk, tuple(map(split, (
-        self.feats, self.labels, self.target)))))(params)
-    return {k: float(jnp.mean(v)) for k, v in out.items()}
+    return jax.lax.map(chunk, tuple(map(split, (self.feats, self.labels,
+                                                self.target))))
 
 
 def load(workdir: str, sequences: int, member: str):
