@@ -247,6 +247,35 @@ def test_every_figure_names_runs_of_the_config_and_draws_them(tmp_path, monkeypa
     paper.draw("8", str(tmp_path / "nowhere"))
 
 
+def test_fig15_colours_each_member_by_its_match_strength(tmp_path, monkeypatch):
+  """Fig. 15 draws every member of the strength population in both panels,
+  in the colour of its own s (the colour bar's 2s - 1)."""
+  from icl_transience.proj.transience.induction_heads import paper  # pylint: disable=g-import-not-at-top
+  from icl_transience.analysis import figures  # pylint: disable=g-import-not-at-top
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  c = induction_heads.get_config("fig15")
+  run = paper.workdir(str(tmp_path), "fig15")
+  os.makedirs(run)
+  loop.save_config(c, run)
+  members = config_lib.members(c)
+  rows = [r for i, m in enumerate(members) for s in (0, 1) for r in metrics_table.rows_from(
+      m.name, s, s * 32, {"fsl_train": {"loss": 1.0 + i}, "fsl_val_rl": {"loss": 2.0 + i}})]
+  metrics_table.atomic_write_text(metrics_table.path(run),
+                                  "".join(json.dumps(r) + "\n" for r in rows))
+  drawn = {}
+  monkeypatch.setattr(figures, "save", lambda fig, path: drawn.update(fig=fig))
+  paper.draw("15", str(tmp_path))
+  strength = {m.name: dict(m.extra)["match_strength"] for m in members}
+  assert len(set(strength.values())) == 16
+  for ax, first in zip(drawn["fig"].axes[:2], (1.0, 2.0)):
+    lines = {l.get_label(): l for l in ax.get_lines() if l.get_label() in strength}
+    assert set(lines) == set(strength)
+    for i, m in enumerate(members):
+      np.testing.assert_allclose(lines[m.name].get_color(),
+                                 plt.get_cmap("coolwarm")(strength[m.name]))
+      assert lines[m.name].get_ydata()[0] == first + i  # its own curve
+
+
 def test_a_grafted_layer1_is_frozen_and_the_rest_trains(tmp_path):
   trained = str(tmp_path / "trained")
   loop.train(tiny(), trained)

@@ -17,7 +17,8 @@ Runs live in WORKDIR/<variant> (the variants of configs/induction_heads.py,
   7     a frozen trained layer 1 (seeds 5, 6, 7) grafted under a fresh
         layer 2 (init seed 5), against normal training
   8     previous-token clamps on one and on all layer-1 heads
-  15    the match clamp's strength: train and held-out-pair losses
+  15    the match clamp's strength s: train and held-out-pair losses, each
+        run coloured by 2s - 1 (the paper's colour bar)
 """
 import importlib.util
 import os
@@ -29,6 +30,7 @@ from absl import flags
 from absl import logging
 
 from icl_transience import cli
+from icl_transience import config as config_lib
 from icl_transience import metrics_table
 from icl_transience.analysis import figures
 from icl_transience.errors import UserError
@@ -98,8 +100,32 @@ def _axes(ax, title, xmax=None):
   ax.legend(fontsize=6)
 
 
+def draw_fig15(root: str):
+  """Two panels (train, held-out label pairs), a line per strength s,
+  coloured by 2s - 1."""
+  c = config_lib.load_run_config(workdir(root, "fig15"))
+  strength = {m.name: dict(m.extra)["match_strength"] for m in config_lib.members(c)}
+  colour = plt.get_cmap("coolwarm")
+  fig, axes = plt.subplots(1, 2, figsize=(12, 4.5))
+  for ax, evaluator, title in ((axes[0], "fsl_train", "train"),
+                               (axes[1], "fsl_val_rl", "test (held-out label pairs)")):
+    for member, (x, y) in curves(root, "fig15", evaluator).items():
+      ax.plot(x, y, lw=1.1, color=colour(strength[member]), label=member)
+    ax.axhline(LN2, color="grey", ls="--", lw=0.8)
+    ax.set(title=f"Singh et al. 2024, Fig. 15: {title}", xlabel="sequences seen",
+           ylabel="loss", ylim=(0, 4))
+    ax.grid(alpha=0.3)
+  bar = fig.colorbar(plt.cm.ScalarMappable(cmap=colour, norm=plt.Normalize(-1, 1)),
+                     ax=axes, fraction=0.03)
+  bar.set_label("2s - 1 (match clamp on head 1:3)")
+  return fig
+
+
 def draw(figure: str, root: str) -> str:
   path = os.path.join(root, "figures", f"ih_fig{figure}.png")
+  if figure == "15":
+    figures.save(draw_fig15(root), path)
+    return path
   if figure == "6":
     fig, axes = plt.subplots(2, 4, figsize=(16, 7))
     for row, data in ((0, DATA[:3]), (1, DATA[:1] + DATA[3:])):
@@ -110,7 +136,7 @@ def draw(figure: str, root: str) -> str:
         _axes(axes[row, col], title)
   else:
     fig, ax = plt.subplots(figsize=(7, 4.5))
-    if figure in ("3", "4b", "15"):
+    if figure in ("3", "4b"):
       runs = [(RUNS[figure][0], None)]
     elif figure == "7":
       runs = [(f"graft{s}", f"layer 1 of seed {s}, frozen") for s in GRAFT_SEEDS]
@@ -122,9 +148,6 @@ def draw(figure: str, root: str) -> str:
       for member, (x, y) in curves(root, variant).items():
         ax.plot(x, y, lw=1.2, label=label or member,
                 ls="--" if member == "only_head-1" else "-")
-      if figure == "15":
-        for member, (x, y) in curves(root, variant, "fsl_val_rl").items():
-          ax.plot(x, y, lw=0.8, ls=":", label=f"{member} (held-out pairs)")
     _axes(ax, f"Singh et al. 2024, Fig. {figure}", 400_000 if figure == "5b" else None)
   fig.tight_layout()
   figures.save(fig, path)
