@@ -44,9 +44,15 @@ def fixed_sets(evaluators: Mapping[str, Evaluator], eval_seed: int,
   """{name: fixed set}, deterministic in eval_seed, placed with `sharding`
   (which may span processes)."""
   key = jax.random.PRNGKey(eval_seed)
-  return {name: jax.jit(ev.fixed_set, out_shardings=sharding)(
-              jax.random.fold_in(key, i))
+  build = jax.jit(_build, static_argnums=0, out_shardings=sharding)
+  return {name: build(ev.fixed_set, jax.random.fold_in(key, i))
           for i, (name, ev) in enumerate(evaluators.items())}
+
+
+def _build(fixed_set, key):
+  # fixed_set is static: one that compares equal to an earlier one (a
+  # hashable value, e.g. probes.SequenceSet) reuses its compiled program
+  return fixed_set(key)
 
 
 def evaluate(evaluators: Mapping[str, Evaluator], weights, consts, sets) -> dict:

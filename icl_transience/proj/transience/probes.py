@@ -125,10 +125,20 @@ def run_evaluators(c, apply_fn, with_target: bool = False) -> dict:
           for name in chosen}
 
 
-def fixed_set(name: str, c):
+def fixed_set(name: str, c) -> "SequenceSet":
   """key -> the evaluator's evals.n_sequences sequences (as indices)."""
-  spec, n = eval_spec(name, c), c.evals.n_sequences
-  return lambda key: sequences.sample_sequences(key, spec, n)
+  return SequenceSet(eval_spec(name, c), c.evals.n_sequences)
+
+
+@dataclasses.dataclass(frozen=True)
+class SequenceSet:
+  """key -> n sequences of spec; a value (equal specs, equal sets), so every
+  run in a process compiles each evaluator's sampler once."""
+  spec: sequences.SequenceSpec
+  n: int
+
+  def __call__(self, key) -> sequences.Sequences:
+    return sequences.sample_sequences(key, self.spec, self.n)
 
 
 def query_metrics(logits, labels, target) -> dict[str, jax.Array]:
