@@ -4,7 +4,7 @@ SequenceSpec and the output size."""
 import ml_collections
 
 from icl_transience import config
-from icl_transience.errors import UserError, check
+from icl_transience.errors import check
 from icl_transience.nn import transformer
 from icl_transience.proj.transience import graft
 from icl_transience.proj.transience import interventions
