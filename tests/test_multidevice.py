@@ -12,10 +12,12 @@ device's thread and XLA aborted the process.
 """
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
 import textwrap
+import time
 
 import jax
 import numpy as np
@@ -24,6 +26,7 @@ from icl_transience import config as config_lib
 from icl_transience import evaluate
 from icl_transience import metrics_table
 from icl_transience.train import loop
+from icl_transience.train import multihost
 
 from helpers import REPO, fake_devices, final_state, run_cli, smoke_config
 
@@ -35,6 +38,7 @@ SCRIPT = textwrap.dedent("""
     from helpers import smoke_config
     from icl_transience import config
     from icl_transience.train import loop
+from icl_transience.train import multihost
     assert jax.device_count() == int(sys.argv[2]), jax.devices()
     # one member takes one device with num_devices = -1 (the default), all with 0
     assert loop.run_mesh(smoke_config()).devices.size == 1
@@ -87,8 +91,7 @@ def test_a_population_padded_over_the_devices_trains_like_one_over_the_batch(
   assert len(rows) == len(metrics_table.read(batch))
 
 
-HOST_SHAPE = {"batch_size": 16, "total_sequences": 320, "eval_every": 160,
-              "ckpt.every": 160,
+HOST_SHAPE = {"batch_size": 16, "eval_every": 160, "ckpt.every": 160,
               "population": "; ".join(f"init_seed={i}" for i in range(1, 9))}
 
 
@@ -98,45 +101,86 @@ def free_port():
     return s.getsockname()[1]
 
 
-def main_args(workdir):
-  return (["main.py", "--config=configs/smoke.py", f"--workdir={workdir}"] +
-          [f"--config.{k}={v}" for k, v in HOST_SHAPE.items()])
-
-
-def test_two_processes_of_four_devices_train_a_population_like_one_device(tmp_path):
-  """8 members, one on each device of both processes (evaluation results and
-  checkpoints gathered from devices of the other process); then the
-  checkpoint-sweep job on the checkpoints they saved."""
-  two, one = str(tmp_path / "two"), str(tmp_path / "one")
+def start_two_processes(workdir, total_sequences):
+  """main.py --multihost as processes 0 and 1 of one run (4 fake devices
+  each); their stderr goes to workdir.<id>.log."""
   address = f"localhost:{free_port()}"
-  env = dict(fake_devices(4), PYTHONPATH=REPO)
-  procs = [subprocess.Popen(
-      [sys.executable] + main_args(two) + [
-          "--multihost", f"--coordinator_address={address}", "--num_processes=2",
-          f"--process_id={i}"], cwd=REPO, env=dict(os.environ, **env),
-      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for i in range(2)]
-  outs = [p.communicate(timeout=400) for p in procs]
-  for p, (_, err) in zip(procs, outs):
-    assert p.returncode == 0, err[-3000:]
+  fields = dict(HOST_SHAPE, total_sequences=total_sequences)
+  args = [sys.executable, "main.py", "--config=configs/smoke.py",
+          f"--workdir={workdir}", "--multihost", f"--coordinator_address={address}",
+          "--num_processes=2", "--lost_process_after_s=20"] + [
+              f"--config.{k}={v}" for k, v in fields.items()]
+  env = dict(os.environ, PYTHONPATH=REPO, **fake_devices(4))
+  procs = []
+  for i in range(2):
+    with open(f"{workdir}.{i}.log", "w") as log:  # the child keeps its copy
+      procs.append(subprocess.Popen(args + [f"--process_id={i}"], cwd=REPO, env=env,
+                                    stdout=subprocess.DEVNULL, stderr=log))
+  return procs
+
+
+def finish(procs, workdir, timeout=400):
+  """[(return code, stderr)] of both processes once they end."""
+  for p in procs:
+    p.wait(timeout=timeout)
+  return [(p.returncode, open(f"{workdir}.{i}.log").read())
+          for i, p in enumerate(procs)]
+
+
+def test_two_processes_of_four_devices_lose_one_resume_and_train_like_one_device(
+    tmp_path):
+  """8 members, one on each device of both processes. Process 1 is killed
+  with kill -9 after a checkpoint: process 0 stops with one line naming it
+  and the newest complete checkpoint. Restarted, both resume from it, and
+  the run equals one on one device (evaluation results and checkpoints
+  gathered from devices of the other process); then the checkpoint-sweep
+  job on the checkpoints they saved."""
+  two, one = str(tmp_path / "two"), str(tmp_path / "one")
+  procs = start_two_processes(two, 16 * 10**6)
+  first = os.path.join(two, "checkpoints", "00000010")
+  deadline = time.monotonic() + 400
+  while not os.path.isdir(first) and procs[1].poll() is None:
+    assert time.monotonic() < deadline, "no checkpoint after 400 s"
+    time.sleep(0.2)
+  procs[1].kill()
+  (rc, err), _ = finish(procs, two, timeout=120)
+  assert rc == multihost.LOST_PROCESS_EXIT, err[-3000:]
+  assert "Traceback" not in err, err[-3000:]
+  line = err.strip().splitlines()[-1]
+  found = re.fullmatch(
+      r"error: process 0 of 2: lost contact with process 1 \(.+\); the newest "
+      r"complete checkpoint is step (\d+) \((\d+) sequences\) in .+: restart "
+      r"every process to resume", line)
+  assert found, line
+  saved = int(found.group(1))
+  assert saved >= 10 and os.path.isdir(os.path.join(two, "checkpoints", f"{saved:08d}"))
+  total = 16 * (saved + 10)
+  outs = finish(start_two_processes(two, total), two)
+  for rc, err in outs:
+    assert rc == 0, err[-3000:]
+  assert f"resumed from step {saved}" in outs[1][1]
   assert "process 1 of 2; 4 local of 8 devices" in outs[1][1]
-  c = smoke_config(**HOST_SHAPE)
+  c = smoke_config(**HOST_SHAPE, total_sequences=total)
   assert "(members layout)" in outs[0][1]
   loop.train(c, one)  # here: one process, one device
   a, b = final_state(c, two), final_state(c, one)
-  assert a["step"].tolist() == [20] * 8
+  assert a["step"].tolist() == [saved + 10] * 8
   assert_close(a, b)
-  # the metrics table holds the same rows, once each
+  # the metrics table holds the same rows, once each (the first launch may
+  # have evaluated steps past the restart's horizon before it stopped)
   key = lambda r: (r["member"], r["step"], r["evaluator"], r["metric"])
-  rows = [{key(r): r["value"] for r in metrics_table.read(w)} for w in (two, one)]
+  in_run = lambda rows: [r for r in rows if r["step"] <= saved + 10]
+  rows = [{key(r): r["value"] for r in in_run(metrics_table.read(w))}
+          for w in (two, one)]
   assert rows[0].keys() == rows[1].keys()
-  assert len(metrics_table.read(two)) == len(rows[0])
+  assert len(in_run(metrics_table.read(two))) == len(rows[0])
   for k, value in rows[0].items():
     np.testing.assert_allclose(value, rows[1][k], rtol=1e-4, atol=1e-5, err_msg=str(k))
   # the sweep job re-evaluates the checkpoints the two processes saved
   metrics_table.atomic_write_text(metrics_table.path(two), "".join(
-      json.dumps(r) + "\n" for r in metrics_table.read(two)
+      json.dumps(r) + "\n" for r in in_run(metrics_table.read(two))
       if r["evaluator"] == "train_batch"))
-  assert evaluate.evaluate_checkpoints(two) == 3 * 8
+  assert evaluate.evaluate_checkpoints(two) == (saved // 10 + 2) * 8
   swept = {key(r): r["value"] for r in metrics_table.read(two)}
   assert swept.keys() == rows[0].keys()
   for k, value in swept.items():

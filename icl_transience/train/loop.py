@@ -24,6 +24,7 @@ from icl_transience import monitoring
 from icl_transience import tasks
 from icl_transience.errors import Diverged, UserError
 from icl_transience.train import checkpoints
+from icl_transience.train import multihost
 from icl_transience.train import pretrained
 from icl_transience.train import progress
 from icl_transience.train import step as step_lib
@@ -177,7 +178,8 @@ def _train(c, workdir, mesh, profile_dir):
   table_rows = metrics_table.MetricsTable(workdir, write=jax.process_index() == 0)
   with checkpoints.manager(workdir, c.ckpt.keep) as mngr, \
        monitoring.attached(c, workdir, table_rows, "train", names), \
-       StopRequest().installed() as stop:
+       StopRequest().installed() as stop, \
+       multihost.exit_if_a_process_dies(workdir, bs):
     run = Run(c, workdir, trainer, consts, mngr, table_rows, profile_dir)
     found, unreadable = checkpoints.restore_newest(
         mngr, workdir, trainer.abstract_state(members), names)
