@@ -38,7 +38,6 @@ SCRIPT = textwrap.dedent("""
     from helpers import smoke_config
     from icl_transience import config
     from icl_transience.train import loop
-from icl_transience.train import multihost
     assert jax.device_count() == int(sys.argv[2]), jax.devices()
     # one member takes one device with num_devices = -1 (the default), all with 0
     assert loop.run_mesh(smoke_config()).devices.size == 1
