@@ -104,11 +104,14 @@ def test_figures_draw_the_metrics_rows(smoke_run, tmp_path, monkeypatch):
 
 
 def test_population_members_are_independent(tmp_path):
-  """Member A of {A, B, C} trains exactly as in {A, B} and as alone (on CPU
-  members train one after another, each on the single-member program), to
-  float rounding the same metrics rows; members vmapped together agree to
-  float precision. (An L2 member would switch every member onto the program
-  with the penalty term, which rounds differently: ~3e-7.)"""
+  """Member A of {A, B, C} trains exactly as in {A, B}, and as alone to
+  float rounding (on CPU members train one after another, each on the
+  single-member program: the same code under XLA's default flags, bit for
+  bit, but under this suite's compile flags (conftest) the map's body
+  rounds differently, ~1e-7); to float rounding the same metrics rows;
+  members vmapped together agree to float precision. (An L2 member would
+  switch every member onto the program with the penalty term, which rounds
+  differently: ~3e-7.)"""
   a, b, cc = "init_seed=1", "init_seed=2,lr=3e-3,data_seed=4", "init_seed=3,lr=2e-3"
   runs = {}
   for name, population, fields in (
@@ -124,7 +127,10 @@ def test_population_members_are_independent(tmp_path):
   for other, n in (("ab", 2), ("a", 1)):
     for i, m in enumerate(["init_seed1", "init_seed2_lr3e-3_data_seed4"][:n]):
       for x, y in zip(jax.tree.leaves(runs["abc"][0]), jax.tree.leaves(runs[other][0])):
-        np.testing.assert_array_equal(np.asarray(x)[i], np.asarray(y)[i])
+        if other == "ab":
+          np.testing.assert_array_equal(np.asarray(x)[i], np.asarray(y)[i])
+        else:
+          np.testing.assert_allclose(np.asarray(x)[i], np.asarray(y)[i], rtol=0, atol=1e-6)
       # evaluation is vmapped over the population: its reductions round
       # differently for another population size
       mine, theirs = member(runs["abc"][1], m), member(runs[other][1], m)
