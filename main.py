@@ -36,7 +36,7 @@ _COORDINATOR = flags.DEFINE_string("coordinator_address", None,
 _NUM_PROCESSES = flags.DEFINE_integer("num_processes", None, "Process count (multi-host).")
 _PROCESS_ID = flags.DEFINE_integer("process_id", None, "This process (multi-host).")
 _LOST_AFTER = flags.DEFINE_float(
-    "lost_process_after_s", 30, "Multi-host: seconds another process may go "
+    "lost_process_after_s", 60, "Multi-host: seconds another process may go "
     "without a heartbeat before this one stops with one line (the newest "
     "checkpoint; restart every process to resume).")
 _PROFILE = flags.DEFINE_bool(

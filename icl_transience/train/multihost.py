@@ -24,7 +24,7 @@ from etils import epath
 from icl_transience.errors import UserError
 
 LOST_PROCESS_EXIT = 3
-_settings = {"lost_after_s": 30.0}
+_settings = {"lost_after_s": 60.0}
 # What a collective with a dead process raises (Gloo on CPU hosts, NCCL on
 # GPUs, the coordination service everywhere).
 _LOST_PEER_SIGNS = ("gloo", "nccl", "connection reset", "connection refused",
@@ -32,7 +32,7 @@ _LOST_PEER_SIGNS = ("gloo", "nccl", "connection reset", "connection refused",
 
 
 def initialize(coordinator_address=None, num_processes=None, process_id=None,
-               lost_after_s: float = 30):
+               lost_after_s: float = 60):
   """jax.distributed.initialize (None: detected from the TPU / SLURM / Open
   MPI environment); one line for a bad address or count. lost_after_s: how
   long another process may go without a heartbeat before it counts as lost
