@@ -165,3 +165,45 @@ def test_cli_metric_flag_and_one_line_errors(tmp_path):
   write_metrics(tmp_path)
   with pytest.raises(UserError, match="--metric: no evaluator logs 'nope'"):
     report.write_report(str(tmp_path), report.Settings(metric="nope", chance=0.5))
+
+
+def test_plot_against_a_config_field_gives_each_runs_peak_and_decay(tmp_path):
+  """One point per run: the curve's peak (earliest step reaching it) and the
+  first later evaluation at or below peak - drop, or none by the horizon;
+  a range field counts its size; one line for a missing or non-number field."""
+  from icl_transience import plot  # pylint: disable=g-import-not-at-top
+  from icl_transience.train import loop  # pylint: disable=g-import-not-at-top
+  from helpers import smoke_config  # pylint: disable=g-import-not-at-top
+  flips = {8: [0.5, 0.8, 0.9, 0.85, 0.8, 0.7],     # falls 0.1 at the 4th point
+           16: [0.5, 0.6, 0.9, 0.9, 0.85, 0.81],   # not 0.1 below by the end
+           32: [0.5, 0.6, 0.7, 0.7, 0.65, 0.6]}    # exactly 0.1 below: fallen
+  workdirs = []
+  for n, flip in flips.items():
+    workdir = str(tmp_path / f"c{n}")
+    os.makedirs(workdir)
+    loop.save_config(smoke_config(**{"train.n_classes": n,
+                                     "train.exemplars": (0, n // 8)}), workdir)
+    rows = []
+    for i, value in enumerate(flip):
+      rows += metrics_table.rows_from("main", i * 100, i * 100 * BATCH,
+                                      {"flip_icl": {"in_context_acc": value}})
+    metrics_table.atomic_write_text(metrics_table.path(workdir), "".join(
+        json.dumps(r) + "\n" for r in rows))
+    workdirs.append(workdir)
+  out = str(tmp_path / "against.png")
+  lines = plot.plot_runs(workdirs, "flip_icl:in_context_acc", out,
+                         "train.n_classes", 0.1)
+  assert lines[0] == ("c8: train.n_classes=8, flip_icl in_context_acc peak 0.900 "
+                      "at 6,400, fallen 0.1 below it at 12,800")
+  assert lines[1] == ("c16: train.n_classes=16, flip_icl in_context_acc peak 0.900 "
+                      "at 6,400, not fallen 0.1 below it by 16,000 (final 0.810)")
+  assert lines[2].endswith("peak 0.700 at 6,400, fallen 0.1 below it at 16,000")
+  assert lines[3] == out and os.path.getsize(out) > 0
+  assert plot.plot_runs(workdirs[:1], "flip_icl:in_context_acc", out,
+                        "train.exemplars", 0.1)[0].startswith("c8: train.exemplars=1,")
+  with pytest.raises(UserError, match="--against: .*c8 has no config field train.nope"):
+    plot.plot_runs(workdirs, "flip_icl:in_context_acc", out, "train.nope", 0.1)
+  with pytest.raises(UserError, match="--against: model.positions is 'learned' in"):
+    plot.plot_runs(workdirs, "flip_icl:in_context_acc", out, "model.positions", 0.1)
+  with pytest.raises(UserError, match="--against: give the curve too"):
+    plot.plot_runs(workdirs, "", out, "train.n_classes", 0.1)

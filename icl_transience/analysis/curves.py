@@ -5,6 +5,8 @@ and metric values), shared by the projects' reports:
   crossing_step   first step at which the curve exceeds a fixed threshold
                   (e.g. ICL accuracy 0.5, or 0.05 above chance)
   final_value     mean of the last finite values
+  peak_and_decay  the peak, and the first step after it at which the curve
+                  has fallen `drop` below it (the transience detector's decay)
 """
 import numpy as np
 
@@ -53,3 +55,16 @@ def plateau_length(steps, values, chance: float, fraction: float = 0.5,
   if final - chance < min_rise:
     return float("nan")
   return crossing_step(steps, values, chance + fraction * (final - chance))
+
+
+def peak_and_decay(steps, values, drop: float) -> tuple[float, float, float]:
+  """(peak, its first step, the first later step whose value is <= peak -
+  drop; NaN if the curve has not fallen that far by its last step)."""
+  steps, values = _curve(steps, values)
+  if not drop > 0:
+    raise UserError(f"curve: drop must be > 0, got {drop}")
+  top = int(np.nanargmax(values))
+  peak = float(values[top])
+  fallen = np.flatnonzero(values[top:] <= peak - drop + 1e-9)  # inclusive
+  return peak, float(steps[top]), (float(steps[top + fallen[0]]) if fallen.size
+                                   else float("nan"))

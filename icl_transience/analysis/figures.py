@@ -240,3 +240,36 @@ def compare_figure(runs: dict, evaluator: str, metric: str, path: str,
   ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
   save(fig, path)
+
+
+def against_figure(points, field: str, evaluator: str, metric: str, drop: float,
+                   path: str):
+  """Peak height and decay time of one curve against a config field, one
+  point per run: points = [(field value, peak, peak at, decayed at (NaN:
+  not by the horizon), horizon, label)]. A run whose curve has not decayed
+  is drawn hollow at its horizon, with an arrow up (later, if at all)."""
+  fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
+  for value, peak, peak_at, decayed, horizon, label in points:
+    top.plot(value, peak, "o", color="tab:blue")
+    top.annotate(label, (value, peak), fontsize=7, xytext=(4, 4),
+                 textcoords="offset points")
+    if np.isnan(decayed):
+      bottom.plot(value, horizon, "o", mfc="none", color="tab:red")
+      bottom.annotate("", (value, horizon * 1.35), (value, horizon),
+                      arrowprops=dict(arrowstyle="->", color="tab:red"))
+    else:
+      bottom.plot(value, decayed, "o", color="tab:red")
+    bottom.plot(value, peak_at, "^", color="tab:blue", ms=5)
+  top.set(ylabel=f"peak {evaluator} {metric}",
+          title=f"{evaluator}: peak, and its fall of {drop:g} below the peak")
+  values = [p[0] for p in points]
+  spread = min(values) > 0 and max(values) >= 4 * min(values)  # e.g. class counts
+  bottom.set(xlabel=field, ylabel="sequences seen", yscale="log",
+             xscale="log" if spread else "linear")
+  bottom.plot([], [], "^", color="tab:blue", label="peak")
+  bottom.plot([], [], "o", color="tab:red", label=f"fallen {drop:g} below the peak")
+  bottom.plot([], [], "o", mfc="none", color="tab:red", label="not fallen by the horizon")
+  bottom.legend(fontsize=7)
+  for ax in (top, bottom):
+    ax.grid(alpha=0.3)
+  save(fig, path)
