@@ -210,8 +210,8 @@ def test_a_second_trainer_is_refused_until_the_first_dies(tmp_path):
 
 def test_log_lines_go_above_the_bar_on_a_terminal(tmp_path):
   args = [sys.executable, "main.py", "--config=configs/smoke.py",
-          f"--workdir={tmp_path / 'tty'}", "--config.total_sequences=8000",
-          "--config.eval_every=1600"]
+          f"--workdir={tmp_path / 'tty'}", "--config.total_sequences=2400",
+          "--config.eval_every=480"]
   leader, follower = pty.openpty()
   fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 200, 0, 0))
   proc = subprocess.Popen(args, cwd=REPO, env=dict(os.environ, PYTHONPATH=REPO),
@@ -231,14 +231,14 @@ def test_log_lines_go_above_the_bar_on_a_terminal(tmp_path):
   # what the terminal shows on each line: the text after its last \r
   shown = [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
   logged = [line for line in shown if "] step " in line]
-  assert len(logged) == 5, text[-3000:]  # steps 200, 400, ..., 1000
+  assert len(logged) == 5, text[-3000:]  # steps 60, 120, ..., 300
   assert all(re.match(r"^I\d{4} ", line) for line in logged), logged
   bars = [frame for frame in re.split(r"[\r\n]", text) if "step/s" in frame or "it/s" in frame]
-  assert bars and "icl=" in bars[-1] and "1000/1000" in bars[-1], bars[-3:]
+  assert bars and "icl=" in bars[-1] and "300/300" in bars[-1], bars[-3:]
   # a pipe gets the log lines and no bar
   piped = run_cli(args[1:-3] + [f"--workdir={tmp_path / 'pipe'}",
-                                "--config.total_sequences=1600", "--config.eval_every=800"])
-  assert piped.returncode == 0 and "] step 200 " in piped.stderr
+                                "--config.total_sequences=800", "--config.eval_every=400"])
+  assert piped.returncode == 0 and "] step 50 " in piped.stderr
   assert "%|" not in piped.stderr
 
 
