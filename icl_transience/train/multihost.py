@@ -82,7 +82,8 @@ class _Watchdog:
   """Each process sets its key in the coordination service's key-value store
   every BEAT_S seconds; a peer whose key stops changing for lost_after_s (or
   a coordinator that stops answering) is lost. A process that finishes sets
-  its key to "done" and is never counted lost."""
+  its key to "done" and is never counted lost; one stopped by an error
+  does not, so the others stop too instead of waiting for it."""
   BEAT_S = 1.0
   PREFIX = "icl_transience/alive"
 
@@ -98,9 +99,11 @@ class _Watchdog:
     self.thread.start()
     return self
 
-  def __exit__(self, *exc):
+  def __exit__(self, exc_type, *_):
     self.stopped.set()
     self.thread.join()
+    if exc_type is not None:
+      return  # stopped by an error: the others will find this process lost
     try:
       self.client.key_value_set(f"{self.PREFIX}/{self.me}", "done", allow_overwrite=True)
     except Exception:  # pylint: disable=broad-except
@@ -144,7 +147,7 @@ def exit_if_a_process_dies(workdir: str, batch_size: int):
   fails, or after `initialize`'s lost_after_s without its heartbeat when a
   collective waits for it (before the coordination service's own timeout
   aborts)."""
-  if jax.process_count() == 1:
+  if jax.process_count() == 1 or jax_distributed.global_state.client is None:
     yield
     return
   with _Watchdog(workdir, batch_size, _settings["lost_after_s"]):
