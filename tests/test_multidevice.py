@@ -90,7 +90,11 @@ def test_a_population_padded_over_the_devices_trains_like_one_over_the_batch(
   assert len(rows) == len(metrics_table.read(batch))
 
 
-HOST_SHAPE = {"batch_size": 16, "eval_every": 160, "ckpt.every": 160,
+# Evaluations every call of 5 steps and checkpoints every 10: after a kill,
+# the survivor's next collective is more often an evaluation's gather, which
+# fails at once, than a save's barrier, which waits for the heartbeat watch.
+HOST_SHAPE = {"batch_size": 16, "steps_per_call": 5, "eval_every": 80,
+              "ckpt.every": 160,
               "population": "; ".join(f"init_seed={i}" for i in range(1, 9))}
 
 
@@ -181,6 +185,7 @@ def test_two_processes_of_four_devices_lose_one_resume_and_train_like_one_device
       if r["evaluator"] == "train_batch"))
   assert evaluate.evaluate_checkpoints(two) == (saved // 10 + 2) * 8
   swept = {key(r): r["value"] for r in metrics_table.read(two)}
-  assert swept.keys() == rows[0].keys()
+  at_checkpoints = {k for k in rows[0] if k[2] == "train_batch" or k[1] % 10 == 0}
+  assert swept.keys() == at_checkpoints
   for k, value in swept.items():
     np.testing.assert_allclose(value, rows[0][k], rtol=1e-4, atol=1e-5, err_msg=str(k))
