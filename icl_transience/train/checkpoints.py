@@ -51,6 +51,16 @@ def manager(workdir: str, keep: int = 0, read_only: bool = False):
   return ocp.CheckpointManager(epath.Path(root) / "checkpoints", options=options)
 
 
+def newest_on_disk(workdir: str):
+  """The newest complete step in workdir/checkpoints, or None, read from the
+  folder names alone (no manager, so no collective: safe when another
+  process of the run is gone). Orbax gives a step's folder its bare number
+  only once the step is complete."""
+  root = epath.Path(workdir) / "checkpoints"
+  steps = [int(p.name) for p in root.iterdir() if p.name.isdigit()] if root.exists() else []
+  return max(steps, default=None)
+
+
 def save(mngr, member_states, member_names, meta: dict):
   """Saves one item per member (Trainer.snapshot's trees); Orbax copies them
   to the host, then writes in the background."""

@@ -19,9 +19,9 @@ import time
 import jax
 from jax._src import distributed as jax_distributed
 from absl import logging
-from etils import epath
 
 from icl_transience.errors import UserError
+from icl_transience.train import checkpoints
 
 LOST_PROCESS_EXIT = 3
 _settings = {"lost_after_s": 60.0}
@@ -50,20 +50,12 @@ def initialize(coordinator_address=None, num_processes=None, process_id=None,
                jax.process_count(), jax.local_device_count(), jax.device_count())
 
 
-def newest_checkpoint(workdir: str):
-  """The newest complete checkpoint step on disk, or None (Orbax gives a
-  step's folder its bare number only once the step is complete)."""
-  root = epath.Path(workdir) / "checkpoints"
-  steps = [int(p.name) for p in root.iterdir() if p.name.isdigit()] if root.exists() else []
-  return max(steps, default=None)
-
-
 def lost_process_message(workdir: str, batch_size: int, lost, cause: str) -> str:
   """The one line: this process, the lost one(s), the newest checkpoint."""
   me, n = jax.process_index(), jax.process_count()
   lost = [str(p) for p in lost]
   who = f"process {lost[0]}" if len(lost) == 1 else f"one of processes {', '.join(lost)}"
-  step = newest_checkpoint(workdir)
+  step = checkpoints.newest_on_disk(workdir)
   saved = ("no checkpoint is complete" if step is None else
            f"the newest complete checkpoint is step {step} "
            f"({step * batch_size} sequences)")
