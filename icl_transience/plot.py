@@ -11,7 +11,10 @@ curve's peak and final value. With --compare=EVALUATOR:METRIC, draws that curve 
 (first member, or workdir@member) on one figure. With --against=FIELD as well,
 draws instead that curve's peak and the sequences at which it had fallen
 --drop below its peak, against a config field of the runs (a range such as
-train.exemplars=(0, 5) counts its size, 5), and prints them:
+train.exemplars=(0, 5) counts its size, 5), and prints them. A curve
+whose peak never rose above chance by the report's rule (`report --emerge`,
+default 0.2 of the headroom: 0.6 for in_context_acc) is drawn as never
+emerged, with no decay time: its "peak" is the untrained model's.
 
   python -m icl_transience.plot --workdir=runs/c3200 --workdir=runs/c6400 \
       --compare=flip_icl:in_context_acc --against=train.n_classes --out=classes.png
@@ -25,6 +28,7 @@ from absl import flags
 from icl_transience import cli
 from icl_transience import config as config_lib
 from icl_transience import metrics_table
+from icl_transience import report
 from icl_transience.analysis import curves as curves_lib
 from icl_transience.analysis import figures
 from icl_transience.errors import UserError
@@ -82,6 +86,15 @@ def field_value(workdir: str, field: str) -> float:
   return float(value)
 
 
+def _emerged(peak: float, metric: str) -> bool:
+  """The report's emergence rule with its defaults (True for a metric with
+  no known chance level)."""
+  if metric not in report.CHANCE:
+    return True
+  return report.verdict(peak, peak, report.CHANCE[metric],
+                        report.Settings()) != "never emerged"
+
+
 def against(workdirs, spec: str, field: str, drop: float, out: str) -> list[str]:
   """Each run's peak and decay (curves.peak_and_decay) of one curve against
   a config field: a figure and one line per run."""
@@ -98,9 +111,14 @@ def against(workdirs, spec: str, field: str, drop: float, out: str) -> list[str]
     value = field_value(workdir, field)
     peak, peak_at, fallen_at = curves_lib.peak_and_decay(x, y, drop)
     label = os.path.basename(os.path.normpath(workdir))
-    points.append((value, peak, peak_at, fallen_at, x[-1], label))
-    fallen = (f"fallen {drop:g} below it at {fallen_at:,.0f}" if not math.isnan(fallen_at)
-              else f"not fallen {drop:g} below it by {x[-1]:,} (final {y[-1]:.3f})")
+    emerged = _emerged(peak, metric)
+    points.append((value, peak, peak_at, fallen_at, x[-1], label, emerged))
+    if not emerged:
+      fallen = "never emerged above chance (no decay time)"
+    elif not math.isnan(fallen_at):
+      fallen = f"fallen {drop:g} below it at {fallen_at:,.0f}"
+    else:
+      fallen = f"not fallen {drop:g} below it by {x[-1]:,} (final {y[-1]:.3f})"
     lines.append(f"{label}: {field}={value:g}, {evaluator} {metric} peak "
                  f"{peak:.3f} at {peak_at:,.0f}, {fallen}")
   out = out or os.path.join(workdirs[0].partition("@")[0], "figures",

@@ -170,13 +170,15 @@ def test_cli_metric_flag_and_one_line_errors(tmp_path):
 def test_plot_against_a_config_field_gives_each_runs_peak_and_decay(tmp_path):
   """One point per run: the curve's peak (earliest step reaching it) and the
   first later evaluation at or below peak - drop, or none by the horizon;
-  a range field counts its size; one line for a missing or non-number field."""
+  a range field counts its size; a curve never above chance (the report's
+  rule) gets no decay time; one line for a missing or non-number field."""
   from icl_transience import plot  # pylint: disable=g-import-not-at-top
   from icl_transience.train import loop  # pylint: disable=g-import-not-at-top
   from helpers import smoke_config  # pylint: disable=g-import-not-at-top
   flips = {8: [0.5, 0.8, 0.9, 0.85, 0.8, 0.7],     # falls 0.1 at the 4th point
            16: [0.5, 0.6, 0.9, 0.9, 0.85, 0.81],   # not 0.1 below by the end
-           32: [0.5, 0.6, 0.7, 0.7, 0.65, 0.6]}    # exactly 0.1 below: fallen
+           32: [0.5, 0.6, 0.7, 0.7, 0.65, 0.6],    # exactly 0.1 below: fallen
+           64: [0.5, 0.45, 0.3, 0.2, 0.2, 0.1]}    # never above chance
   workdirs = []
   for n, flip in flips.items():
     workdir = str(tmp_path / f"c{n}")
@@ -198,7 +200,9 @@ def test_plot_against_a_config_field_gives_each_runs_peak_and_decay(tmp_path):
   assert lines[1] == ("c16: train.n_classes=16, flip_icl in_context_acc peak 0.900 "
                       "at 6,400, not fallen 0.1 below it by 16,000 (final 0.810)")
   assert lines[2].endswith("peak 0.700 at 6,400, fallen 0.1 below it at 16,000")
-  assert lines[3] == out and os.path.getsize(out) > 0
+  assert lines[3] == ("c64: train.n_classes=64, flip_icl in_context_acc peak 0.500 "
+                      "at 0, never emerged above chance (no decay time)")
+  assert lines[4] == out and os.path.getsize(out) > 0
   assert plot.plot_runs(workdirs[:1], "flip_icl:in_context_acc", out,
                         "train.exemplars", 0.1)[0].startswith("c8: train.exemplars=1,")
   with pytest.raises(UserError, match="--against: .*c8 has no config field train.nope"):

@@ -246,13 +246,17 @@ def against_figure(points, field: str, evaluator: str, metric: str, drop: float,
                    path: str):
   """Peak height and decay time of one curve against a config field, one
   point per run: points = [(field value, peak, peak at, decayed at (NaN:
-  not by the horizon), horizon, label)]. A run whose curve has not decayed
-  is drawn hollow at its horizon, with an arrow up (later, if at all)."""
+  not by the horizon), horizon, label, emerged)]. A run whose curve has not
+  decayed is drawn hollow at its horizon, with an arrow up (later, if at
+  all); one whose curve never emerged, as a grey cross with no times."""
   fig, (top, bottom) = plt.subplots(2, 1, figsize=(6, 6), sharex=True)
-  for value, peak, peak_at, decayed, horizon, label in points:
-    top.plot(value, peak, "o", color="tab:blue")
+  for value, peak, peak_at, decayed, horizon, label, emerged in points:
+    top.plot(value, peak, "o" if emerged else "x",
+             color="tab:blue" if emerged else "tab:gray")
     top.annotate(label, (value, peak), fontsize=7, xytext=(4, 4),
                  textcoords="offset points")
+    if not emerged:
+      continue
     if np.isnan(decayed):
       bottom.plot(value, horizon, "o", mfc="none", color="tab:red")
       bottom.annotate("", (value, horizon * 1.35), (value, horizon),
@@ -269,6 +273,9 @@ def against_figure(points, field: str, evaluator: str, metric: str, drop: float,
   bottom.plot([], [], "^", color="tab:blue", label="peak")
   bottom.plot([], [], "o", color="tab:red", label=f"fallen {drop:g} below the peak")
   bottom.plot([], [], "o", mfc="none", color="tab:red", label="not fallen by the horizon")
+  if not all(p[-1] for p in points):
+    top.plot([], [], "x", color="tab:gray", label="never emerged above chance")
+    top.legend(fontsize=7)
   bottom.legend(fontsize=7)
   for ax in (top, bottom):
     ax.grid(alpha=0.3)
