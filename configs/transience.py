@@ -21,8 +21,9 @@ Variants: c1600 (the "norotate" 1,600 classes, init seed 2023), mq (matched
 exemplars: persistent ICL), omniglot (below), screen (a short look at a
 dataset setting: 1 M sequences, evaluated every 100 k, with pairs_icl
 beside the six, e.g.
-`configs/transience.py:screen --config.data.spread=1.0`; about 22 min on 2
-CPU cores, then `python -m icl_transience.report --workdir=...`).
+`configs/transience.py:screen --config.data.spread=1.0`; 22-52 min on 2
+CPU cores (9-24 steps/s, depending on the machine), then
+`python -m icl_transience.report --workdir=...`).
 
 The Chan et al. image pipeline (Chan et al. 2022, as run by Singh et al. 2023: Omniglot
 drawings through a jointly trained ResNet, 12,800 training classes, bursty
