@@ -261,6 +261,7 @@ def against_figure(points, field: str, evaluator: str, metric: str, drop: float,
       bottom.plot(value, horizon, "o", mfc="none", color="tab:red")
       bottom.annotate("", (value, horizon * 1.35), (value, horizon),
                       arrowprops=dict(arrowstyle="->", color="tab:red"))
+      bottom.update_datalim([(value, horizon * 1.4)])  # the arrow stays in view
     else:
       bottom.plot(value, decayed, "o", color="tab:red")
     bottom.plot(value, peak_at, "^", color="tab:blue", ms=5)
