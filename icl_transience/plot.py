@@ -91,8 +91,7 @@ def _emerged(peak: float, metric: str) -> bool:
   no known chance level)."""
   if metric not in report.CHANCE:
     return True
-  return report.verdict(peak, peak, report.CHANCE[metric],
-                        report.Settings()) != "never emerged"
+  return report.emerged(peak, report.CHANCE[metric], report.Settings())
 
 
 def against(workdirs, spec: str, field: str, drop: float, out: str) -> list[str]:

@@ -92,11 +92,15 @@ def chance_level(metric: str, settings: Settings, own: float | None = None) -> f
   return CHANCE[metric]
 
 
+def emerged(peak: float, chance: float, settings: Settings) -> bool:
+  """Whether a curve's peak rose --emerge of the headroom above chance."""
+  return peak - chance >= settings.emerge * (1.0 - chance) - _ROUNDING
+
+
 def verdict(peak: float, final: float, chance: float, settings: Settings) -> str:
-  headroom = 1.0 - chance
-  if peak - chance < settings.emerge * headroom - _ROUNDING:
+  if not emerged(peak, chance, settings):
     return "never emerged"
-  if peak - final >= settings.decay * headroom - _ROUNDING:
+  if peak - final >= settings.decay * (1.0 - chance) - _ROUNDING:
     return "transient"
   return "persistent"
 
