@@ -6,6 +6,7 @@ member can be restored (warm starts, grafting, the checkpoint-sweep job).
 Orbax writes each step to a temporary directory and renames it when
 complete, so a crash never leaves a half-written checkpoint behind.
 """
+import functools
 import os
 import shutil
 
@@ -42,7 +43,22 @@ def explicit_steps(ckpt_cfg, batch_size: int, total_steps: int) -> list[int]:
                  if 0 < int(seqs) // batch_size <= total_steps})
 
 
+@functools.cache
+def _save_arrays_whole():
+  """Each array is written whole by the device holding its replica 0.
+  Orbax's default off GPU, replica-parallel saving, splits every replicated
+  array into slices written by different devices, one eager slicing op
+  each: with our small states that cost more than the writing, and it
+  stalls training (benchmarks/checkpoint_save.py).
+  Registered on first use, once the CLI's log filter is in place (Orbax
+  warns of the override)."""
+  ocp.type_handlers.register_type_handler(
+      jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False),
+      override=True)
+
+
 def manager(workdir: str, keep: int = 0, read_only: bool = False):
+  _save_arrays_whole()
   options = ocp.CheckpointManagerOptions(
       max_to_keep=keep or None, step_format_fixed_length=STEP_DIGITS,
       read_only=read_only, create=not read_only,
