@@ -18,7 +18,9 @@ horizon is 1.6 B sequences.
   python -m icl_transience.report --workdir=runs/transience
 
 Variants: c1600 (the "norotate" 1,600 classes, init seed 2023), mq (matched
-exemplars: persistent ICL), omniglot (below), screen (a short look at a
+exemplars: persistent ICL), omniglot (below), depth3 (the decay within a CPU
+budget: this config at 3 layers instead of 12, to 10 M sequences, evaluated
+every 200 k with pairs_icl; about 30 steps/s on one core), screen (a short look at a
 dataset setting: 1 M sequences, evaluated every 100 k, with pairs_icl
 beside the six, e.g.
 `configs/transience.py:screen --config.data.spread=1.0`; 22-52 min on 2
@@ -65,6 +67,11 @@ VARIANTS = {
     # + pairs_icl: flip_icl below it is the in-weights pull (proj/transience/NOTES.md)
     "screen": {"total_sequences": 1_000_000, "eval_every": 100_000,
                "ckpt.every": 500_000,
+               "evals.names": EVALUATORS + ("pairs_icl",)},
+    # the CPU regime of the decay: this config at 3 layers, not 12 (ICL
+    # first, then flip falls 0.1 below its peak within an hour of one core)
+    "depth3": {"model.depth": 3, "total_sequences": 10_000_000,
+               "eval_every": 200_000, "ckpt.every": 500_000,
                "evals.names": EVALUATORS + ("pairs_icl",)},
     # lr(t) = 3e-4 min(t / 4000, sqrt(4000 / t)) (Chan et al. 2022)
     "omniglot": {"task": "omniglot", "data.source": "omniglot",

@@ -147,9 +147,11 @@ def test_variants_combine_left_to_right_and_unknown_ones_are_named():
 def test_transience_variants_validate(variant):
   c = transience.get_config(variant)
   config_lib.validate(c)
-  assert (c.model.depth, c.model.mlp_ratio) == (12, 4)
+  depth, horizon = {"screen": (12, 1_000_000), "depth3": (3, 10_000_000)}.get(
+      variant, (12, 1_600_000_000))
+  assert (c.model.depth, c.model.mlp_ratio) == (depth, 4)
   assert c.optim.lr == 3e-4
-  assert c.total_sequences == (1_000_000 if variant == "screen" else 1_600_000_000)
+  assert c.total_sequences == horizon
   if variant == "omniglot":  # the image task: its own blocks, no classifier's
     assert not {"train", "clamp"} & set(c) and set(c.evals) == {"names"}
     assert set(c.model) == {"depth", "d_model", "n_heads", "mlp_ratio", "pos_timescale"}
@@ -162,6 +164,24 @@ def test_transience_variants_validate(variant):
   assert probes.eval_spec("train_eval", c) == probes.eval_spec("train_dist", c)
   data = (c.data.rank, c.data.subclusters, c.data.subcluster_spread, c.data.relu_features)
   assert data == (8, 2, 1.7, True)  # the 12-layer runs' own calibrated features
+
+
+def test_the_depth3_presets_are_the_screen_at_3_layers_and_its_l2_population():
+  """transience.py:depth3 is the documented CPU regime (the screen at 3
+  layers, to 10 M, evaluated every 200 k); transience_l2.py:depth3 is that
+  run with four members: full L2 at 1e-4 and 1e-3, MLP-only and
+  attention-only at 1e-4."""
+  depth3 = transience.get_config("depth3")
+  assert changed_fields(depth3, transience.get_config("screen")) == {
+      "model.depth": 3, "total_sequences": 10_000_000, "eval_every": 200_000}
+  l2 = transience_l2.get_config("depth3")
+  assert changed_fields(l2, depth3) == {"population": l2.population}
+  zero = dict(l2=0.0, l2_mlp=0.0, l2_attention=0.0)
+  assert [{k: v for k, v in m.hyper.items() if k != "lr"}
+          for m in config_lib.members(l2)] == [
+              dict(zero, l2=1e-4), dict(zero, l2=1e-3), dict(zero, l2_mlp=1e-4),
+              dict(zero, l2_attention=1e-4)]
+  config_lib.validate(l2)
 
 
 def test_the_coopetition_runs_keep_their_features_and_the_transience_runs_theirs():
@@ -197,7 +217,7 @@ def test_the_calibrated_features_reach_the_table_the_run_trains_on():
           scale=2.0, subclusters=2, subcluster_spread=1.7)))
 
 
-@pytest.mark.parametrize("variant", sorted(transience_l2.VARIANTS))
+@pytest.mark.parametrize("variant", sorted(set(transience_l2.VARIANTS) - {"depth3"}))
 def test_l2_sweep_is_one_population(variant):
   c = transience_l2.get_config(variant)
   config_lib.validate(c)
