@@ -59,20 +59,20 @@ CALIBRATED_DATA = {"data.rank": 8, "data.spread": 0.15, "data.isotropic_noise": 
 # the authors' six fixed-feature evaluators
 EVALUATORS = ("b2_train_eval", "train_eval", "iwl_copy_avail", "flip_icl", "icl",
               "pure_iwl")
+# a short look at a setting; + pairs_icl: flip_icl below it is the in-weights
+# pull (proj/transience/NOTES.md)
+SCREEN = {"total_sequences": 1_000_000, "eval_every": 100_000,
+          "ckpt.every": 500_000, "evals.names": EVALUATORS + ("pairs_icl",)}
 VARIANTS = {
     "": {},
     "c1600": {"train.n_classes": 1600, "evals.n_classes": 1600,
               "init_seed": 2023},
     "mq": {"train.match_query_and_distractors": True},
-    # + pairs_icl: flip_icl below it is the in-weights pull (proj/transience/NOTES.md)
-    "screen": {"total_sequences": 1_000_000, "eval_every": 100_000,
-               "ckpt.every": 500_000,
-               "evals.names": EVALUATORS + ("pairs_icl",)},
-    # the CPU regime of the decay: this config at 3 layers, not 12 (ICL
+    "screen": SCREEN,
+    # the CPU regime of the decay: the screen at 3 layers, not 12 (ICL
     # first, then flip falls 0.1 below its peak within an hour of one core)
-    "depth3": {"model.depth": 3, "total_sequences": 10_000_000,
-               "eval_every": 200_000, "ckpt.every": 500_000,
-               "evals.names": EVALUATORS + ("pairs_icl",)},
+    "depth3": {**SCREEN, "model.depth": 3, "total_sequences": 10_000_000,
+               "eval_every": 200_000},
     # lr(t) = 3e-4 min(t / 4000, sqrt(4000 / t)) (Chan et al. 2022)
     "omniglot": {"task": "omniglot", "data.source": "omniglot",
                  "evals.names": ("no_support_zipfian", "fewshot_holdout"),
