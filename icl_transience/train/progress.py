@@ -2,12 +2,15 @@
 
 On a terminal, absl log lines written while the bar is shown go through
 tqdm.write (the bar is cleared, the line printed, the bar redrawn), so the
-two never share a line. Elsewhere (a pipe, a file) the bar is off and log
-lines are plain.
+two never share a line. Elsewhere (a pipe, a file: a background run's log)
+there is no bar; instead a log line tells the step, the rate and the time
+left every few minutes, so a log shows progress between evaluations.
 """
 import contextlib
+import datetime
 import io
 import sys
+import time
 
 import tqdm
 from absl import logging
@@ -24,9 +27,34 @@ class _AboveBar(io.TextIOBase):
     sys.stderr.flush()
 
 
+class _LogLines:
+  """The bar off a terminal: a log line every `period` seconds of updates."""
+
+  def __init__(self, total: int, initial: int, period: float):
+    self.total, self.n, self.period = total, initial, period
+    self._since, self._start = time.monotonic(), initial
+
+  def update(self, n: int):
+    self.n += n
+    now = time.monotonic()
+    if n and now - self._since >= self.period:
+      rate = (self.n - self._start) / max(now - self._since, 1e-9)
+      left = datetime.timedelta(seconds=round((self.total - self.n) / max(rate, 1e-9)))
+      logging.info("step %d of %d (%.0f%%, %.1f steps/s, %s left)", self.n,
+                   self.total, 100 * self.n / self.total, rate, left)
+      self._since, self._start = now, self.n
+
+  def set_postfix(self, *args, **kwargs):
+    del args, kwargs  # the evaluation's own log line shows these
+
+
 @contextlib.contextmanager
-def bar(total: int, initial: int, enabled: bool):
-  """A tqdm bar of optimizer steps (None: on when stderr is a terminal)."""
+def bar(total: int, initial: int, enabled: bool, period: float = 300.0):
+  """A tqdm bar of optimizer steps on a terminal, else log lines every
+  `period` seconds (none where not `enabled`: processes other than 0)."""
+  if enabled and not sys.stderr.isatty():
+    yield _LogLines(total, initial, period)
+    return
   progress = tqdm.tqdm(total=total, initial=initial, unit="step",
                        dynamic_ncols=True, smoothing=0.1,
                        disable=None if enabled else True)
