@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import struct
+import time
 
 import numpy as np
 import pytest
@@ -181,6 +182,18 @@ def logged_points(run_dirs) -> list:
           if not key.startswith("_") and key not in ("sequences", "step")]
 
 
+def settled_points(run_dirs, expected, seconds: float = 30.0) -> list:
+  """logged_points, read again until they equal `expected` or `seconds`
+  pass: W&B's own service may still be writing an offline run's file
+  after finish() returns."""
+  deadline = time.monotonic() + seconds
+  while True:
+    points = sorted(logged_points(run_dirs))
+    if points == expected or time.monotonic() > deadline:
+      return points
+    time.sleep(0.5)
+
+
 def as_points(rows, member) -> list:
   return [(f"{r['evaluator']}/{r['metric']}", r["sequences"], r["step"], r["value"])
           for r in rows if r["member"] == member]
@@ -208,7 +221,8 @@ def test_wandb_offline_logs_the_rows_per_member_resumes_and_takes_the_sweep_job(
     runs = [glob.glob(os.path.join(workdir, "wandb", f"offline-run-*-{ids[key]}"))[0]
             for ids in (first, second)]
     # every row once, none twice, across the run and its resumption
-    assert sorted(logged_points(runs)) == sorted(as_points(rows, member))
+    expected = sorted(as_points(rows, member))
+    assert settled_points(runs, expected) == expected
   # the checkpoint-sweep job logs its rows to W&B runs of its own
   metrics_table.atomic_write_text(metrics_table.path(workdir), "".join(
       json.dumps(r) + "\n" for r in rows if r["member"] != NAMES[0]))
@@ -218,7 +232,8 @@ def test_wandb_offline_logs_the_rows_per_member_resumes_and_takes_the_sweep_job(
   (sweep_run,) = glob.glob(os.path.join(
       workdir, "wandb", f"offline-run-*-{ids[f'-/icl-test/evaluate/{NAMES[0]}']}"))
   swept = [r for r in metrics_table.read(workdir) if r["member"] == NAMES[0]]
-  assert sorted(logged_points([sweep_run])) == sorted(as_points(swept, NAMES[0]))
+  expected = sorted(as_points(swept, NAMES[0]))
+  assert settled_points([sweep_run], expected) == expected
 
 
 def test_a_wandb_run_that_cannot_start_is_one_line(tmp_path, monkeypatch):
