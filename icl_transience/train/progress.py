@@ -56,8 +56,7 @@ def bar(total: int, initial: int, enabled: bool, period: float = 300.0):
     yield _LogLines(total, initial, period)
     return
   progress = tqdm.tqdm(total=total, initial=initial, unit="step",
-                       dynamic_ncols=True, smoothing=0.1,
-                       disable=None if enabled else True)
+                       dynamic_ncols=True, smoothing=0.1, disable=not enabled)
   handler = logging.get_absl_handler().python_handler
   to_terminal = not progress.disable and handler.stream is sys.stderr
   old = handler.setStream(_AboveBar()) if to_terminal else None
