@@ -104,8 +104,9 @@ def base_config() -> ml_collections.ConfigDict:
   c.ckpt.at = ()                  # explicit sequence counts, landed on exactly
   c.ckpt.log_spaced = 0           # extra log-spaced points over the horizon
   c.ckpt.keep = 0                 # keep the newest N (0 = keep all)
-  # On resume, unreadable checkpoints move to checkpoints/corrupt/; with none
-  # readable left the run stops, unless this is set: then it starts afresh.
+  # On resume, unreadable checkpoints newer than a readable one move to
+  # checkpoints/corrupt/; with none readable the run stops and moves nothing,
+  # unless this is set: then they move and the run starts afresh.
   c.ckpt.restart_if_corrupt = False
 
   # Weights from another run's checkpoint (workdir; sequences: which

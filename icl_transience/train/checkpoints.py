@@ -122,31 +122,43 @@ def restore_meta(mngr, step: int) -> dict:
 
 def restore_newest(mngr, workdir: str, abstract_state, member_names):
   """(step, population state, meta) of the newest readable checkpoint, or
-  None; and the steps found unreadable (partial, damaged, wrong shapes),
-  which are moved to checkpoints/corrupt/<step> with a warning."""
-  unreadable = []
+  None; and the unreadable steps (partial, damaged, wrong shapes) as
+  {step: first line of the error}. Those newer than a readable one are
+  damage and move to checkpoints/corrupt/<step> with a warning. When none
+  is readable nothing moves: an error that hits every checkpoint (memory,
+  a library version) is likelier than damage to all of them; `quarantine`
+  moves them when the user says so."""
+  unreadable = {}
   for step in sorted(mngr.all_steps(), reverse=True):
     try:
       state = restore_population(mngr, step, abstract_state, member_names)
       meta = restore_meta(mngr, step)
     except Exception as e:  # pylint: disable=broad-except
-      unreadable.append(step)
-      moved = _quarantine(mngr, workdir, step)
-      logging.warning("checkpoint %d is unreadable (%s): moved to %s", step,
-                      str(e).splitlines()[0] if str(e) else type(e).__name__, moved)
+      unreadable[step] = str(e).splitlines()[0] if str(e) else type(e).__name__
       continue
+    quarantine(mngr, workdir, unreadable)
     return (step, state, meta), unreadable
   return None, unreadable
 
 
+def quarantine(mngr, workdir: str, unreadable: dict):
+  """Moves each unreadable step to checkpoints/corrupt/<step>, warning why."""
+  for step, error in unreadable.items():
+    logging.warning("checkpoint %d is unreadable (%s): %s", step, error,
+                    _quarantine(mngr, workdir, step))
+
+
 def _quarantine(mngr, workdir: str, step: int) -> str:
-  """Moves a step's directory to checkpoints/corrupt/<step> (process 0)."""
+  """Moves a step's directory to checkpoints/corrupt/<step> (process 0; a
+  remote workdir is left in place). Says where it went."""
   root = os.path.join(workdir, "checkpoints")
   target = os.path.join(root, "corrupt", str(step))
-  if jax.process_index() == 0 and "://" not in workdir:
+  if "://" in workdir:
+    return "left in place (remote workdir)"
+  if jax.process_index() == 0:
     if os.path.exists(target):
       shutil.rmtree(target)
     os.makedirs(os.path.dirname(target), exist_ok=True)
     os.replace(os.path.join(root, f"{step:0{STEP_DIGITS}d}"), target)
   mngr.reload()
-  return target
+  return f"moved to {target}"

@@ -183,11 +183,16 @@ def _train(c, workdir, mesh, profile_dir):
     run = Run(c, workdir, trainer, consts, mngr, table_rows, profile_dir)
     found, unreadable = checkpoints.restore_newest(
         mngr, workdir, trainer.abstract_state(members), names)
-    if found is None and unreadable and not c.ckpt.restart_if_corrupt:
-      raise UserError(
-          f"--workdir: no readable checkpoint in {workdir} (unreadable steps "
-          f"{unreadable} moved to checkpoints/corrupt); set "
-          "--config.ckpt.restart_if_corrupt=True to start the run afresh")
+    if found is None and unreadable:
+      if not c.ckpt.restart_if_corrupt:
+        newest = max(unreadable)
+        raise UserError(
+            f"--workdir: no readable checkpoint in {workdir} (steps "
+            f"{sorted(unreadable)}; step {newest}: {unreadable[newest]}); nothing "
+            "was moved. If they are damaged, set "
+            "--config.ckpt.restart_if_corrupt=True to move them to "
+            "checkpoints/corrupt and start the run afresh")
+      checkpoints.quarantine(mngr, workdir, unreadable)
     if found is None:
       state, start = pretrained.prepare(c, trainer, trainer.init(members))
       run.append(_result_rows(names, start, bs, run.evaluate_now(state)))
