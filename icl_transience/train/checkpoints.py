@@ -142,23 +142,19 @@ def restore_newest(mngr, workdir: str, abstract_state, member_names):
 
 
 def quarantine(mngr, workdir: str, unreadable: dict):
-  """Moves each unreadable step to checkpoints/corrupt/<step>, warning why."""
-  for step, error in unreadable.items():
-    logging.warning("checkpoint %d is unreadable (%s): %s", step, error,
-                    _quarantine(mngr, workdir, step))
-
-
-def _quarantine(mngr, workdir: str, step: int) -> str:
-  """Moves a step's directory to checkpoints/corrupt/<step> (process 0; a
-  remote workdir is left in place). Says where it went."""
+  """Moves each unreadable step to checkpoints/corrupt/<step> (process 0; a
+  remote workdir is left in place), warning why."""
   root = os.path.join(workdir, "checkpoints")
-  target = os.path.join(root, "corrupt", str(step))
-  if "://" in workdir:
-    return "left in place (remote workdir)"
-  if jax.process_index() == 0:
-    if os.path.exists(target):
-      shutil.rmtree(target)
-    os.makedirs(os.path.dirname(target), exist_ok=True)
-    os.replace(os.path.join(root, f"{step:0{STEP_DIGITS}d}"), target)
+  for step, error in unreadable.items():
+    target = os.path.join(root, "corrupt", str(step))
+    if "://" in workdir:
+      logging.warning("checkpoint %d is unreadable (%s): left in place "
+                      "(remote workdir)", step, error)
+      continue
+    if jax.process_index() == 0:
+      if os.path.exists(target):
+        shutil.rmtree(target)
+      os.makedirs(os.path.dirname(target), exist_ok=True)
+      os.replace(os.path.join(root, f"{step:0{STEP_DIGITS}d}"), target)
+    logging.warning("checkpoint %d is unreadable (%s): moved to %s", step, error, target)
   mngr.reload()
-  return f"moved to {target}"
